@@ -1,0 +1,107 @@
+"""Training throughput: classit's loop (DeepSpeed engine) vs a plain Hugging Face Trainer.
+
+Both train the same model preset from the same initial weights on the same packed blocks,
+with the same batch size, learning rate, clipping and precision, in this one process.
+Both are timed over the same steps (the first 10% left out as warm-up; evaluation and
+checkpointing excluded). Prints tokens/s for each and the ratio (target: classit / Trainer >= 1.0).
+
+    python benchmarks/train_throughput.py [--preset tiny] [--steps 200] [--batch-size 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from functools import partial
+
+os.environ.setdefault("DS_ACCELERATOR", "cuda" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from classit.config import DistributedConfig, TrainConfig, parse_config  # noqa: E402
+from classit.data.corpus import prepare_corpus  # noqa: E402
+from classit.models import build_model  # noqa: E402
+from classit.tokenizer import load_tokenizer  # noqa: E402
+from classit.train.loop import Stage, collate_blocks, init_single_process, train_stage  # noqa: E402
+
+
+def time_classit(preset, tokenizer, blocks, tcfg, dcfg, skip: int) -> float:
+    """Steady-state tokens/s: the loop's own timed windows after the first `skip` steps."""
+    init_single_process()
+    stage = Stage("bench", blocks, blocks.select(range(8)), tcfg, partial(collate_blocks, pad_id=tokenizer.pad_token_id))
+    model = build_model(preset, tokenizer, seed=0)
+    windows = []  # (tokens, seconds) of each logged window
+
+    def report(metrics, checkpoint_dir=None, name=None):
+        if "tokens_per_s" in metrics:
+            tokens = metrics["tokens_seen"] - (windows[-1][2] if windows else 0)
+            windows.append((tokens, tokens / metrics["tokens_per_s"], metrics["tokens_seen"], metrics["step"]))
+
+    train_stage(model, tokenizer, stage, dcfg, report=report, log=lambda _: None)
+    steady = [w for w in windows if w[3] > skip]
+    return sum(w[0] for w in steady) / sum(w[1] for w in steady)
+
+
+def time_hf_trainer(preset, tokenizer, blocks, tcfg, bf16: bool, skip: int) -> float:
+    """Steady-state tokens/s of a plain Trainer, timed the same way (steps after the first `skip`)."""
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    model = build_model(preset, tokenizer, seed=0)
+    collate = partial(collate_blocks, pad_id=tokenizer.pad_token_id)
+
+    def collator(rows):
+        batch = collate({k: [r[k] for r in rows] for k in ("input_ids", "num_words")})
+        batch.pop("num_words")
+        return batch
+
+    marks = {}
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step in (skip, tcfg.max_steps):
+                marks[state.global_step] = time.perf_counter()
+
+    args = TrainingArguments(
+        output_dir="/tmp/classit-bench-hf", per_device_train_batch_size=tcfg.batch_size, max_steps=tcfg.max_steps,
+        learning_rate=tcfg.learning_rate, warmup_steps=tcfg.warmup_steps, lr_scheduler_type="linear",
+        max_grad_norm=tcfg.max_grad_norm, weight_decay=tcfg.weight_decay, bf16=bf16, report_to=[],
+        save_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
+        remove_unused_columns=False, seed=tcfg.seed, use_cpu=not torch.cuda.is_available())
+    Trainer(model=model, args=args, train_dataset=blocks, data_collator=collator, callbacks=[Clock()]).train()
+    tokens = (tcfg.max_steps - skip) * tcfg.batch_size * len(blocks[0]["input_ids"])
+    return tokens / (marks[tcfg.max_steps] - marks[skip])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--zero-stage", type=int, default=2)
+    args = parser.parse_args()
+
+    cfg = parse_config({"model": {"preset": args.preset}, "corpus": {"block_size": args.block_size}})
+    corpus = prepare_corpus(cfg)
+    tokenizer = load_tokenizer(corpus.tokenizer_path)
+    blocks = corpus.load_blocks("train")
+    gpu = torch.cuda.is_available()
+    tcfg = TrainConfig(batch_size=args.batch_size, max_steps=args.steps, warmup_steps=10, epochs=1000,
+                       eval_every_steps=10**9, log_every_steps=max(1, args.steps // 20), checkpoints={"schedule": "final"})
+    skip = args.steps // 10  # warm-up steps left out of both timings
+    dcfg = DistributedConfig(num_workers=1, zero_stage=args.zero_stage, use_gpu=gpu)
+
+    hf = time_hf_trainer(args.preset, tokenizer, blocks, tcfg, bf16=gpu, skip=skip)
+    ours = time_classit(args.preset, tokenizer, blocks, tcfg, dcfg, skip=skip)
+    device = torch.cuda.get_device_name() if gpu else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    print(f"preset {args.preset}  steps {args.steps}  batch {args.batch_size}x{args.block_size}  "
+          f"ZeRO-{args.zero_stage}  {'bf16' if gpu else 'fp32'}  on {device}")
+    print(f"HF Trainer      {hf:12,.0f} tokens/s")
+    print(f"classit loop    {ours:12,.0f} tokens/s")
+    print(f"ratio classit / Trainer = {ours / hf:.2f}  (target >= 1.0)")
+
+
+if __name__ == "__main__":
+    main()

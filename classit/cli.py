@@ -1,0 +1,66 @@
+"""`classit pretrain ...`: the command line. Bad input ends in one line on stderr, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from classit.config import ConfigError, load_config
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (default: the embedded synthetic demo)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set pretrain.learning_rate=1e-4 (repeatable)")
+    parser.add_argument("--num-workers", type=int, help="Ray Train workers (distributed.num_workers)")
+    parser.add_argument("--zero-stage", type=int, help="DeepSpeed ZeRO stage 0-3 (distributed.zero_stage)")
+    parser.add_argument("--gpu", action="store_true", default=None, help="train on GPUs (distributed.use_gpu)")
+    parser.add_argument("--address", default=None, help="Ray cluster address ('auto' on a ray up head)")
+
+
+def _load(args) -> object:
+    overrides = list(args.overrides)
+    for flag, key in (("num_workers", "distributed.num_workers"), ("zero_stage", "distributed.zero_stage"),
+                      ("gpu", "distributed.use_gpu")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    return load_config(args.config, overrides)
+
+
+def cmd_pretrain(args) -> int:
+    cfg = _load(args)
+    import ray
+
+    from classit.train.runner import run_pretraining
+
+    ray.init(address=args.address, log_to_driver=True)
+    try:
+        result = run_pretraining(cfg)
+    finally:
+        ray.shutdown()
+    if result.error:
+        print(f"classit: error: training failed: {result.error}", file=sys.stderr)
+        return 1
+    metrics = result.metrics or {}
+    print(f"final checkpoint: {result.checkpoint.path if result.checkpoint else '-'}")
+    print(f"steps {metrics.get('step')}  words seen {metrics.get('words_seen', 0):,}  "
+          f"val_loss {metrics.get('val_loss', float('nan')):.4f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="classit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    pretrain = sub.add_parser("pretrain", help="pretrain a base model with Ray Train + DeepSpeed")
+    _common(pretrain)
+    pretrain.set_defaults(func=cmd_pretrain)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"classit: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Corpus pipeline: BabyLM text files or a `datasets` dataset -> cleaned lines -> packed blocks.
+
+Cleaning follows the CLASS-IT paper: special characters removed, lines of two words or fewer
+dropped, consecutive Switchboard utterances of one speaker merged. Each source is split 90/10
+into train/validation. Tokenizer and blocks are cached under content hashes, so a second run
+with the same inputs does no tokenization at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from classit.config import ClassitConfig, config_hash
+from classit.models import PRESETS
+
+CLEANING_VERSION = 1  # bump when cleaning rules change, to invalidate caches
+MIN_WORDS = 3  # lines of two words or fewer are dropped
+
+_SPEAKER = re.compile(r"^\s*([A-Za-z])\s*:\s*")
+# Letters (any script), digits, white space and ordinary punctuation survive; the rest is removed.
+_SPECIAL = re.compile(r"[^\w\s.,!?;:'\"()\-]|_")
+_SPACES = re.compile(r"\s+")
+
+
+def count_words(line: str) -> int:
+    return len(line.split())
+
+
+def clean_text(line: str) -> str:
+    return _SPACES.sub(" ", _SPECIAL.sub(" ", line)).strip()
+
+
+def merge_speaker_turns(lines: list[str]) -> list[str]:
+    """Merge consecutive utterances of one speaker (`A: ...`) into one turn, labels dropped."""
+    turns: list[tuple[str | None, str]] = []
+    for line in lines:
+        match = _SPEAKER.match(line)
+        speaker, text = (match.group(1).upper(), line[match.end():]) if match else (None, line)
+        text = text.strip()
+        if not text:
+            continue
+        if turns and speaker is not None and turns[-1][0] == speaker:
+            turns[-1] = (speaker, f"{turns[-1][1]} {text}")
+        else:
+            turns.append((speaker, text))
+    return [text for _, text in turns]
+
+
+def clean_source(source: str, lines: list[str]) -> list[str]:
+    if source == "switchboard":
+        lines = merge_speaker_turns(lines)
+    cleaned = (clean_text(line) for line in lines)
+    return [line for line in cleaned if count_words(line) >= MIN_WORDS]
+
+
+def split_train_validation(lines: list[str], validation_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    order = list(range(len(lines)))
+    random.Random(seed).shuffle(order)
+    n_valid = round(len(lines) * validation_fraction)
+    valid_idx = set(order[:n_valid])
+    train = [line for i, line in enumerate(lines) if i not in valid_idx]
+    valid = [line for i, line in enumerate(lines) if i in valid_idx]
+    return train, valid
+
+
+def read_babylm_folder(folder: Path) -> dict[str, list[str]]:
+    files = sorted(folder.glob("*.train"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no <source>.train files (expected the BabyLM layout)")
+    return {f.stem: f.read_text(encoding="utf-8", errors="replace").splitlines() for f in files}
+
+
+def read_hf_dataset(name: str, split: str, text_column: str) -> dict[str, list[str]]:
+    import datasets
+
+    path = Path(name)
+    ds = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.load_dataset(name, split=split)
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds[split]
+    if text_column not in ds.column_names:
+        raise ValueError(f"corpus.text_column: dataset {name} has no column {text_column!r} ({ds.column_names})")
+    sources = ds["source"] if "source" in ds.column_names else ["hf"] * len(ds)
+    by_source: dict[str, list[str]] = {}
+    for source, text in zip(sources, ds[text_column]):
+        by_source.setdefault(source, []).extend(str(text).splitlines())
+    return by_source
+
+
+def _fingerprint_files(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for f in sorted(files):
+        digest.update(f.name.encode())
+        with f.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def pack_blocks(token_ids: list[list[int]], words: list[int], block_size: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate sequences and cut them into `block_size` blocks; the last is right-padded.
+
+    Each sequence's words are credited to the block that holds its last token, so summing
+    `num_words` over the blocks a worker consumed counts words seen exactly.
+    """
+    lengths = np.fromiter((len(t) for t in token_ids), dtype=np.int64, count=len(token_ids))
+    flat = np.fromiter((i for t in token_ids for i in t), dtype=np.int32, count=int(lengths.sum()))
+    return _pack_flat(flat, lengths, np.asarray(words, dtype=np.int64), block_size, pad_id)
+
+
+def _pack_flat(flat: np.ndarray, lengths: np.ndarray, words: np.ndarray, block_size: int, pad_id: int):
+    n_blocks = -(-len(flat) // block_size)
+    blocks = np.full(n_blocks * block_size, pad_id, dtype=np.int32)
+    blocks[: len(flat)] = flat
+    last_token = np.cumsum(lengths) - 1
+    block_words = np.bincount(last_token // block_size, weights=words, minlength=n_blocks).astype(np.int64)
+    return blocks.reshape(n_blocks, block_size), block_words
+
+
+@dataclass
+class PreparedCorpus:
+    """Where the tokenizer and packed blocks live, and the counts that describe them."""
+
+    root: Path
+    stats: dict
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.root.parent / "tokenizer"
+
+    def blocks_path(self, split: str) -> Path:
+        return self.root / split
+
+    def load_blocks(self, split: str):
+        import datasets
+
+        return datasets.load_from_disk(str(self.blocks_path(split)))
+
+
+def _load_lines(cfg: ClassitConfig, cache_dir: Path) -> tuple[dict[str, list[str]], str]:
+    """Raw lines per source, and a fingerprint of their content."""
+    corpus = cfg.corpus
+    if corpus.synthetic is not None:
+        from classit.data.synthetic import generate_corpus
+
+        folder = cache_dir / f"synthetic-{config_hash(corpus.synthetic)}"
+        if not (folder / "complete").exists():
+            generate_corpus(folder, corpus.synthetic.sentences, corpus.synthetic.seed)
+            (folder / "complete").touch()
+        return read_babylm_folder(folder), config_hash(corpus.synthetic)
+    if corpus.path is not None:
+        lines = read_babylm_folder(corpus.path)
+        return lines, _fingerprint_files(list(corpus.path.glob("*.train")))
+    return read_hf_dataset(corpus.hf_dataset, corpus.hf_split, corpus.text_column), config_hash(
+        corpus.hf_dataset, corpus.hf_split, corpus.text_column)
+
+
+def clean_and_split(raw: dict[str, list[str]], validation_fraction: float, seed: int):
+    train, valid, stats = [], [], {}
+    for source in sorted(raw):
+        lines = clean_source(source, raw[source])
+        t, v = split_train_validation(lines, validation_fraction, seed)
+        train += t
+        valid += v
+        stats[source] = {"raw_lines": len(raw[source]), "lines": len(lines),
+                         "train_words": sum(map(count_words, t)), "validation_words": sum(map(count_words, v))}
+    return train, valid, stats
+
+
+def _tokenize_batch(batch, tokenizer):
+    ids = tokenizer(batch["text"])["input_ids"]
+    eos = tokenizer.eos_token_id
+    return {"input_ids": [seq + [eos] for seq in ids], "words": [count_words(t) for t in batch["text"]]}
+
+
+def tokenize_and_pack(lines: list[str], tokenizer, block_size: int, num_proc: int):
+    """Tokenize with a multi-process `datasets.map`, then pack into a blocks dataset."""
+    import datasets
+
+    texts = datasets.Dataset.from_dict({"text": lines})
+    tokenized = texts.map(_tokenize_batch, batched=True, batch_size=2000, fn_kwargs={"tokenizer": tokenizer},
+                          num_proc=num_proc if len(lines) > 20_000 else None, remove_columns=["text"])
+    column = tokenized.data.column("input_ids").combine_chunks()
+    lengths = np.diff(column.offsets.to_numpy())
+    flat = column.values.to_numpy().astype(np.int32)
+    words = tokenized.data.column("words").to_numpy()
+    blocks, block_words = _pack_flat(flat, lengths, words, block_size, tokenizer.pad_token_id)
+    table = pa.table({
+        "input_ids": pa.FixedSizeListArray.from_arrays(pa.array(blocks.ravel()), block_size),
+        "num_words": pa.array(block_words),
+    })
+    return datasets.Dataset(table), {"tokens": int(len(flat)), "words": int(words.sum()), "blocks": len(blocks)}
+
+
+def prepare_corpus(cfg: ClassitConfig) -> PreparedCorpus:
+    """Tokenizer and blocks for this config, built once and then read from the cache."""
+    from classit.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+
+    cache_dir = Path(cfg.run.cache_dir)
+    raw, fingerprint = _load_lines(cfg, cache_dir)
+    vocab_size = cfg.tokenizer.vocab_size or PRESETS[cfg.model.preset]["vocab_size"]
+    corpus = cfg.corpus
+    tokenizer_key = config_hash(fingerprint, CLEANING_VERSION, corpus.validation_fraction, corpus.split_seed,
+                                cfg.tokenizer, vocab_size)
+    tok_root = cache_dir / f"corpus-{tokenizer_key}"
+    blocks_root = tok_root / f"blocks-{corpus.block_size}"
+    if (blocks_root / "stats.json").exists():
+        return PreparedCorpus(blocks_root, json.loads((blocks_root / "stats.json").read_text()))
+
+    train, valid, source_stats = clean_and_split(raw, corpus.validation_fraction, corpus.split_seed)
+    if not train or not valid:
+        raise ValueError(f"corpus: too few lines after cleaning ({len(train)} train, {len(valid)} validation)")
+    tok_path = tok_root / "tokenizer"
+    if not (tok_path / "tokenizer_config.json").exists():
+        tmp = tok_root / "tokenizer.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_tokenizer(train_tokenizer(train, vocab_size, cfg.tokenizer.min_frequency), tmp)
+        tmp.rename(tok_path)
+    tokenizer = load_tokenizer(tok_path)
+
+    tmp_root = blocks_root.with_name(blocks_root.name + ".tmp")
+    shutil.rmtree(tmp_root, ignore_errors=True)
+    stats = {"sources": source_stats, "block_size": corpus.block_size, "vocab_size": len(tokenizer)}
+    for split, lines in (("train", train), ("validation", valid)):
+        blocks, counts = tokenize_and_pack(lines, tokenizer, corpus.block_size, corpus.num_proc)
+        blocks.save_to_disk(str(tmp_root / split))
+        stats[split] = counts
+    (tmp_root / "stats.json").write_text(json.dumps(stats, indent=2))
+    shutil.rmtree(blocks_root, ignore_errors=True)
+    tmp_root.rename(blocks_root)  # only a complete cache entry ever has this name
+    return PreparedCorpus(blocks_root, stats)

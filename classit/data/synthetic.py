@@ -1,0 +1,119 @@
+"""The embedded default: a small, seeded, English-like corpus with learnable structure.
+
+A tiny grammar with subject-verb agreement (across attractor nouns and relative clauses)
+and a small world of named characters with fixed facts. It is written in the BabyLM layout
+(`<source>.train` files, Switchboard as `A:`/`B:` turns, a little noise for the cleaner to
+remove), so it goes through exactly the code path a real BabyLM corpus does.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+NOUNS = [("dog", "dogs"), ("cat", "cats"), ("bird", "birds"), ("fox", "foxes"), ("child", "children"),
+         ("teacher", "teachers"), ("farmer", "farmers"), ("girl", "girls"), ("boy", "boys"),
+         ("mouse", "mice"), ("horse", "horses"), ("baby", "babies"), ("friend", "friends")]
+INTRANSITIVE = [("runs", "run"), ("sleeps", "sleep"), ("sings", "sing"), ("jumps", "jump"),
+                ("laughs", "laugh"), ("plays", "play"), ("swims", "swim"), ("waits", "wait")]
+TRANSITIVE = [("sees", "see"), ("likes", "like"), ("chases", "chase"), ("helps", "help"),
+              ("finds", "find"), ("follows", "follow"), ("watches", "watch")]
+ADJECTIVES = ["big", "small", "happy", "little", "old", "funny", "quiet", "brave"]
+PREPOSITIONS = ["near", "behind", "with", "beside"]
+PLACES = ["the park", "the forest", "the river", "the house", "the garden", "the farm", "the school",
+          "the beach"]
+FOODS = ["apples", "bread", "fish", "carrots", "cheese", "berries", "soup", "rice"]
+COLOURS = ["red", "blue", "green", "yellow", "purple", "orange"]
+NAMES = ["mia", "leo", "ava", "sam", "zoe", "max", "ella", "ben", "lily", "tom", "nora", "jack"]
+ANIMALS = ["dog", "cat", "bird", "fox", "horse", "mouse"]
+
+
+@dataclass(frozen=True)
+class Character:
+    """A named character whose facts never change, so questions about it have one answer."""
+
+    name: str
+    home: str
+    food: str
+    colour: str
+    pet: str
+
+
+def make_world(seed: int) -> list[Character]:
+    rng = random.Random(seed)
+    return [Character(n, rng.choice(PLACES), rng.choice(FOODS), rng.choice(COLOURS), rng.choice(ANIMALS))
+            for n in NAMES]
+
+
+def fact_sentences(c: Character) -> list[str]:
+    return [f"{c.name} lives near {c.home} .", f"{c.name} likes to eat {c.food} .",
+            f"the favourite colour of {c.name} is {c.colour} .", f"{c.name} has a {c.pet} ."]
+
+
+class Grammar:
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+
+    def noun_phrase(self, plural: bool, adjective_p: float = 0.3) -> str:
+        noun = self.rng.choice(NOUNS)[plural]
+        adj = f"{self.rng.choice(ADJECTIVES)} " if self.rng.random() < adjective_p else ""
+        return f"the {adj}{noun}"
+
+    def verb(self, plural: bool, transitive: bool) -> str:
+        return self.rng.choice(TRANSITIVE if transitive else INTRANSITIVE)[plural]
+
+    def sentence(self) -> str:
+        """A declarative sentence whose verb agrees with its head noun, past an attractor."""
+        plural = self.rng.random() < 0.5
+        subject = self.noun_phrase(plural)
+        kind = self.rng.random()
+        if kind < 0.3:  # attractor: a prepositional phrase with a noun of the other number
+            subject += f" {self.rng.choice(PREPOSITIONS)} {self.noun_phrase(not plural, 0.0)}"
+        elif kind < 0.5:  # object relative clause with its own agreement
+            inner_plural = self.rng.random() < 0.5
+            subject += f" that {self.noun_phrase(inner_plural, 0.0)} {self.verb(inner_plural, True)}"
+        if self.rng.random() < 0.5:
+            return f"{subject} {self.verb(plural, True)} {self.noun_phrase(self.rng.random() < 0.5)} ."
+        place = f" in {self.rng.choice(PLACES)}" if self.rng.random() < 0.4 else ""
+        return f"{subject} {self.verb(plural, False)}{place} ."
+
+    def child_directed(self) -> str:
+        plural = self.rng.random() < 0.5
+        options = [
+            f"look at {self.noun_phrase(plural)} !",
+            f"do you see {self.noun_phrase(plural)} ?",
+            f"{'do' if plural else 'does'} {self.noun_phrase(plural)} {self.verb(True, False)} ?",
+            f"where {'are' if plural else 'is'} {self.noun_phrase(plural)} ?",
+            self.sentence(),
+        ]
+        return self.rng.choice(options)
+
+
+def generate_corpus(folder: str | Path, sentences: int, seed: int = 0) -> dict[str, int]:
+    """Write `childes.train`, `simple_wiki.train` and `switchboard.train`; return lines per file."""
+    rng = random.Random(seed)
+    grammar = Grammar(rng)
+    world = make_world(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    n_child, n_wiki = int(sentences * 0.4), int(sentences * 0.35)
+    n_switch = sentences - n_child - n_wiki
+
+    childes = [grammar.child_directed() for _ in range(n_child)]
+    wiki = [rng.choice(fact_sentences(rng.choice(world))) if rng.random() < 0.3 else grammar.sentence()
+            for _ in range(n_wiki)]
+    switchboard, speaker = [], "A"
+    for _ in range(n_switch):
+        if rng.random() < 0.8:  # otherwise the same speaker goes on, which cleaning merges
+            speaker = "B" if speaker == "A" else "A"
+        line = grammar.sentence() if rng.random() < 0.7 else rng.choice(["yeah .", "uh huh .", "right ."])
+        switchboard.append(f"{speaker}: {line}")
+    # A little of the noise real transcripts have, for the cleaner to remove.
+    for lines in (childes, wiki):
+        for i in rng.sample(range(len(lines)), k=len(lines) // 50):
+            lines[i] = rng.choice(["* ", "# ", "~ "]) + lines[i]
+    files = {"childes": childes, "simple_wiki": wiki, "switchboard": switchboard}
+    for source, lines in files.items():
+        (folder / f"{source}.train").write_text("\n".join(lines) + "\n")
+    return {source: len(lines) for source, lines in files.items()}

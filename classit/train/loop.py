@@ -1,0 +1,325 @@
+"""The per-worker training loop: a DeepSpeed engine over token blocks, nothing Ray-specific.
+
+`train_stage` runs one stage (pretraining, or later one curriculum stage) in any
+torch.distributed world, gloo on CPU or NCCL on GPU. What happens to metrics and checkpoints
+is up to the `Reporter` it is given: Ray Train's in `runner.py`, a no-op in benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from classit.config import DistributedConfig, TrainConfig
+
+BABYLM_WORD_MARKS = (
+    [m * 1_000_000 for m in range(1, 10)]
+    + [m * 10_000_000 for m in range(1, 10)]
+    + [m * 100_000_000 for m in range(1, 11)]
+)
+TRAINER_STATE = "trainer_state.json"
+DEEPSPEED_DIR = "deepspeed"
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def checkpoint_marks(planned_words: int, word_scale: float | None) -> list[int]:
+    """BabyLM checkpoint word marks, scaled; by default so the 1B-word schedule spans the run."""
+    scale = word_scale if word_scale is not None else planned_words / 1_000_000_000
+    marks = sorted({max(1, round(m * scale)) for m in BABYLM_WORD_MARKS})
+    return [m for m in marks if m < planned_words]
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str, restarts: int = 1) -> float:
+    """Multiplier of the peak learning rate after `step` optimizer steps."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    if progress >= 1.0:
+        return 0.0
+    # Cosine with hard restarts, as transformers' get_cosine_with_hard_restarts_schedule_with_warmup.
+    return 0.5 * (1.0 + math.cos(math.pi * ((restarts * progress) % 1.0)))
+
+
+def deepspeed_config(tcfg: TrainConfig, dcfg: DistributedConfig, bf16: bool) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": tcfg.batch_size,
+        "gradient_accumulation_steps": tcfg.gradient_accumulation_steps,
+        "gradient_clipping": tcfg.max_grad_norm,
+        "zero_optimization": {"stage": dcfg.zero_stage, "stage3_gather_16bit_weights_on_model_save": True},
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 1 << 30,  # we log ourselves
+        "wall_clock_breakdown": False,
+    }
+
+
+def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy over labelled positions (labels -100 are ignored), and their count."""
+    # Shift the labels rather than the logits: no copy of the (batch x length x vocab) logits.
+    targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+    total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
+    return total, (targets != -100).sum()
+
+
+def collate_blocks(rows: dict[str, list], pad_id: int) -> dict[str, torch.Tensor]:
+    """Packed pretraining blocks (a batch of dataset rows, column-wise): every non-pad token is a target."""
+    input_ids = torch.as_tensor(rows["input_ids"], dtype=torch.long)
+    mask = input_ids != pad_id
+    return {"input_ids": input_ids, "attention_mask": mask.long(), "labels": input_ids.masked_fill(~mask, -100),
+            "num_words": torch.as_tensor(rows["num_words"], dtype=torch.long)}
+
+
+@dataclass
+class TrainerState:
+    """What a resumed worker needs besides weights and optimizer state."""
+
+    stage: str
+    step: int = 0
+    words_seen: int = 0
+    tokens_seen: int = 0
+    next_mark: int = 0
+    initial_val_loss: float | None = None
+
+
+class Reporter(Protocol):
+    def __call__(self, metrics: dict, checkpoint_dir: str | None = None, name: str | None = None) -> None: ...
+
+
+@dataclass
+class Stage:
+    """One stage of training: its data, its optimisation, and how to batch rows."""
+
+    name: str
+    train: object  # a map-style dataset of rows
+    validation: object
+    config: TrainConfig
+    collate: Callable[[dict[str, list]], dict[str, torch.Tensor]]  # column-wise rows -> tensors
+    extra_metrics: dict = field(default_factory=dict)
+
+
+def world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def init_single_process() -> None:
+    """A world of one, for running the loop outside Ray (benchmarks, tests, notebooks)."""
+    if dist.is_initialized():
+        return
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
+                       "LOCAL_RANK": "0"}.items():
+        os.environ.setdefault(key, value)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def _all_sum(values: list[float]) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device() if dist.is_initialized() and dist.get_backend() == "nccl" else "cpu")
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def steps_per_epoch(n_rows: int, tcfg: TrainConfig, world_size: int) -> int:
+    return n_rows // (tcfg.batch_size * world_size) // tcfg.gradient_accumulation_steps
+
+
+def planned_steps(n_rows: int, tcfg: TrainConfig, world_size: int) -> int:
+    total = steps_per_epoch(n_rows, tcfg, world_size) * tcfg.epochs
+    return min(total, tcfg.max_steps) if tcfg.max_steps else total
+
+
+def _batches(dataset, epoch: int, seed: int, skip: int, batch_size: int, collate):
+    """This rank's micro-batches for an epoch: a seeded shuffle, sharded, whole batches only."""
+    rank, world_size = world()
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    per_rank = len(order) // world_size // batch_size * batch_size
+    mine = order[rank * per_rank:(rank + 1) * per_rank]
+    for start in range(skip * batch_size, per_rank, batch_size):
+        yield collate(dataset[mine[start:start + batch_size]])
+
+
+@torch.inference_mode()
+def validation_loss(model, dataset, collate, batch_size: int) -> float:
+    """Mean token loss over the whole validation set, sharded across ranks without overlap."""
+    rank, world_size = world()
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    dev = next(model.parameters()).device
+    for start in range(rank * batch_size, len(dataset), world_size * batch_size):
+        batch = collate(dataset[start:start + batch_size])
+        logits = model(input_ids=batch["input_ids"].to(dev)).logits  # right-padded: no mask needed
+        loss_sum, n = token_loss(logits, batch["labels"].to(dev))
+        total, count = total + loss_sum.item(), count + int(n)
+    model.train(was_training)
+    total, count = _all_sum([total, count])
+    return total / max(count, 1)
+
+
+def build_engine(model, stage: Stage, dcfg: DistributedConfig, total_steps: int):
+    import deepspeed
+
+    tcfg = stage.config
+    bf16 = dcfg.precision == "bf16" or (dcfg.precision == "auto" and torch.cuda.is_available())
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]  # norms: never decayed
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=tcfg.learning_rate, betas=(tcfg.adam_beta1, tcfg.adam_beta2), fused=True)
+
+    def scheduler(opt):
+        return torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_factor(s, tcfg.warmup_steps, total_steps, tcfg.schedule, tcfg.restarts))
+
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=deepspeed_config(tcfg, dcfg, bf16))
+    return engine
+
+
+def save_checkpoint(engine, tokenizer, state: TrainerState, folder: Path, zero_stage: int, resumable: bool) -> None:
+    """HF-format weights and tokenizer (rank 0), plus DeepSpeed state from every rank when resumable."""
+    rank, _ = world()
+    # A collective under ZeRO-3 (it gathers the partitioned weights), so every rank calls it.
+    weights = engine._zero3_consolidated_16bit_state_dict() if zero_stage == 3 else None
+    if rank == 0:
+        module = engine.module
+        module.save_pretrained(folder, state_dict=weights if weights is not None else module.state_dict())
+        from classit.tokenizer import save_tokenizer
+
+        save_tokenizer(tokenizer, folder)
+        (folder / TRAINER_STATE).write_text(json.dumps(asdict(state), indent=2))
+    if resumable:
+        engine.save_checkpoint(str(folder / DEEPSPEED_DIR), tag="state", client_state={"trainer_state": asdict(state)})
+
+
+def load_trainer_state(folder: Path) -> TrainerState:
+    return TrainerState(**json.loads((folder / TRAINER_STATE).read_text()))
+
+
+def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report: Reporter,
+                resume_from: Path | None = None, log: Callable[[str], None] = print) -> TrainerState:
+    """Train one stage to its planned steps; returns the final state. `resume_from`: a checkpoint folder."""
+    tcfg = stage.config
+    rank, world_size = world()
+    total_steps = planned_steps(len(stage.train), tcfg, world_size)
+    if total_steps == 0:
+        raise ValueError(f"stage {stage.name}: {len(stage.train)} rows are too few for one step "
+                         f"of {tcfg.batch_size} x {world_size} workers x {tcfg.gradient_accumulation_steps} accumulation")
+    per_epoch = steps_per_epoch(len(stage.train), tcfg, world_size)
+    rows_per_step = tcfg.batch_size * world_size * tcfg.gradient_accumulation_steps
+    words_per_row = sum(stage.train["num_words"]) / len(stage.train)
+    marks = checkpoint_marks(int(total_steps * rows_per_step * words_per_row), tcfg.checkpoints.word_scale) \
+        if tcfg.checkpoints.schedule == "babylm" else []
+
+    state = TrainerState(stage=stage.name)
+    if resume_from is not None and (resume_from / TRAINER_STATE).exists():
+        state = load_trainer_state(resume_from)
+        if not (resume_from / DEEPSPEED_DIR).exists():  # weights only: optimizer restarts
+            from transformers import AutoModelForCausalLM
+
+            model.load_state_dict(AutoModelForCausalLM.from_pretrained(resume_from).state_dict())
+    engine = build_engine(model.to(device()), stage, dcfg, total_steps)
+    if resume_from is not None and (resume_from / DEEPSPEED_DIR).exists():
+        engine.load_checkpoint(str(resume_from / DEEPSPEED_DIR), tag="state")
+        if rank == 0:
+            log(f"[{stage.name}] resumed at step {state.step} ({state.words_seen:,} words seen)")
+
+    def checkpoint(metrics: dict, name: str) -> None:
+        with tempfile.TemporaryDirectory(prefix="classit-ckpt-") as tmp:
+            save_checkpoint(engine, tokenizer, state, Path(tmp), dcfg.zero_stage, tcfg.checkpoints.resumable)
+            report(metrics, checkpoint_dir=tmp, name=name)
+
+    def evaluate() -> float:
+        return validation_loss(engine.module, stage.validation, stage.collate, tcfg.batch_size)
+
+    base = {"stage": stage.name, "total_steps": total_steps, **stage.extra_metrics}
+    if state.initial_val_loss is None:
+        state.initial_val_loss = evaluate()
+        report({**base, "step": 0, "words_seen": 0, "val_loss": state.initial_val_loss})
+        if rank == 0:
+            log(f"[{stage.name}] step 0/{total_steps} val_loss {state.initial_val_loss:.4f}")
+
+    engine.train()
+    window_tokens, window_start = 0, time.perf_counter()
+    epoch, skip = divmod(state.step, per_epoch)
+    dev = engine.device
+    while state.step < total_steps:
+        batches = _batches(stage.train, epoch, tcfg.seed, skip * tcfg.gradient_accumulation_steps,
+                           tcfg.batch_size, stage.collate)
+        skip = 0
+        micro = 0
+        acc = [0.0, 0.0, 0.0, 0.0]  # loss sum, target tokens, words, input tokens
+        for batch in batches:
+            # Batches are right-padded, so causal attention never lets a real token see padding:
+            # no mask is needed, and without one attention takes the fast is_causal kernel.
+            logits = engine(input_ids=batch["input_ids"].to(dev)).logits
+            loss_sum, n = token_loss(logits, batch["labels"].to(dev))
+            engine.backward(loss_sum / n.clamp(min=1))
+            engine.step()
+            acc = [acc[0] + loss_sum.item(), acc[1] + int(n), acc[2] + int(batch["num_words"].sum()),
+                   acc[3] + int(batch["attention_mask"].sum())]
+            micro += 1
+            if micro % tcfg.gradient_accumulation_steps:
+                continue
+            loss_total, targets, words, tokens = _all_sum(acc)
+            acc = [0.0, 0.0, 0.0, 0.0]
+            loss = loss_total / max(targets, 1)
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(f"stage {stage.name}: non-finite loss ({loss}) at step {state.step + 1}; "
+                                         f"lower pretrain.learning_rate or check the data")
+            state.step += 1
+            state.words_seen += int(words)
+            state.tokens_seen += int(tokens)
+            window_tokens += int(tokens)
+            metrics = {**base, "step": state.step, "words_seen": state.words_seen, "tokens_seen": state.tokens_seen,
+                       "loss": loss, "lr": engine.get_lr()[0], "epoch": epoch}
+            done = state.step >= total_steps
+            crossed = state.next_mark < len(marks) and state.words_seen >= marks[state.next_mark]
+            evaluating = state.step % tcfg.eval_every_steps == 0 or done
+            if state.step % tcfg.log_every_steps == 0 or evaluating or crossed:
+                # Throughput of training alone: the window closes before evaluation and checkpointing.
+                metrics["tokens_per_s"] = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+                if evaluating:
+                    metrics["val_loss"] = evaluate()
+                if rank == 0:
+                    val = f" val_loss {metrics['val_loss']:.4f}" if "val_loss" in metrics else ""
+                    log(f"[{stage.name}] step {state.step}/{total_steps} loss {loss:.4f}{val} "
+                        f"lr {metrics['lr']:.2e} {metrics['tokens_per_s']:,.0f} tok/s {state.words_seen:,} words")
+                if crossed or done:
+                    while state.next_mark < len(marks) and state.words_seen >= marks[state.next_mark]:
+                        state.next_mark += 1
+                    checkpoint(metrics, f"{stage.name}-step{state.step:07d}-words{state.words_seen:012d}")
+                else:
+                    report(metrics)
+                window_tokens, window_start = 0, time.perf_counter()
+            if done:
+                break
+        epoch += 1
+    return state

@@ -1,0 +1,99 @@
+"""Ray Train wiring: a TorchTrainer whose workers run `loop.train_stage` and report to Ray.
+
+A worker failure restarts the worker group from the newest reported checkpoint
+(`FailureConfig.max_failures`); rerunning with the same run name resumes the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+
+from classit.config import ClassitConfig
+from classit.results import table_dir, write_rows
+
+WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+
+
+class RayReporter:
+    """Reports to Ray Train; rank 0 also keeps metric rows and flushes them to Parquet at checkpoints."""
+
+    def __init__(self, cfg: ClassitConfig, trial: str):
+        import ray.train
+
+        self.train = ray.train
+        self.rank = ray.train.get_context().get_world_rank()
+        self.metrics_dir = table_dir(cfg.run.storage_path, cfg.run.name, "train_metrics")
+        self.trial = trial
+        self.rows: list[dict] = []
+
+    def __call__(self, metrics: dict, checkpoint_dir: str | None = None, name: str | None = None) -> None:
+        if self.rank == 0:
+            self.rows.append({"trial": self.trial, "time": time.time(), **metrics})
+        checkpoint = self.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        self.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+        if checkpoint_dir and self.rank == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        write_rows(self.metrics_dir, self.rows)
+        self.rows = []
+
+
+def pretrain_worker(loop_config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+
+    from classit.data.corpus import PreparedCorpus
+    from classit.models import build_model
+    from classit.tokenizer import load_tokenizer
+    from classit.train.loop import Stage, collate_blocks, train_stage
+
+    cfg = ClassitConfig.model_validate(loop_config["config"])
+    corpus = PreparedCorpus(Path(loop_config["corpus_root"]), {})
+    tokenizer = load_tokenizer(corpus.tokenizer_path)
+    model = build_model(cfg.model.preset, tokenizer, seed=cfg.pretrain.seed)
+    stage = Stage("pretrain", corpus.load_blocks("train"), corpus.load_blocks("validation"), cfg.pretrain,
+                  partial(collate_blocks, pad_id=tokenizer.pad_token_id))
+    report = RayReporter(cfg, trial=cfg.run.name)
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
+        train_stage(model, tokenizer, stage, cfg.distributed, report,
+                    resume_from=Path(resume_dir) if resume_dir else None)
+    if report.rank == 0:
+        report.flush()
+
+
+def storage_uri(storage_path: str) -> str:
+    return storage_path if "://" in storage_path else str(Path(storage_path).expanduser().resolve())
+
+
+def make_trainer(cfg: ClassitConfig, worker_fn, loop_config: dict):
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    dcfg = cfg.distributed
+    env = dict(WORKER_ENV, **({} if dcfg.use_gpu else {"DS_ACCELERATOR": "cpu"}))
+    return TorchTrainer(
+        worker_fn,
+        train_loop_config={"config": cfg.model_dump(mode="json"), **loop_config},
+        torch_config=TorchConfig(backend="nccl" if dcfg.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=dcfg.num_workers, use_gpu=dcfg.use_gpu,
+                                     resources_per_worker={"CPU": dcfg.cpus_per_worker}),
+        run_config=RunConfig(name=cfg.run.name, storage_path=storage_uri(cfg.run.storage_path),
+                             failure_config=FailureConfig(max_failures=dcfg.max_failures),
+                             worker_runtime_env={"env_vars": env}),
+    )
+
+
+def run_pretraining(cfg: ClassitConfig):
+    """Prepare the corpus on the driver (cached), then train on Ray workers; returns Ray's Result."""
+    from classit.data.corpus import prepare_corpus
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    corpus = prepare_corpus(cfg)
+    trainer = make_trainer(cfg, pretrain_worker, {"corpus_root": str(corpus.root.resolve())})
+    return trainer.fit()
