@@ -15,7 +15,24 @@ from pathlib import Path
 from classit.config import ClassitConfig
 from classit.results import table_dir, write_rows
 
-WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+# Workers print their own progress lines; Ray's print patch would log each one twice.
+WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+
+
+def quiet_worker() -> None:
+    """Progress bars and deprecation chatter from libraries drown the training log."""
+    import logging
+    import warnings
+
+    import datasets
+    import transformers
+    from ray.train.v2._internal.execution import context
+
+    # Ray logs every report at INFO under a logger named by file path, outside LoggingConfig's reach.
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
 
 
 class RayReporter:
@@ -52,6 +69,7 @@ def pretrain_worker(loop_config: dict) -> None:
     from classit.tokenizer import load_tokenizer
     from classit.train.loop import Stage, collate_blocks, train_stage
 
+    quiet_worker()
     cfg = ClassitConfig.model_validate(loop_config["config"])
     corpus = PreparedCorpus(Path(loop_config["corpus_root"]), {})
     tokenizer = load_tokenizer(corpus.tokenizer_path)
@@ -72,7 +90,7 @@ def storage_uri(storage_path: str) -> str:
 
 
 def make_trainer(cfg: ClassitConfig, worker_fn, loop_config: dict):
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     dcfg = cfg.distributed
@@ -85,7 +103,8 @@ def make_trainer(cfg: ClassitConfig, worker_fn, loop_config: dict):
                                      resources_per_worker={"CPU": dcfg.cpus_per_worker}),
         run_config=RunConfig(name=cfg.run.name, storage_path=storage_uri(cfg.run.storage_path),
                              failure_config=FailureConfig(max_failures=dcfg.max_failures),
-                             worker_runtime_env={"env_vars": env}),
+                             worker_runtime_env={"env_vars": env},
+                             logging_config=LoggingConfig(log_level="WARNING")),
     )
 
 

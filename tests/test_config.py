@@ -1,0 +1,66 @@
+import subprocess
+import sys
+
+import pytest
+
+from classit.cli import main
+from classit.config import ConfigError, config_hash, load_config, parse_config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, field", [
+    ("pretrain:\n  learning_rat: 0.1\n", "pretrain.learning_rat: unknown key"),
+    ("pretrain:\n  batch_size: many\n", "pretrain.batch_size"),
+    ("pretrain:\n  learning_rate: -1e-4\n", "pretrain.learning_rate"),
+    ("distributed:\n  zero_stage: 4\n", "distributed.zero_stage"),
+    ("corpus:\n  path: /no/such/corpus\n", "/no/such/corpus"),
+    ("model:\n  preset: llama-7b\n", "model.preset"),
+    ("corpus:\n  block_size: 0\n", "corpus.block_size"),
+])
+def test_bad_config_is_one_line_naming_the_field(tmp_path, capsys, text, field):
+    code = main(["pretrain", "--config", str(write(tmp_path, text))])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("classit: error: ")
+    assert field in err
+
+
+def test_missing_config_file_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "pretrain: [unclosed\n"))
+
+
+def test_cli_process_exits_nonzero_with_one_line(tmp_path):
+    path = write(tmp_path, "pretrain:\n  learning_rate: -1\n")
+    proc = subprocess.run([sys.executable, "-m", "classit.cli", "pretrain", "--config", str(path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "pretrain.learning_rate" in proc.stderr
+
+
+def test_overrides_and_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, "pretrain:\n  epochs: 3\n"), ["pretrain.learning_rate=1e-3",
+                                                                  "distributed.zero_stage=3"])
+    assert (cfg.pretrain.epochs, cfg.pretrain.learning_rate, cfg.distributed.zero_stage) == (3, 1e-3, 3)
+    assert cfg.corpus.synthetic is not None  # no source given: the embedded default
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(None, ["nonsense"])
+
+
+def test_two_corpus_sources_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="corpus: give one corpus source"):
+        parse_config({"corpus": {"path": str(tmp_path), "hf_dataset": "x"}})
+
+
+def test_config_hash_tracks_content():
+    a, b = parse_config({}), parse_config({"pretrain": {"learning_rate": 1e-3}})
+    assert config_hash(a.corpus) == config_hash(b.corpus)
+    assert config_hash(a.pretrain) != config_hash(b.pretrain)

@@ -1,0 +1,86 @@
+import json
+
+import numpy as np
+import pytest
+
+from classit.data import corpus as corpus_mod
+from classit.data.corpus import (clean_source, clean_text, count_words, merge_speaker_turns, pack_blocks,
+                                 prepare_corpus, read_babylm_folder, split_train_validation)
+from classit.tokenizer import PORTABLE_TOKENIZER_CLASS, REPLY, load_tokenizer
+from conftest import small_config
+
+
+def test_special_characters_removed_and_spaces_folded():
+    assert clean_text("* the dog  ~runs ♪ fast # .") == "the dog runs fast ."
+    assert clean_text("don't say \"no\", (please)!") == "don't say \"no\", (please)!"
+    assert clean_text("café au lait") == "café au lait"  # letters of any script stay
+
+
+def test_short_lines_dropped():
+    assert clean_source("childes", ["yes .", "no", "the dog runs", "* # ~"]) == ["the dog runs"]
+
+
+def test_switchboard_turns_of_one_speaker_merged():
+    lines = ["A: well i think so", "A: you know it is", "B: yeah right", "A: and then we went home"]
+    assert merge_speaker_turns(lines) == ["well i think so you know it is", "yeah right", "and then we went home"]
+    # After merging, "yeah right" (2 words) is dropped by the length rule.
+    assert clean_source("switchboard", lines) == ["well i think so you know it is", "and then we went home"]
+
+
+def test_split_is_disjoint_complete_and_90_10():
+    lines = [f"line number {i}" for i in range(1000)]
+    train, valid = split_train_validation(lines, 0.1, seed=3)
+    assert len(valid) == 100 and len(train) == 900
+    assert sorted(train + valid) == sorted(lines)
+    assert split_train_validation(lines, 0.1, seed=3) == (train, valid)
+
+
+def test_packing_loses_and_duplicates_no_token_and_counts_words():
+    rng = np.random.default_rng(0)
+    seqs = [list(rng.integers(4, 100, size=rng.integers(1, 40))) for _ in range(300)]
+    words = [int(rng.integers(1, 10)) for _ in seqs]
+    blocks, block_words = pack_blocks(seqs, words, block_size=32, pad_id=0)
+    flat = blocks.ravel()
+    n = sum(map(len, seqs))
+    assert blocks.shape[1] == 32 and len(blocks) == -(-n // 32)
+    assert flat[:n].tolist() == [t for s in seqs for t in s]  # every token once, in order
+    assert (flat[n:] == 0).all()  # only the tail is padding
+    assert block_words.sum() == sum(words)
+
+
+def test_prepare_corpus_counts_words_exactly_and_reuses_cache(tmp_path, monkeypatch):
+    cfg = small_config(tmp_path)
+    first = prepare_corpus(cfg)
+    train = first.load_blocks("train")
+    # Words in the blocks equal a direct count over the cleaned training lines.
+    raw = read_babylm_folder(next((tmp_path / "cache").glob("synthetic-*")))
+    train_lines, _, _ = corpus_mod.clean_and_split(raw, cfg.corpus.validation_fraction, cfg.corpus.split_seed)
+    assert sum(train["num_words"]) == sum(map(count_words, train_lines)) == first.stats["train"]["words"]
+    tokenizer = load_tokenizer(first.tokenizer_path)
+    assert first.stats["train"]["tokens"] == sum(len(tokenizer(line)["input_ids"]) + 1 for line in train_lines)
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("tokenized again despite a cached corpus")
+
+    monkeypatch.setattr(corpus_mod, "tokenize_and_pack", no_tokenizing)
+    monkeypatch.setattr(corpus_mod, "_tokenize_batch", no_tokenizing)
+    second = prepare_corpus(cfg)
+    assert second.root == first.root and second.stats == first.stats
+    assert len(second.load_blocks("train")) == len(train)
+
+
+def test_tokenizer_portable_with_bos_and_boundary(tmp_path):
+    prepared = prepare_corpus(small_config(tmp_path))
+    config = json.loads((prepared.tokenizer_path / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == PORTABLE_TOKENIZER_CLASS  # a class transformers 4.x knows
+    assert REPLY in config["additional_special_tokens"]
+    tokenizer = load_tokenizer(prepared.tokenizer_path)
+    ids = tokenizer("the dog runs .")["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "the dog runs ."
+    assert len({tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id}) == 3
+
+
+def test_unknown_corpus_folder_layout(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no <source>.train files"):
+        read_babylm_folder(tmp_path)

@@ -1,0 +1,121 @@
+"""The training loop without Ray: a world of one process, real DeepSpeed engines."""
+
+import math
+import shutil
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from classit.config import DistributedConfig, TrainConfig
+from classit.data.corpus import prepare_corpus
+from classit.models import build_model
+from classit.tokenizer import load_tokenizer
+from classit.train.loop import (NonFiniteLossError, Stage, checkpoint_marks, collate_blocks, init_single_process,
+                                load_trainer_state, lr_factor, token_loss, train_stage)
+from conftest import small_config
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    init_single_process()
+    prepared = prepare_corpus(small_config(tmp_path_factory.mktemp("loop")))
+    return prepared, load_tokenizer(prepared.tokenizer_path)
+
+
+def make_stage(corpus, **train):
+    prepared, tokenizer = corpus
+    tcfg = TrainConfig(**{"learning_rate": 2e-3, "batch_size": 8, "epochs": 1, "warmup_steps": 5,
+                          "eval_every_steps": 10, "log_every_steps": 5, **train})
+    return Stage("pretrain", prepared.load_blocks("train"), prepared.load_blocks("validation"), tcfg,
+                 partial(collate_blocks, pad_id=tokenizer.pad_token_id))
+
+
+class Recorder:
+    """Keeps every metrics row and a copy of every checkpoint folder."""
+
+    def __init__(self, keep: Path):
+        self.rows, self.checkpoints, self.keep = [], [], keep
+
+    def __call__(self, metrics, checkpoint_dir=None, name=None):
+        self.rows.append(dict(metrics))
+        if checkpoint_dir:
+            self.checkpoints.append(Path(shutil.copytree(checkpoint_dir, self.keep / name)))
+
+
+def test_lr_schedules():
+    assert lr_factor(0, 10, 100, "linear") == pytest.approx(1 / 11)
+    assert lr_factor(10, 10, 100, "linear") == 1.0
+    assert lr_factor(100, 10, 100, "linear") == 0.0
+    assert lr_factor(55, 10, 100, "constant") == 1.0
+    # Two cosine cycles: back at the peak half way through, near zero just before.
+    assert lr_factor(10, 10, 110, "cosine_with_restarts", restarts=2) == pytest.approx(1.0)
+    assert lr_factor(59, 10, 110, "cosine_with_restarts", restarts=2) < 0.01
+    assert lr_factor(60, 10, 110, "cosine_with_restarts", restarts=2) == pytest.approx(1.0)
+
+
+def test_checkpoint_marks_follow_babylm_and_scale():
+    marks = checkpoint_marks(1_000_000_001, word_scale=1.0)
+    assert marks[:3] == [1_000_000, 2_000_000, 3_000_000] and 10_000_000 in marks and 20_000_000 in marks
+    assert 100_000_000 in marks and 1_000_000_000 in marks and 11_000_000 not in marks
+    assert len(marks) == 28
+    small = checkpoint_marks(500_000, word_scale=None)  # the 1B schedule shrunk to 500k words
+    assert small[:2] == [500, 1_000] and small[-1] == 450_000 and len(small) == 27
+
+
+def test_loop_loss_is_token_cross_entropy_and_needs_no_mask(corpus):
+    _, tokenizer = corpus
+    model = build_model("tiny", tokenizer).eval()
+    ids = torch.randint(4, len(tokenizer), (3, 20))
+    ids[1, 12:] = tokenizer.pad_token_id  # right padding
+    batch = collate_blocks({"input_ids": ids.tolist(), "num_words": [1, 1, 1]}, tokenizer.pad_token_id)
+    with torch.no_grad():
+        masked = model(input_ids=ids, attention_mask=batch["attention_mask"], labels=batch["labels"])
+        unmasked = model(input_ids=ids).logits
+    total, count = token_loss(unmasked, batch["labels"])
+    assert count == 19 + 11 + 19
+    assert (total / count).item() == pytest.approx(masked.loss.item(), abs=1e-5)
+    real = batch["attention_mask"].bool()
+    assert torch.allclose(unmasked[real], masked.logits[real], atol=1e-5)
+
+
+def test_train_stage_learns_and_resumes_where_it_stopped(corpus, tmp_path):
+    _, tokenizer = corpus
+    dcfg = DistributedConfig(num_workers=1, zero_stage=2)
+    first = Recorder(tmp_path)
+    state = train_stage(build_model("tiny", tokenizer), tokenizer, make_stage(corpus, max_steps=30), dcfg, first)
+    assert state.step == 30 and first.rows[0]["step"] == 0
+    assert first.rows[-1]["val_loss"] < 0.8 * first.rows[0]["val_loss"]
+    last = first.checkpoints[-1]
+    assert load_trainer_state(last).step == 30 and (last / "deepspeed").is_dir()
+
+    second = Recorder(tmp_path / "again")
+    (tmp_path / "again").mkdir()
+    state = train_stage(build_model("tiny", tokenizer, seed=99), tokenizer, make_stage(corpus, max_steps=40),
+                        dcfg, second, resume_from=last)
+    steps = [r["step"] for r in second.rows]
+    assert steps[0] > 30 and steps[-1] == 40 and state.step == 40  # no step 0 again: it resumed
+    assert state.words_seen > load_trainer_state(last).words_seen
+
+
+def test_zero3_checkpoint_is_a_loadable_hf_model(corpus, tmp_path):
+    _, tokenizer = corpus
+    rec = Recorder(tmp_path)
+    train_stage(build_model("tiny", tokenizer), tokenizer, make_stage(corpus, max_steps=6),
+                DistributedConfig(num_workers=1, zero_stage=3), rec)
+    model = AutoModelForCausalLM.from_pretrained(rec.checkpoints[-1])
+    out = model.generate(**tokenizer("the dog", return_tensors="pt"), max_new_tokens=5, do_sample=False)
+    assert out.shape[1] > 3
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_nan_loss_stops_with_a_clear_error(corpus, tmp_path):
+    _, tokenizer = corpus
+    model = build_model("tiny", tokenizer)
+    with torch.no_grad():
+        model.lm_head.weight.fill_(math.nan)
+    with pytest.raises(NonFiniteLossError, match="non-finite loss .* at step 1"):
+        train_stage(model, tokenizer, make_stage(corpus, max_steps=5), DistributedConfig(num_workers=1),
+                    Recorder(tmp_path))
