@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 from functools import partial
 
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--zero-stage", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each; medians reported")
     args = parser.parse_args()
 
     cfg = parse_config({"model": {"preset": args.preset}, "corpus": {"block_size": args.block_size}})
@@ -93,13 +95,17 @@ def main() -> None:
     skip = args.steps // 10  # warm-up steps left out of both timings
     dcfg = DistributedConfig(num_workers=1, zero_stage=args.zero_stage, use_gpu=gpu)
 
-    hf = time_hf_trainer(args.preset, tokenizer, blocks, tcfg, bf16=gpu, skip=skip)
-    ours = time_classit(args.preset, tokenizer, blocks, tcfg, dcfg, skip=skip)
+    # The Trainer runs first: once our loop has made a process group, the Trainer would wrap
+    # its model in DDP and be slowed by it.
+    hf = statistics.median(time_hf_trainer(args.preset, tokenizer, blocks, tcfg, bf16=gpu, skip=skip)
+                           for _ in range(args.repeats))
+    ours = statistics.median(time_classit(args.preset, tokenizer, blocks, tcfg, dcfg, skip=skip)
+                             for _ in range(args.repeats))
     device = torch.cuda.get_device_name() if gpu else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     print(f"preset {args.preset}  steps {args.steps}  batch {args.batch_size}x{args.block_size}  "
           f"ZeRO-{args.zero_stage}  {'bf16' if gpu else 'fp32'}  on {device}")
-    print(f"HF Trainer      {hf:12,.0f} tokens/s")
-    print(f"classit loop    {ours:12,.0f} tokens/s")
+    print(f"HF Trainer      {hf:12,.0f} tokens/s  (median of {args.repeats})")
+    print(f"classit loop    {ours:12,.0f} tokens/s  (median of {args.repeats})")
     print(f"ratio classit / Trainer = {ours / hf:.2f}  (target >= 1.0)")
 
 

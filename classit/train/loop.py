@@ -175,7 +175,7 @@ def validation_loss(model, dataset, collate, batch_size: int) -> float:
     dev = next(model.parameters()).device
     for start in range(rank * batch_size, len(dataset), world_size * batch_size):
         batch = collate(dataset[start:start + batch_size])
-        logits = model(input_ids=batch["input_ids"].to(dev)).logits  # right-padded: no mask needed
+        logits = model(input_ids=batch["input_ids"].to(dev), use_cache=False).logits  # right-padded: no mask needed
         loss_sum, n = token_loss(logits, batch["labels"].to(dev))
         total, count = total + loss_sum.item(), count + int(n)
     model.train(was_training)
@@ -279,7 +279,7 @@ def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report:
         for batch in batches:
             # Batches are right-padded, so causal attention never lets a real token see padding:
             # no mask is needed, and without one attention takes the fast is_causal kernel.
-            logits = engine(input_ids=batch["input_ids"].to(dev)).logits
+            logits = engine(input_ids=batch["input_ids"].to(dev), use_cache=False).logits
             loss_sum, n = token_loss(logits, batch["labels"].to(dev))
             engine.backward(loss_sum / n.clamp(min=1))
             engine.step()
