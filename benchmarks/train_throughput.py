@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 from classit.config import DistributedConfig, TrainConfig, parse_config  # noqa: E402
 from classit.data.corpus import prepare_corpus  # noqa: E402
-from classit.models import build_model  # noqa: E402
+from classit.models import build_model, count_parameters  # noqa: E402
 from classit.tokenizer import load_tokenizer  # noqa: E402
 from classit.train.loop import Stage, collate_blocks, init_single_process, train_stage  # noqa: E402
 
@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--zero-stage", type=int, default=2)
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="GPU bf16 dense peak (H100/H200 SXM: 989)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each; medians reported")
     args = parser.parse_args()
 
@@ -107,6 +108,11 @@ def main() -> None:
     print(f"HF Trainer      {hf:12,.0f} tokens/s  (median of {args.repeats})")
     print(f"classit loop    {ours:12,.0f} tokens/s  (median of {args.repeats})")
     print(f"ratio classit / Trainer = {ours / hf:.2f}  (target >= 1.0)")
+    if gpu:
+        params = count_parameters(build_model(args.preset, tokenizer))
+        peak = args.peak_tflops * 1e12
+        print(f"MFU (6 x {params:,} params x tokens/s / {args.peak_tflops:.0f} TFLOP/s bf16 peak): "
+              f"classit {6 * params * ours / peak:.1%}  Trainer {6 * params * hf / peak:.1%}")
 
 
 if __name__ == "__main__":
