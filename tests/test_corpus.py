@@ -84,3 +84,39 @@ def test_tokenizer_portable_with_bos_and_boundary(tmp_path):
 def test_unknown_corpus_folder_layout(tmp_path):
     with pytest.raises(FileNotFoundError, match="no <source>.train files"):
         read_babylm_folder(tmp_path)
+
+
+def test_babylm_folder_and_datasets_sources_give_the_same_lines(tmp_path):
+    import datasets
+
+    folder = tmp_path / "babylm"
+    folder.mkdir()
+    childes = [f"the child number {i} plays with the dog ." for i in range(300)]
+    switchboard = [f"{'AB'[i % 2]}: and we talked about thing {i} today" for i in range(200)]
+    (folder / "childes.train").write_text("\n".join(childes) + "\n")
+    (folder / "switchboard.train").write_text("\n".join(switchboard) + "\n")
+    hf_dir = tmp_path / "hf"
+    datasets.Dataset.from_dict({"text": childes + switchboard,
+                                "source": ["childes"] * 300 + ["switchboard"] * 200}).save_to_disk(str(hf_dir))
+
+    base = {"corpus": {"block_size": 32, "num_proc": 1}}
+    from_folder = prepare_corpus(small_config(tmp_path / "a", corpus={**base["corpus"], "path": str(folder),
+                                                                      "synthetic": None}))
+    from_hf = prepare_corpus(small_config(tmp_path / "b", corpus={**base["corpus"], "hf_dataset": str(hf_dir),
+                                                                  "synthetic": None}))
+    assert from_folder.stats["sources"] == from_hf.stats["sources"]
+    assert from_folder.stats["train"]["words"] == from_hf.stats["train"]["words"] > 0
+    assert from_folder.stats["sources"]["switchboard"]["lines"] == 200
+
+
+def test_changed_corpus_file_is_not_served_from_cache(tmp_path):
+    folder = tmp_path / "babylm"
+    folder.mkdir()
+    lines = [f"the child number {i} plays with the dog ." for i in range(300)]
+    (folder / "childes.train").write_text("\n".join(lines) + "\n")
+    cfg = small_config(tmp_path, corpus={"path": str(folder), "synthetic": None, "block_size": 32})
+    first = prepare_corpus(cfg)
+    (folder / "childes.train").write_text("\n".join(lines[:200]) + "\n")
+    second = prepare_corpus(cfg)
+    assert second.root != first.root
+    assert second.stats["sources"]["childes"]["lines"] == 200
