@@ -114,6 +114,117 @@ class DistributedConfig(Section):
     max_failures: NonNegativeInt = Field(3, description="worker failures survived by resuming")
 
 
+class InstructTrainConfig(TrainConfig):
+    """Instruction-tuning defaults from the paper: lr 2e-5, 10 epochs, cosine with restarts, 500 warm-up."""
+
+    learning_rate: PositiveFloat = 2e-5
+    epochs: PositiveInt = 10
+    warmup_steps: NonNegativeInt = 500
+    schedule: Literal["linear", "cosine_with_restarts", "constant"] = "cosine_with_restarts"
+    checkpoints: CheckpointConfig = CheckpointConfig(schedule="final")  # one at each stage boundary
+
+
+class InstructDataset(Section):
+    """Prompt/reply records from exactly one source."""
+
+    path: Path | None = Field(None, description="JSONL, JSON or Parquet file, or a datasets save_to_disk folder")
+    hf_dataset: str | None = Field(None, description="`datasets` hub name")
+    hf_split: str = "train"
+    switchboard: Path | None = Field(None, description="a BabyLM switchboard.train file, cut into pairs")
+    synthetic: Literal["conversation", "qa"] | None = None
+    max_records: PositiveInt | None = Field(None, description="keep a seeded subset, e.g. to fit the word budget")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InstructDataset:
+        chosen = [n for n in ("path", "hf_dataset", "switchboard", "synthetic") if getattr(self, n) is not None]
+        if len(chosen) != 1:
+            raise ValueError(f"give exactly one of path, hf_dataset, switchboard, synthetic (got {chosen or 'none'})")
+        for name in ("path", "switchboard"):
+            value = getattr(self, name)
+            if value is not None and not value.exists():
+                raise ValueError(f"no such file: {value}")
+        return self
+
+
+class StageConfig(Section):
+    """One curriculum stage: a mixture of datasets and how long to train on it.
+
+    `weights` (summing to 1) set each dataset's share of the stage's items; without them the
+    datasets are concatenated at their natural sizes. The other fields override `instruct.train`.
+    """
+
+    datasets: list[str] = Field(min_length=1)
+    weights: list[float] | None = None
+    name: str | None = None
+    epochs: PositiveInt | None = None
+    max_steps: PositiveInt | None = None
+    max_words: PositiveInt | None = Field(None, description="stop after this many words of exposure")
+    learning_rate: PositiveFloat | None = None
+    warmup_steps: NonNegativeInt | None = None
+    schedule: Literal["linear", "cosine_with_restarts", "constant"] | None = None
+
+    @model_validator(mode="after")
+    def _weights(self) -> StageConfig:
+        if self.weights is not None:
+            if len(self.weights) != len(self.datasets):
+                raise ValueError(f"weights: {len(self.weights)} weights for {len(self.datasets)} datasets")
+            if any(w < 0 for w in self.weights) or abs(sum(self.weights) - 1.0) > 1e-6:
+                raise ValueError(f"weights: must be >= 0 and sum to 1 (got {self.weights}, sum {sum(self.weights):g})")
+        return self
+
+
+CURRICULUM_PRESETS = ("pt", "switch", "wiki", "merged", "switch_wiki", "wiki_switch")
+
+
+class WordBudgetConfig(Section):
+    """The BabyLM limits: words of input data, and words of exposure counting repeats."""
+
+    max_input_words: PositiveInt = 100_000_000
+    max_exposure_words: PositiveInt = 1_000_000_000
+    allow_over_budget: bool = False
+
+
+class TemplateConfig(Section):
+    """A record becomes: prompt_prefix + prompt, the <|reply|> boundary token, reply_prefix + reply, EOS."""
+
+    prompt_prefix: str = ""
+    reply_prefix: str = ""
+
+
+def _default_instruct_datasets() -> dict[str, InstructDataset]:
+    return {"switch": InstructDataset(synthetic="conversation"), "wiki": InstructDataset(synthetic="qa")}
+
+
+class InstructConfig(Section):
+    datasets: dict[str, InstructDataset] = Field(default_factory=_default_instruct_datasets)
+    curriculum: Literal["pt", "switch", "wiki", "merged", "switch_wiki", "wiki_switch"] | list[StageConfig] = \
+        "switch_wiki"
+    mix_ratio: float | None = Field(None, ge=0.0, le=1.0, description="merged only: the conversational share")
+    train: InstructTrainConfig = InstructTrainConfig()
+    max_length: PositiveInt = Field(256, description="tokens per sequence; longer prompts are cut from the left")
+    validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    split_seed: int = 0
+    template: TemplateConfig = TemplateConfig()
+    budget: WordBudgetConfig = WordBudgetConfig()
+
+    @model_validator(mode="after")
+    def _stages_name_known_datasets(self) -> InstructConfig:
+        if self.mix_ratio is not None and self.curriculum != "merged":
+            raise ValueError("mix_ratio: only applies to the merged curriculum")
+        if isinstance(self.curriculum, str):
+            needed = {"pt": []}.get(self.curriculum, ["switch", "wiki"] if self.curriculum in
+                                    ("merged", "switch_wiki", "wiki_switch") else [self.curriculum])
+            where = f"curriculum {self.curriculum}"
+        else:
+            needed = [d for stage in self.curriculum for d in stage.datasets]
+            where = "curriculum"
+        unknown = sorted(set(needed) - set(self.datasets))
+        if unknown:
+            raise ValueError(f"{where}: unknown dataset {', '.join(map(repr, unknown))} "
+                             f"(known: {', '.join(sorted(self.datasets)) or 'none'})")
+        return self
+
+
 class RunConfig(Section):
     name: str = Field("pretrain", min_length=1)
     storage_path: str = Field("runs", description="Ray storage: local folder or cloud URI")
@@ -125,20 +236,35 @@ class ClassitConfig(Section):
     tokenizer: TokenizerConfig = TokenizerConfig()
     corpus: CorpusConfig = CorpusConfig()
     pretrain: TrainConfig = TrainConfig()
+    instruct: InstructConfig = InstructConfig()
     distributed: DistributedConfig = DistributedConfig()
     run: RunConfig = RunConfig()
 
 
+def _is_branch_tag(part) -> bool:
+    # Pydantic names the branches of a union in the error location, e.g. "literal['pt',...]".
+    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool"))
+
+
+def _relevant(errors: list[dict]) -> dict:
+    """Of a union's branch errors, the one for the branch the input was meant for."""
+    for e in errors:
+        wrong_branch = (e["type"] == "literal_error" and not isinstance(e.get("input"), str)) or \
+                       (e["type"] == "list_type" and isinstance(e.get("input"), str))
+        if not wrong_branch:
+            return e
+    return errors[0]
+
+
 def _one_line(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "<root>"
+    first = _relevant(err.errors())
+    field = ".".join(str(p) for p in first["loc"] if not _is_branch_tag(p)) or "<root>"
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif "input" in first and not isinstance(first["input"], dict):
         msg += f" (got {first['input']!r})"
-    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{source}: {field}: {msg}{more}"
+    return f"{source}: {field}: {msg}"
 
 
 def parse_config(data: dict[str, Any], source: str = "config") -> ClassitConfig:

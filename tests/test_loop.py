@@ -85,7 +85,7 @@ def test_train_stage_learns_and_resumes_where_it_stopped(corpus, tmp_path):
     _, tokenizer = corpus
     dcfg = DistributedConfig(num_workers=1, zero_stage=2)
     first = Recorder(tmp_path)
-    state = train_stage(build_model("tiny", tokenizer), tokenizer, make_stage(corpus, max_steps=30), dcfg, first)
+    state, _ = train_stage(build_model("tiny", tokenizer), tokenizer, make_stage(corpus, max_steps=30), dcfg, first)
     assert state.step == 30 and first.rows[0]["step"] == 0
     assert first.rows[-1]["val_loss"] < 0.8 * first.rows[0]["val_loss"]
     last = first.checkpoints[-1]
@@ -93,7 +93,7 @@ def test_train_stage_learns_and_resumes_where_it_stopped(corpus, tmp_path):
 
     second = Recorder(tmp_path / "again")
     (tmp_path / "again").mkdir()
-    state = train_stage(build_model("tiny", tokenizer, seed=99), tokenizer, make_stage(corpus, max_steps=40),
+    state, _ = train_stage(build_model("tiny", tokenizer, seed=99), tokenizer, make_stage(corpus, max_steps=40),
                         dcfg, second, resume_from=last)
     steps = [r["step"] for r in second.rows]
     assert steps[0] > 30 and steps[-1] == 40 and state.step == 40  # no step 0 again: it resumed

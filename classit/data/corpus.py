@@ -132,6 +132,10 @@ class PreparedCorpus:
     root: Path
     stats: dict
 
+    @classmethod
+    def load(cls, root: Path) -> PreparedCorpus:
+        return cls(root, json.loads((root / "stats.json").read_text()))
+
     @property
     def tokenizer_path(self) -> Path:
         return self.root.parent / "tokenizer"
@@ -213,7 +217,7 @@ def prepare_corpus(cfg: ClassitConfig) -> PreparedCorpus:
     tok_root = cache_dir / f"corpus-{tokenizer_key}"
     blocks_root = tok_root / f"blocks-{corpus.block_size}"
     if (blocks_root / "stats.json").exists():
-        return PreparedCorpus(blocks_root, json.loads((blocks_root / "stats.json").read_text()))
+        return PreparedCorpus.load(blocks_root)
 
     train, valid, source_stats = clean_and_split(raw, corpus.validation_fraction, corpus.split_seed)
     if not train or not valid:

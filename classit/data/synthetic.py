@@ -17,6 +17,8 @@ NOUNS = [("dog", "dogs"), ("cat", "cats"), ("bird", "birds"), ("fox", "foxes"), 
          ("mouse", "mice"), ("horse", "horses"), ("baby", "babies"), ("friend", "friends")]
 INTRANSITIVE = [("runs", "run"), ("sleeps", "sleep"), ("sings", "sing"), ("jumps", "jump"),
                 ("laughs", "laugh"), ("plays", "play"), ("swims", "swim"), ("waits", "wait")]
+GERUNDS = {"run": "running", "sleep": "sleeping", "sing": "singing", "jump": "jumping", "laugh": "laughing",
+           "play": "playing", "swim": "swimming", "wait": "waiting"}
 TRANSITIVE = [("sees", "see"), ("likes", "like"), ("chases", "chase"), ("helps", "help"),
               ("finds", "find"), ("follows", "follow"), ("watches", "watch")]
 ADJECTIVES = ["big", "small", "happy", "little", "old", "funny", "quiet", "brave"]
@@ -117,3 +119,40 @@ def generate_corpus(folder: str | Path, sentences: int, seed: int = 0) -> dict[s
     for source, lines in files.items():
         (folder / f"{source}.train").write_text("\n".join(lines) + "\n")
     return {source: len(lines) for source, lines in files.items()}
+
+
+def conversation_pairs(n: int, seed: int = 0) -> list[dict]:
+    """Conversational prompt/reply records: questions answered with agreeing verbs."""
+    rng = random.Random(seed + 1)
+    grammar = Grammar(rng)
+    records = []
+    for _ in range(n):
+        plural = rng.random() < 0.5
+        np_ = grammar.noun_phrase(plural)
+        verb = rng.choice(INTRANSITIVE)
+        if rng.random() < 0.5:
+            prompt = f"{'do' if plural else 'does'} {np_} {verb[1]} ?"
+            reply = f"yes , {np_} {verb[plural]} ." if rng.random() < 0.6 else f"no , {np_} {'do' if plural else 'does'} not {verb[1]} ."
+        else:
+            prompt = f"what {'are' if plural else 'is'} {np_} doing ?"
+            reply = f"{np_} {'are' if plural else 'is'} {GERUNDS[verb[1]]} ."
+        records.append({"prompt": prompt, "reply": reply, "source": "synthetic-conversation"})
+    return records
+
+
+def qa_pairs(n: int, seed: int = 0) -> list[dict]:
+    """Lecture-style Q&A about the world's characters, whose facts the pretraining corpus states."""
+    rng = random.Random(seed + 2)
+    world = make_world(seed)
+    templates = [
+        (lambda c: f"where does {c.name} live ?", lambda c: f"{c.name} lives near {c.home} . it is a nice place ."),
+        (lambda c: f"what does {c.name} like to eat ?", lambda c: f"{c.name} likes to eat {c.food} . {c.food} are good ." if c.food.endswith("s") else f"{c.name} likes to eat {c.food} . {c.food} is good ."),
+        (lambda c: f"what is the favourite colour of {c.name} ?", lambda c: f"the favourite colour of {c.name} is {c.colour} ."),
+        (lambda c: f"what pet does {c.name} have ?", lambda c: f"{c.name} has a {c.pet} . the {c.pet} is a good friend ."),
+    ]
+    records = []
+    for _ in range(n):
+        character = rng.choice(world)
+        question, answer = rng.choice(templates)
+        records.append({"prompt": question(character), "reply": answer(character), "source": "synthetic-qa"})
+    return records

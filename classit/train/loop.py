@@ -88,9 +88,18 @@ def collate_blocks(rows: dict[str, list], pad_id: int) -> dict[str, torch.Tensor
 
 @dataclass
 class TrainerState:
-    """What a resumed worker needs besides weights and optimizer state."""
+    """What a resumed worker needs besides weights and optimizer state.
+
+    Word counts follow the BabyLM rules: `prior_*` are the input and exposure words of everything
+    that made the starting model (pretraining, earlier stages), `input_words` the new input this
+    stage adds, `words_seen` this stage's exposure, repeats included.
+    """
 
     stage: str
+    stage_index: int = 0
+    prior_input_words: int = 0
+    prior_exposure_words: int = 0
+    input_words: int = 0
     step: int = 0
     words_seen: int = 0
     tokens_seen: int = 0
@@ -104,14 +113,22 @@ class Reporter(Protocol):
 
 @dataclass
 class Stage:
-    """One stage of training: its data, its optimisation, and how to batch rows."""
+    """One stage of training: its data, its optimisation, how to batch rows, and its word counts."""
 
     name: str
     train: object  # a map-style dataset of rows
     validation: object
     config: TrainConfig
     collate: Callable[[dict[str, list]], dict[str, torch.Tensor]]  # column-wise rows -> tensors
+    index: int = 0
+    prior_input_words: int = 0
+    prior_exposure_words: int = 0
+    input_words: int = 0
     extra_metrics: dict = field(default_factory=dict)
+
+    def fresh_state(self) -> TrainerState:
+        return TrainerState(stage=self.name, stage_index=self.index, prior_input_words=self.prior_input_words,
+                            prior_exposure_words=self.prior_exposure_words, input_words=self.input_words)
 
 
 def world() -> tuple[int, int]:
@@ -219,13 +236,26 @@ def save_checkpoint(engine, tokenizer, state: TrainerState, folder: Path, zero_s
         engine.save_checkpoint(str(folder / DEEPSPEED_DIR), tag="state", client_state={"trainer_state": asdict(state)})
 
 
+def full_state_dict(engine, zero_stage: int) -> dict[str, torch.Tensor]:
+    """The model's whole weights on every rank, on CPU (gathered from the partitions under ZeRO-3)."""
+    import deepspeed
+
+    module = engine.module
+    params = list(module.parameters()) if zero_stage == 3 else []
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=zero_stage == 3):
+        return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
 def load_trainer_state(folder: Path) -> TrainerState:
     return TrainerState(**json.loads((folder / TRAINER_STATE).read_text()))
 
 
 def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report: Reporter,
-                resume_from: Path | None = None, log: Callable[[str], None] = print) -> TrainerState:
-    """Train one stage to its planned steps; returns the final state. `resume_from`: a checkpoint folder."""
+                resume_from: Path | None = None, log: Callable[[str], None] = print):
+    """Train one stage to its planned steps. `resume_from`: a checkpoint folder of this stage.
+
+    Returns the final state and the engine (for `full_state_dict`, when a next stage needs the weights).
+    """
     tcfg = stage.config
     rank, world_size = world()
     total_steps = planned_steps(len(stage.train), tcfg, world_size)
@@ -238,7 +268,7 @@ def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report:
     marks = checkpoint_marks(int(total_steps * rows_per_step * words_per_row), tcfg.checkpoints.word_scale) \
         if tcfg.checkpoints.schedule == "babylm" else []
 
-    state = TrainerState(stage=stage.name)
+    state = stage.fresh_state()
     if resume_from is not None and (resume_from / TRAINER_STATE).exists():
         state = load_trainer_state(resume_from)
         if not (resume_from / DEEPSPEED_DIR).exists():  # weights only: optimizer restarts
@@ -259,10 +289,14 @@ def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report:
     def evaluate() -> float:
         return validation_loss(engine.module, stage.validation, stage.collate, tcfg.batch_size)
 
-    base = {"stage": stage.name, "total_steps": total_steps, **stage.extra_metrics}
+    base = {"stage": stage.name, "stage_index": stage.index, "total_steps": total_steps, **stage.extra_metrics}
+
+    def word_counts() -> dict:
+        return {"input_words": state.prior_input_words + state.input_words,
+                "exposure_words": state.prior_exposure_words + state.words_seen}
     if state.initial_val_loss is None:
         state.initial_val_loss = evaluate()
-        report({**base, "step": 0, "words_seen": 0, "val_loss": state.initial_val_loss})
+        report({**base, "step": 0, "words_seen": 0, **word_counts(), "val_loss": state.initial_val_loss})
         if rank == 0:
             log(f"[{stage.name}] step 0/{total_steps} val_loss {state.initial_val_loss:.4f}")
 
@@ -299,7 +333,7 @@ def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report:
             state.tokens_seen += int(tokens)
             window_tokens += int(tokens)
             metrics = {**base, "step": state.step, "words_seen": state.words_seen, "tokens_seen": state.tokens_seen,
-                       "loss": loss, "lr": engine.get_lr()[0], "epoch": epoch}
+                       **word_counts(), "loss": loss, "lr": engine.get_lr()[0], "epoch": epoch}
             done = state.step >= total_steps
             crossed = state.next_mark < len(marks) and state.words_seen >= marks[state.next_mark]
             evaluating = state.step % tcfg.eval_every_steps == 0 or done
@@ -322,4 +356,4 @@ def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report:
             if done:
                 break
         epoch += 1
-    return state
+    return state, engine

@@ -71,11 +71,11 @@ def pretrain_worker(loop_config: dict) -> None:
 
     quiet_worker()
     cfg = ClassitConfig.model_validate(loop_config["config"])
-    corpus = PreparedCorpus(Path(loop_config["corpus_root"]), {})
+    corpus = PreparedCorpus.load(Path(loop_config["corpus_root"]))
     tokenizer = load_tokenizer(corpus.tokenizer_path)
     model = build_model(cfg.model.preset, tokenizer, seed=cfg.pretrain.seed)
     stage = Stage("pretrain", corpus.load_blocks("train"), corpus.load_blocks("validation"), cfg.pretrain,
-                  partial(collate_blocks, pad_id=tokenizer.pad_token_id))
+                  partial(collate_blocks, pad_id=tokenizer.pad_token_id), input_words=corpus.stats["train"]["words"])
     report = RayReporter(cfg, trial=cfg.run.name)
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:

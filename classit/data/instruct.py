@@ -1,0 +1,141 @@
+"""Instruction data: prompt/reply records, the Switchboard pair builder, and the loss mask.
+
+A record becomes `BOS prompt <|reply|> reply EOS`; labels are -100 everywhere but on the reply
+and its EOS, so the loss (the same token cross-entropy as pretraining) is on replies only.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import torch
+
+from classit.config import InstructDataset, TemplateConfig
+from classit.data.corpus import clean_text, count_words
+from classit.tokenizer import reply_token_id
+
+IGNORE = -100
+_SPEAKER = re.compile(r"^\s*([A-Za-z])\s*:\s*")
+
+
+class MaskError(ValueError):
+    """A batch whose loss mask is wrong: it would silently train on the wrong tokens."""
+
+
+def record_words(record: dict) -> int:
+    return count_words(record["prompt"]) + count_words(record["reply"])
+
+
+def switchboard_pairs(lines: list[str]) -> list[dict]:
+    """Conversational pairs as in CLASS-IT: merge consecutive turns of one speaker, then slide a
+    window over the alternating turns: (A1,B1), (B1,A2), (A2,B2), ... A blank line or a line with
+    no speaker label ends a dialogue; pairs never cross dialogues."""
+    dialogues: list[list[list[str]]] = [[]]  # dialogue -> turns -> [speaker, text]
+    for line in lines:
+        match = _SPEAKER.match(line)
+        text = clean_text(line[match.end():]) if match else ""
+        if not match or not text:
+            if dialogues[-1]:
+                dialogues.append([])
+            continue
+        speaker = match.group(1).upper()
+        turns = dialogues[-1]
+        if turns and turns[-1][0] == speaker:
+            turns[-1][1] += " " + text
+        else:
+            turns.append([speaker, text])
+    return [{"prompt": a[1], "reply": b[1], "source": "switchboard"}
+            for turns in dialogues for a, b in zip(turns, turns[1:])]
+
+
+def _read_file(path: Path) -> list[dict]:
+    if path.is_dir():
+        import datasets
+
+        return datasets.load_from_disk(str(path)).to_list()
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_records(name: str, spec: InstructDataset, seed: int = 0) -> list[dict]:
+    """A dataset's records with non-empty `prompt` and `reply` (and `source`), subset if asked."""
+    if spec.synthetic is not None:
+        from classit.data.synthetic import conversation_pairs, qa_pairs
+
+        make = conversation_pairs if spec.synthetic == "conversation" else qa_pairs
+        records = make(spec.max_records or 3000, seed)
+    elif spec.switchboard is not None:
+        records = switchboard_pairs(spec.switchboard.read_text(encoding="utf-8").splitlines())
+    elif spec.path is not None:
+        records = _read_file(spec.path)
+    else:
+        import datasets
+
+        records = datasets.load_dataset(spec.hf_dataset, split=spec.hf_split).to_list()
+    where = spec.path or spec.switchboard or spec.hf_dataset or "synthetic"
+    for i, record in enumerate(records):
+        for field in ("prompt", "reply"):
+            if not isinstance(record.get(field), str) or not record[field].strip():
+                raise ValueError(f"instruct.datasets.{name}: record {i} of {where} has no {field!r} text")
+    records = [{"prompt": r["prompt"], "reply": r["reply"], "source": r.get("source") or name} for r in records]
+    if spec.max_records is not None and len(records) > spec.max_records:
+        records = random.Random(seed).sample(records, spec.max_records)
+    return records
+
+
+def encode_record(tokenizer, record: dict, max_length: int, template: TemplateConfig = TemplateConfig()):
+    """Token ids and labels of one record, or None if even the reply alone does not fit.
+
+    Too-long sequences lose prompt tokens from the left (after BOS); the reply is never cut.
+    """
+    prompt = tokenizer(template.prompt_prefix + record["prompt"])["input_ids"]  # BOS + prompt
+    reply = tokenizer(template.reply_prefix + record["reply"], add_special_tokens=False)["input_ids"]
+    reply = reply + [tokenizer.eos_token_id]
+    head = [reply_token_id(tokenizer)]
+    overflow = len(prompt) + len(head) + len(reply) - max_length
+    if overflow > 0:
+        if overflow > len(prompt) - 1:  # keep BOS and at least one prompt token
+            return None
+        prompt = prompt[:1] + prompt[1 + overflow:]
+    input_ids = prompt + head + reply
+    labels = [IGNORE] * (len(prompt) + len(head)) + reply
+    return {"input_ids": input_ids, "labels": labels, "num_words": record_words(record),
+            "truncated": overflow > 0}
+
+
+def check_instruct_batch(batch: dict[str, torch.Tensor], eos_id: int) -> None:
+    """Guard rails: fail loudly on a batch that would train on the wrong tokens."""
+    labels, ids = batch["labels"], batch["input_ids"]
+    if (labels == IGNORE).all():
+        raise MaskError("instruction batch has no labelled token: every label is -100")
+    if not (labels == IGNORE).any():
+        raise MaskError("instruction batch has no masked token: the prompt would be trained on")
+    last = batch["attention_mask"].sum(dim=1) - 1  # right padding: the last real token
+    rows = torch.arange(len(ids))
+    if not ((ids[rows, last] == eos_id) & (labels[rows, last] == eos_id)).all():
+        raise MaskError("a reply's EOS is missing or not in the loss")
+
+
+def collate_instruct(rows: dict[str, list], pad_id: int, eos_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch of encoded records (column-wise) to its longest, then check the mask."""
+    width = max(map(len, rows["input_ids"]))
+    n = len(rows["input_ids"])
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    labels = torch.full((n, width), IGNORE, dtype=torch.long)
+    for i, (ids, labs) in enumerate(zip(rows["input_ids"], rows["labels"])):
+        input_ids[i, :len(ids)] = torch.as_tensor(ids)
+        labels[i, :len(labs)] = torch.as_tensor(labs)
+    lengths = torch.as_tensor([len(ids) for ids in rows["input_ids"]])
+    attention_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+             "num_words": torch.as_tensor(rows["num_words"], dtype=torch.long)}
+    check_instruct_batch(batch, eos_id)
+    return batch
