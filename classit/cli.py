@@ -38,13 +38,40 @@ def cmd_pretrain(args) -> int:
         result = run_pretraining(cfg)
     finally:
         ray.shutdown()
+    return _finish(result)
+
+
+def cmd_instruct(args) -> int:
+    from pathlib import Path
+
+    for flag, key in (("curriculum", "instruct.curriculum"), ("mix_ratio", "instruct.mix_ratio")):
+        if getattr(args, flag) is not None:
+            args.overrides.append(f"{key}={getattr(args, flag)}")
+    cfg = _load(args)
+    base = Path(args.base)
+    if not (base / "config.json").is_file():
+        raise ConfigError(f"--base {base}: not a Hugging Face checkpoint folder (no config.json)")
+    import ray
+
+    from classit.train.runner import run_instruct
+
+    ray.init(address=args.address, log_to_driver=True)
+    try:
+        result = run_instruct(cfg, base)
+    finally:
+        ray.shutdown()
+    return _finish(result)
+
+
+def _finish(result) -> int:
     if result.error:
         print(f"classit: error: training failed: {result.error}", file=sys.stderr)
         return 1
     metrics = result.metrics or {}
     print(f"final checkpoint: {result.checkpoint.path if result.checkpoint else '-'}")
-    print(f"steps {metrics.get('step')}  words seen {metrics.get('words_seen', 0):,}  "
-          f"val_loss {metrics.get('val_loss', float('nan')):.4f}")
+    print(f"stage {metrics.get('stage')}  step {metrics.get('step')}  words seen {metrics.get('words_seen', 0):,}  "
+          f"val_loss {metrics.get('val_loss', float('nan')):.4f}  input words {metrics.get('input_words', 0):,}  "
+          f"exposure words {metrics.get('exposure_words', 0):,}")
     return 0
 
 
@@ -54,10 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     pretrain = sub.add_parser("pretrain", help="pretrain a base model with Ray Train + DeepSpeed")
     _common(pretrain)
     pretrain.set_defaults(func=cmd_pretrain)
+    instruct = sub.add_parser("instruct", help="instruction-tune a base checkpoint through a curriculum")
+    _common(instruct)
+    instruct.add_argument("--base", required=True, help="base model: an HF checkpoint folder")
+    instruct.add_argument("--curriculum", help="pt, switch, wiki, merged, switch_wiki or wiki_switch")
+    instruct.add_argument("--mix-ratio", type=float, help="merged only: share of conversational items")
+    instruct.set_defaults(func=cmd_instruct)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as err:
+    except (ConfigError, FileNotFoundError) as err:
         print(f"classit: error: {err}", file=sys.stderr)
         return 2
 

@@ -220,17 +220,21 @@ def build_engine(model, stage: Stage, dcfg: DistributedConfig, total_steps: int)
     return engine
 
 
+def save_tokenizer_and_model(model, tokenizer, folder: Path, state_dict: dict | None = None) -> None:
+    """An HF checkpoint folder that AutoModelForCausalLM and AutoTokenizer load (transformers 4.51 and 5)."""
+    from classit.tokenizer import save_tokenizer
+
+    model.save_pretrained(folder, state_dict=state_dict if state_dict is not None else model.state_dict())
+    save_tokenizer(tokenizer, folder)
+
+
 def save_checkpoint(engine, tokenizer, state: TrainerState, folder: Path, zero_stage: int, resumable: bool) -> None:
     """HF-format weights and tokenizer (rank 0), plus DeepSpeed state from every rank when resumable."""
     rank, _ = world()
     # A collective under ZeRO-3 (it gathers the partitioned weights), so every rank calls it.
     weights = engine._zero3_consolidated_16bit_state_dict() if zero_stage == 3 else None
     if rank == 0:
-        module = engine.module
-        module.save_pretrained(folder, state_dict=weights if weights is not None else module.state_dict())
-        from classit.tokenizer import save_tokenizer
-
-        save_tokenizer(tokenizer, folder)
+        save_tokenizer_and_model(engine.module, tokenizer, folder, weights)
         (folder / TRAINER_STATE).write_text(json.dumps(asdict(state), indent=2))
     if resumable:
         engine.save_checkpoint(str(folder / DEEPSPEED_DIR), tag="state", client_state={"trainer_state": asdict(state)})
