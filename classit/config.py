@@ -226,7 +226,7 @@ class InstructConfig(Section):
 
 
 class RunConfig(Section):
-    name: str | None = Field(None, min_length=1, description="default: pretrain, or instruct-<curriculum>")
+    name: str | None = Field(None, min_length=1, description="default: <pretrain|instruct-<curriculum>>-<config hash>")
     storage_path: str = Field("runs", description="Ray storage: local folder or cloud URI")
     cache_dir: Path = Path(".cache/classit")
 

@@ -108,14 +108,21 @@ def make_trainer(cfg: ClassitConfig, worker_fn, loop_config: dict):
     )
 
 
-def named(cfg: ClassitConfig, default: str) -> ClassitConfig:
-    """The config with its run name filled in: Ray resumes a run of the same name, so kinds must differ."""
+def named(cfg: ClassitConfig, kind: str, *key) -> ClassitConfig:
+    """The config with its run name filled in, `<kind>-<hash of the config>` by default.
+
+    Ray Train resumes a run of the same name and storage, so the same command resumes itself and
+    a changed config starts a run of its own.
+    """
     if cfg.run.name is not None:
         return cfg
-    return cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": default})})
+    from classit.config import config_hash
+
+    name = f"{kind}-{config_hash(cfg.model_dump(mode='json', exclude={'run'}), *key)[:8]}"
+    return cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": name})})
 
 
-def instruct_run_name(cfg: ClassitConfig) -> str:
+def instruct_kind(cfg: ClassitConfig) -> str:
     icfg = cfg.instruct
     name = icfg.curriculum if isinstance(icfg.curriculum, str) else "custom"
     return f"instruct-{name}" + (f"-mix{icfg.mix_ratio:g}" if icfg.mix_ratio is not None else "")
@@ -258,7 +265,7 @@ def prepare_instruct(cfg: ClassitConfig, base: Path):
 def run_instruct(cfg: ClassitConfig, base: Path, log=print):
     """Instruction-tune `base` (an HF checkpoint folder) through the configured curriculum."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    cfg = named(cfg, instruct_run_name(cfg))
+    cfg = named(cfg, instruct_kind(cfg), str(base.resolve()))
     plan, counts, loop_config = prepare_instruct(cfg, base)
     log(f"plan: {plan.summary()}")
     if counts["dropped_too_long"] or counts["truncated"]:
