@@ -100,11 +100,12 @@ def test_train_stage_learns_and_resumes_where_it_stopped(corpus, tmp_path):
     assert state.words_seen > load_trainer_state(last).words_seen
 
 
-def test_zero3_checkpoint_is_a_loadable_hf_model(corpus, tmp_path):
+def test_one_process_needs_no_zero_and_saves_a_loadable_hf_model(corpus, tmp_path):
     _, tokenizer = corpus
     rec = Recorder(tmp_path)
-    train_stage(build_model("tiny", tokenizer), tokenizer, make_stage(corpus, max_steps=6),
-                DistributedConfig(num_workers=1, zero_stage=3), rec)
+    _, engine = train_stage(build_model("tiny", tokenizer), tokenizer, make_stage(corpus, max_steps=6),
+                            DistributedConfig(num_workers=1, zero_stage=3), rec)
+    assert engine.zero_optimization_stage() == 0  # nothing to partition across one rank
     model = AutoModelForCausalLM.from_pretrained(rec.checkpoints[-1])
     out = model.generate(**tokenizer("the dog", return_tensors="pt"), max_new_tokens=5, do_sample=False)
     assert out.shape[1] > 3

@@ -157,9 +157,10 @@ def device() -> torch.device:
 
 
 def _all_sum(values: list[float]) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device() if dist.is_initialized() and dist.get_backend() == "nccl" else "cpu")
-    if dist.is_initialized():
-        dist.all_reduce(t)
+    if world()[1] == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device() if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t)
     return t.tolist()
 
 
@@ -182,7 +183,7 @@ def _batches(dataset, epoch: int, seed: int, skip: int, batch_size: int, collate
         yield collate(dataset[mine[start:start + batch_size]])
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: ZeRO-3 keeps parameters it gathers here, and training needs them
 def validation_loss(model, dataset, collate, batch_size: int) -> float:
     """Mean token loss over the whole validation set, sharded across ranks without overlap."""
     rank, world_size = world()
@@ -216,8 +217,15 @@ def build_engine(model, stage: Stage, dcfg: DistributedConfig, total_steps: int)
             opt, lambda s: lr_factor(s, tcfg.warmup_steps, total_steps, tcfg.schedule, tcfg.restarts))
 
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=deepspeed_config(tcfg, dcfg, bf16))
+                                           config=deepspeed_config(tcfg, effective(dcfg), bf16))
+    if world()[1] == 1:
+        engine.enable_backward_allreduce = False  # nothing to reduce across a world of one
     return engine
+
+
+def effective(dcfg: DistributedConfig) -> DistributedConfig:
+    """ZeRO partitions state across ranks: with one rank it would only copy, so it is switched off."""
+    return dcfg if world()[1] > 1 else dcfg.model_copy(update={"zero_stage": 0})
 
 
 def save_tokenizer_and_model(model, tokenizer, folder: Path, state_dict: dict | None = None) -> None:
@@ -228,11 +236,11 @@ def save_tokenizer_and_model(model, tokenizer, folder: Path, state_dict: dict | 
     save_tokenizer(tokenizer, folder)
 
 
-def save_checkpoint(engine, tokenizer, state: TrainerState, folder: Path, zero_stage: int, resumable: bool) -> None:
+def save_checkpoint(engine, tokenizer, state: TrainerState, folder: Path, resumable: bool) -> None:
     """HF-format weights and tokenizer (rank 0), plus DeepSpeed state from every rank when resumable."""
     rank, _ = world()
     # A collective under ZeRO-3 (it gathers the partitioned weights), so every rank calls it.
-    weights = engine._zero3_consolidated_16bit_state_dict() if zero_stage == 3 else None
+    weights = engine._zero3_consolidated_16bit_state_dict() if engine.zero_optimization_stage() == 3 else None
     if rank == 0:
         save_tokenizer_and_model(engine.module, tokenizer, folder, weights)
         (folder / TRAINER_STATE).write_text(json.dumps(asdict(state), indent=2))
@@ -240,13 +248,13 @@ def save_checkpoint(engine, tokenizer, state: TrainerState, folder: Path, zero_s
         engine.save_checkpoint(str(folder / DEEPSPEED_DIR), tag="state", client_state={"trainer_state": asdict(state)})
 
 
-def full_state_dict(engine, zero_stage: int) -> dict[str, torch.Tensor]:
+def full_state_dict(engine) -> dict[str, torch.Tensor]:
     """The model's whole weights on every rank, on CPU (gathered from the partitions under ZeRO-3)."""
     import deepspeed
 
     module = engine.module
-    params = list(module.parameters()) if zero_stage == 3 else []
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=zero_stage == 3):
+    zero3 = engine.zero_optimization_stage() == 3
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None, enabled=zero3):
         return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
@@ -287,7 +295,7 @@ def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report:
 
     def checkpoint(metrics: dict, name: str) -> None:
         with tempfile.TemporaryDirectory(prefix="classit-ckpt-") as tmp:
-            save_checkpoint(engine, tokenizer, state, Path(tmp), dcfg.zero_stage, tcfg.checkpoints.resumable)
+            save_checkpoint(engine, tokenizer, state, Path(tmp), tcfg.checkpoints.resumable)
             report(metrics, checkpoint_dir=tmp, name=name)
 
     def evaluate() -> float:
@@ -321,7 +329,8 @@ def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report:
             loss_sum, n = token_loss(logits, batch["labels"].to(dev))
             engine.backward(loss_sum / n.clamp(min=1))
             engine.step()
-            acc = [acc[0] + loss_sum.item(), acc[1] + int(n), acc[2] + int(batch["num_words"].sum()),
+            step_loss, step_targets = torch.stack([loss_sum.detach().double(), n.double()]).tolist()
+            acc = [acc[0] + step_loss, acc[1] + step_targets, acc[2] + int(batch["num_words"].sum()),
                    acc[3] + int(batch["attention_mask"].sum())]
             micro += 1
             if micro % tcfg.gradient_accumulation_steps:

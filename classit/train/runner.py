@@ -203,7 +203,7 @@ def instruct_worker(loop_config: dict) -> None:
                           input_words=planned["input_words"], extra_metrics=extra)
             state, engine = train_stage(_model_with(base, weights), tokenizer, stage, cfg.distributed, report,
                                         resume_from=resume_here)
-            weights = full_state_dict(engine, cfg.distributed.zero_stage)
+            weights = full_state_dict(engine)
             del engine
             prior_input = state.prior_input_words + state.input_words
             prior_exposure = state.prior_exposure_words + state.words_seen
