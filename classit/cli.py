@@ -63,6 +63,40 @@ def cmd_instruct(args) -> int:
     return _finish(result)
 
 
+def cmd_evaluate(args) -> int:
+    from pathlib import Path
+
+    from classit.evaluate.jobs import TASKS, EvalJob
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ConfigError(f"--tasks: unknown task {', '.join(unknown)} (known: {', '.join(TASKS)})")
+    if not Path(args.data_dir).is_dir():
+        raise ConfigError(f"--data-dir {args.data_dir}: no such folder")
+    models = args.model
+    import ray
+
+    from classit.evaluate.actors import EvaluationPool
+
+    jobs = [EvalJob(str(Path(m).resolve()), t, str(Path(args.data_dir).resolve()), trial=Path(m).name, fast=args.fast)
+            for m in models for t in tasks]
+    ray.init(address=args.address, log_to_driver=True)
+    try:
+        pool = EvaluationPool(num_actors=args.actors, num_gpus=args.gpus_per_actor)
+        rows = pool.run(jobs, results_dir=args.output)
+    finally:
+        ray.shutdown()
+    print(f"{'model':<28} {'task':<18} {'subtask':<10} {'metric':<9} {'value':>8} {'n':>7}")
+    for row in rows:
+        if row["subtask"] == "average" or row["metric"] == "error":
+            value = f"{row['value']:8.2f}" if row["metric"] != "error" else "   error"
+            print(f"{row['trial'][:28]:<28} {row['task']:<18} {row['subtask'] or '-':<10} {row['metric']:<9} "
+                  f"{value} {row['n_items']:>7}  {row['error']}")
+    print(f"{len(rows)} rows written to {args.output}")
+    return 1 if any(r["metric"] == "error" for r in rows) else 0
+
+
 def _finish(result) -> int:
     if result.error:
         print(f"classit: error: training failed: {result.error}", file=sys.stderr)
@@ -87,6 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     instruct.add_argument("--curriculum", help="pt, switch, wiki, merged, switch_wiki or wiki_switch")
     instruct.add_argument("--mix-ratio", type=float, help="merged only: share of conversational items")
     instruct.set_defaults(func=cmd_instruct)
+    evaluate = sub.add_parser("evaluate", help="score checkpoints on zero-shot tasks with a pool of Ray actors")
+    evaluate.add_argument("--model", action="append", required=True, help="HF checkpoint folder (repeatable)")
+    evaluate.add_argument("--tasks", default="blimp", help="comma-separated: blimp, blimp_supplement")
+    evaluate.add_argument("--data-dir", required=True, help="folder holding one sub-folder per task")
+    evaluate.add_argument("--fast", action="store_true", help="a fixed, seeded subset of each subtask")
+    evaluate.add_argument("--actors", type=int, default=2, help="evaluation actors")
+    evaluate.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPU fraction per actor")
+    evaluate.add_argument("--output", default="runs/eval/results/eval_scores", help="Parquet folder for the rows")
+    evaluate.add_argument("--address", default=None, help="Ray cluster address")
+    evaluate.set_defaults(func=cmd_evaluate)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

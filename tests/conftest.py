@@ -39,3 +39,31 @@ def ray_local():
     finally:
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def train_tiny_checkpoint(tmp: Path, steps: int = 40) -> Path:
+    """A tiny model trained in this process for a few dozen steps, saved as an HF checkpoint."""
+    from functools import partial
+
+    from classit.config import DistributedConfig, TrainConfig
+    from classit.data.corpus import prepare_corpus
+    from classit.models import build_model
+    from classit.tokenizer import load_tokenizer
+    from classit.train.loop import Stage, collate_blocks, init_single_process, train_stage
+
+    init_single_process()
+    corpus = prepare_corpus(small_config(tmp))
+    tokenizer = load_tokenizer(corpus.tokenizer_path)
+    tcfg = TrainConfig(learning_rate=2e-3, batch_size=8, max_steps=steps, warmup_steps=5, eval_every_steps=1000,
+                       checkpoints={"schedule": "final"})
+    stage = Stage("pretrain", corpus.load_blocks("train"), corpus.load_blocks("validation").select(range(8)),
+                  tcfg, partial(collate_blocks, pad_id=tokenizer.pad_token_id))
+    saved = tmp / "final"
+
+    def keep(metrics, checkpoint_dir=None, name=None):
+        if checkpoint_dir:
+            shutil.copytree(checkpoint_dir, saved, dirs_exist_ok=True)
+
+    train_stage(build_model("tiny", tokenizer), tokenizer, stage, DistributedConfig(num_workers=1), keep,
+                log=lambda _: None)
+    return saved

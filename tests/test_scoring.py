@@ -1,43 +1,18 @@
 """The scoring engine against a deliberately simple reference, on real BLiMP data."""
 
-import shutil
-from functools import partial
-
 import numpy as np
 import pytest
 
-from classit.config import DistributedConfig, TrainConfig
-from classit.data.corpus import prepare_corpus
 from classit.evaluate.scoring import choose, encode_candidate, load_model, reference_score
 from classit.evaluate.tasks.blimp import aggregate, pair_scores, read_pairs
-from classit.models import build_model
-from classit.tokenizer import load_tokenizer
-from classit.train.loop import Stage, collate_blocks, init_single_process, train_stage
-from conftest import SHARED_DATA, small_config
+from conftest import SHARED_DATA, train_tiny_checkpoint
 
 BLIMP = SHARED_DATA / "blimp"
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A tiny model trained for a few dozen steps, saved as an HF checkpoint."""
-    init_single_process()
-    tmp = tmp_path_factory.mktemp("scoring")
-    corpus = prepare_corpus(small_config(tmp))
-    tokenizer = load_tokenizer(corpus.tokenizer_path)
-    tcfg = TrainConfig(learning_rate=2e-3, batch_size=8, max_steps=40, warmup_steps=5, eval_every_steps=1000,
-                       checkpoints={"schedule": "final"})
-    stage = Stage("pretrain", corpus.load_blocks("train"), corpus.load_blocks("validation").select(range(8)),
-                  tcfg, partial(collate_blocks, pad_id=tokenizer.pad_token_id))
-    saved = tmp / "final"
-
-    def keep(metrics, checkpoint_dir=None, name=None):
-        if checkpoint_dir:
-            shutil.copytree(checkpoint_dir, saved, dirs_exist_ok=True)
-
-    train_stage(build_model("tiny", tokenizer), tokenizer, stage, DistributedConfig(num_workers=1), keep,
-                log=lambda _: None)
-    return saved
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("scoring"))
 
 
 def test_completion_tokens_follow_the_pipelines_offsets(checkpoint):

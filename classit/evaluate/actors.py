@@ -1,0 +1,77 @@
+"""A pool of Ray evaluation actors, each holding one model on CPU or a GPU fraction.
+
+Jobs from any number of trials go in; each finished job's rows are written as one Parquet part
+file, so every row lands exactly once. A job whose actor dies is retried on a fresh actor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import ray
+
+from classit.evaluate.jobs import EvalJob, ModelCache, result_row, run_job
+from classit.results import write_rows
+
+
+@ray.remote
+class Evaluator:
+    def __init__(self):
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        self.cache = ModelCache()
+
+    def run(self, job: EvalJob) -> list[dict]:
+        return run_job(job, self.cache)
+
+
+class EvaluationPool:
+    def __init__(self, num_actors: int = 2, num_cpus: float = 1, num_gpus: float = 0, max_retries: int = 2):
+        self.options = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+        self.actors = [Evaluator.options(**self.options).remote() for _ in range(num_actors)]
+        self.max_retries = max_retries
+
+    def run(self, jobs: Iterable[EvalJob], results_dir: str | None = None,
+            on_rows: Callable[[list[dict]], None] | None = None) -> list[dict]:
+        """Run every job; returns all rows (and writes each job's rows to `results_dir` as they come)."""
+        pending = sorted(jobs, key=lambda j: (j.checkpoint, j.task))
+        tries: dict[tuple, int] = {}
+        loaded: dict[int, str] = {}  # actor index -> checkpoint it holds
+        in_flight: dict = {}  # future -> (actor index, job)
+        rows: list[dict] = []
+        idle = list(range(len(self.actors)))
+        while pending or in_flight:
+            while idle and pending:
+                index = idle.pop()
+                # Prefer a job on the checkpoint this actor already holds: no reload.
+                pick = next((k for k, j in enumerate(pending) if j.checkpoint == loaded.get(index)), 0)
+                job = pending.pop(pick)
+                loaded[index] = job.checkpoint
+                in_flight[self.actors[index].run.remote(job)] = (index, job)
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            index, job = in_flight.pop(done[0])
+            try:
+                job_rows = ray.get(done[0])
+            except ray.exceptions.RayActorError:
+                tries[job.key] = tries.get(job.key, 0) + 1
+                self.actors[index] = Evaluator.options(**self.options).remote()
+                loaded.pop(index, None)
+                if tries[job.key] > self.max_retries:
+                    job_rows = [result_row(job, "", "error", float("nan"), 0, 0.0,
+                                           error=f"evaluation actor died {tries[job.key]} times")]
+                else:
+                    pending.insert(0, job)
+                    idle.append(index)
+                    continue
+            idle.append(index)
+            if results_dir:
+                write_rows(results_dir, job_rows)
+            if on_rows:
+                on_rows(job_rows)
+            rows += job_rows
+        return rows
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)

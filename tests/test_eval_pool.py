@@ -1,0 +1,77 @@
+"""The Ray evaluation actor pool: parallel jobs, error rows for bad checkpoints, rows once each."""
+
+import json
+import shutil
+
+import pytest
+
+from classit.evaluate.actors import EvaluationPool
+from classit.evaluate.jobs import EvalJob
+from classit.results import read_table
+from conftest import SHARED_DATA, train_tiny_checkpoint
+
+
+def make_data_dir(tmp):
+    """A small data folder in the official layouts: BLiMP paradigms and supplement files."""
+    blimp = tmp / "data" / "blimp"
+    blimp.mkdir(parents=True)
+    source = SHARED_DATA / "blimp"
+    if source.is_dir():
+        for name in ("anaphor_gender_agreement", "determiner_noun_agreement_1", "passive_1"):
+            lines = (source / f"{name}.jsonl").read_text().splitlines()[:20]
+            (blimp / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    else:
+        (blimp / "agreement.jsonl").write_text("\n".join(json.dumps(
+            {"sentence_good": f"the dog {v}s .", "sentence_bad": f"the dog {v} .", "field": "morphology",
+             "linguistics_term": "agreement", "UID": "agreement", "pairID": str(i)})
+            for i, v in enumerate(["run", "sleep", "sing", "jump"] * 5)) + "\n")
+    supplement = tmp / "data" / "supplement_filtered"
+    supplement.mkdir()
+    for name, (good, bad) in {"qa_congruence": ("what did you see ? a dog .", "what did you see ? in a dog ."),
+                              "turn_taking": ("do you run ? yes , i do .", "do you run ? yes , you do .")}.items():
+        (supplement / f"{name}.jsonl").write_text(
+            "\n".join(json.dumps({"sentence_good": good, "sentence_bad": bad}) for _ in range(10)) + "\n")
+    return tmp / "data"
+
+
+def test_pool_runs_checkpoints_by_tasks_and_turns_failures_into_rows(ray_local, tmp_path):
+    good = train_tiny_checkpoint(tmp_path / "train")
+    checkpoints = {}
+    for trial in ("a", "b", "corrupt"):
+        checkpoints[trial] = shutil.copytree(good, tmp_path / f"ckpt-{trial}")
+    (checkpoints["corrupt"] / "model.safetensors").write_bytes(b"not a safetensors file")
+    data = make_data_dir(tmp_path)
+    jobs = [EvalJob(str(path), task, str(data), trial=trial, words_seen=1000)
+            for trial, path in checkpoints.items() for task in ("blimp", "blimp_supplement")]
+    results_dir = str(tmp_path / "eval_scores")
+
+    pool = EvaluationPool(num_actors=2)
+    try:
+        rows = pool.run(jobs, results_dir=results_dir)
+    finally:
+        pool.shutdown()
+
+    table = read_table(results_dir)
+    assert len(table) == len(rows)
+    key = ["trial", "task", "subtask", "metric"]
+    assert not table.duplicated(key).any()  # every row exactly once
+    errors = table[table["metric"] == "error"]
+    assert set(errors["trial"]) == {"corrupt"} and len(errors) == 2
+    assert all(errors["error"].str.len() > 0)
+    averages = table[(table["subtask"] == "average")]
+    assert set(zip(averages["trial"], averages["task"])) == {(t, k) for t in ("a", "b")
+                                                            for k in ("blimp", "blimp_supplement")}
+    # Same weights, same data: the two good checkpoints score identically.
+    a = averages[averages["trial"] == "a"].set_index("task")["value"]
+    b = averages[averages["trial"] == "b"].set_index("task")["value"]
+    assert (a == b).all()
+    assert table.loc[table["task"] == "blimp_supplement", "subtask"].str.contains("UID:turn_taking").any()
+
+
+def test_unknown_task_and_missing_data_are_error_rows(tmp_path):
+    from classit.evaluate.jobs import ModelCache, run_job
+
+    rows = run_job(EvalJob(str(tmp_path), "ewok_typo", str(tmp_path)), ModelCache())
+    assert rows[0]["metric"] == "error" and "unknown task" in rows[0]["error"]
+    rows = run_job(EvalJob(str(tmp_path), "blimp", str(tmp_path)), ModelCache())
+    assert rows[0]["metric"] == "error" and rows[0]["error"]
