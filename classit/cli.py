@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from classit.config import ConfigError, load_config
@@ -97,9 +98,16 @@ def cmd_evaluate(args) -> int:
     return 1 if any(r["metric"] == "error" for r in rows) else 0
 
 
+def _root_cause(error: BaseException) -> str:
+    """One line out of Ray's error (which carries each worker's traceback): the worker's own exception."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
+    return raised[-1] if raised else (lines[0] if lines else type(error).__name__)
+
+
 def _finish(result) -> int:
     if result.error:
-        print(f"classit: error: training failed: {result.error}", file=sys.stderr)
+        print(f"classit: error: training failed: {_root_cause(result.error)}", file=sys.stderr)
         return 1
     metrics = result.metrics or {}
     print(f"final checkpoint: {result.checkpoint.path if result.checkpoint else '-'}")
@@ -137,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"classit: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 - Ray's failure carries every worker's traceback: one line instead
+        from ray.train import TrainingFailedError
+
+        if not isinstance(err, TrainingFailedError):
+            raise
+        print(f"classit: error: training failed: {_root_cause(err)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

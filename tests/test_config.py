@@ -64,3 +64,13 @@ def test_config_hash_tracks_content():
     a, b = parse_config({}), parse_config({"pretrain": {"learning_rate": 1e-3}})
     assert config_hash(a.corpus) == config_hash(b.corpus)
     assert config_hash(a.pretrain) != config_hash(b.pretrain)
+
+
+def test_a_failed_run_is_reported_by_the_workers_own_exception():
+    from classit.cli import _root_cause
+
+    ray_error = RuntimeError("Training failed due to worker errors:\n[Rank 0,1 Error Snippet]:\n"
+                             "Traceback (most recent call last):\n  File \"loop.py\", line 3, in train_stage\n"
+                             "classit.train.loop.NonFiniteLossError: stage pretrain: non-finite loss (nan) at step 2\n")
+    assert _root_cause(ray_error) == "classit.train.loop.NonFiniteLossError: stage pretrain: non-finite loss " \
+                                     "(nan) at step 2"
