@@ -5,7 +5,7 @@ scores one sentence at a time with a plain forward pass, on a seeded sample of p
 rate is extrapolated to the whole set. Prints pairs/s for both and the ratio (target: >= 5 on a
 2-core CPU with the tiny preset). The two agree to 1e-4 on every pair of the sample.
 
-    python benchmarks/eval_throughput.py [--blimp ../shared/data/blimp] [--model CHECKPOINT] [--sample 500]
+    python benchmarks/eval_throughput.py [--data-dir ../shared/data] [--model CHECKPOINT] [--sample 500]
 """
 
 from __future__ import annotations
@@ -22,16 +22,16 @@ import torch
 from classit.config import parse_config
 from classit.data.corpus import prepare_corpus
 from classit.evaluate.scoring import encode_candidate, load_model, reference_score
-from classit.evaluate.tasks.blimp import aggregate, pair_scores, read_pairs
+from classit.evaluate.tasks.zero_shot import accuracies, read_task, score_items
 from classit.models import build_model
 from classit.tokenizer import load_tokenizer
 
-DEFAULT_BLIMP = Path(__file__).resolve().parents[2] / "shared" / "data" / "blimp"
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--blimp", type=Path, default=DEFAULT_BLIMP)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="folder holding blimp/")
     parser.add_argument("--model", help="an HF checkpoint (default: an untrained tiny model; speed is the same)")
     parser.add_argument("--preset", default="tiny", help="preset of the untrained model when --model is not given")
     parser.add_argument("--sample", type=int, default=500, help="pairs the reference scores")
@@ -45,18 +45,18 @@ def main() -> None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         model = build_model(args.preset, tokenizer).to(device=device, dtype=dtype).eval()
-    pairs = read_pairs(args.blimp)
+    pairs = read_task("blimp", args.data_dir)
 
     start = time.perf_counter()
-    scores = pair_scores(model, tokenizer, pairs, max_tokens=args.max_tokens)
+    scores = score_items(model, tokenizer, pairs, max_tokens=args.max_tokens)
     engine_rate = len(pairs) / (time.perf_counter() - start)
 
     sample = random.Random(0).sample(range(len(pairs)), min(args.sample, len(pairs)))
     start = time.perf_counter()
-    reference = np.array([[reference_score(model, encode_candidate(tokenizer, pairs[i][k])) for k in ("good", "bad")]
+    reference = np.array([[reference_score(model, encode_candidate(tokenizer, text)) for text, _ in pairs[i].candidates]
                           for i in sample])
     reference_rate = len(sample) / (time.perf_counter() - start)
-    gap = np.abs(scores[sample] - reference).max()
+    gap = np.abs(np.stack([scores[i] for i in sample]) - reference).max()
 
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     print(f"{len(pairs):,} BLiMP pairs, model {args.model or args.preset}, on {where}")
@@ -65,7 +65,7 @@ def main() -> None:
           f"{len(pairs) / reference_rate:.0f} s)")
     print(f"ratio engine / reference = {engine_rate / reference_rate:.1f}  (target >= 5)")
     print(f"largest score difference on the sample: {gap:.2e}; BLiMP average accuracy "
-          f"{aggregate(pairs, scores)['average']['accuracy']:.2f}")
+          f"{accuracies('blimp', pairs, scores)['average']['accuracy']:.2f}")
 
 
 if __name__ == "__main__":

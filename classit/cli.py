@@ -67,7 +67,8 @@ def cmd_instruct(args) -> int:
 def cmd_evaluate(args) -> int:
     from pathlib import Path
 
-    from classit.evaluate.jobs import TASKS, EvalJob
+    from classit.evaluate.jobs import EvalJob
+    from classit.evaluate.tasks.zero_shot import TASKS
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     instruct.set_defaults(func=cmd_instruct)
     evaluate = sub.add_parser("evaluate", help="score checkpoints on zero-shot tasks with a pool of Ray actors")
     evaluate.add_argument("--model", action="append", required=True, help="HF checkpoint folder (repeatable)")
-    evaluate.add_argument("--tasks", default="blimp", help="comma-separated: blimp, blimp_supplement")
+    evaluate.add_argument("--tasks", default="blimp", help="comma-separated: blimp, blimp_supplement, ewok, entity_tracking, wug_adj, wug_past")
     evaluate.add_argument("--data-dir", required=True, help="folder holding one sub-folder per task")
     evaluate.add_argument("--fast", action="store_true", help="a fixed, seeded subset of each subtask")
     evaluate.add_argument("--actors", type=int, default=2, help="evaluation actors")

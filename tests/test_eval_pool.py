@@ -62,8 +62,8 @@ def test_pool_runs_checkpoints_by_tasks_and_turns_failures_into_rows(ray_local, 
     assert set(zip(averages["trial"], averages["task"])) == {(t, k) for t in ("a", "b")
                                                             for k in ("blimp", "blimp_supplement")}
     # Same weights, same data: the two good checkpoints score identically.
-    a = averages[averages["trial"] == "a"].set_index("task")["value"]
-    b = averages[averages["trial"] == "b"].set_index("task")["value"]
+    a = averages[averages["trial"] == "a"].set_index("task")["value"].sort_index()
+    b = averages[averages["trial"] == "b"].set_index("task")["value"].sort_index()
     assert (a == b).all()
     assert table.loc[table["task"] == "blimp_supplement", "subtask"].str.contains("UID:turn_taking").any()
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from classit.evaluate.scoring import choose, encode_candidate, load_model, reference_score
-from classit.evaluate.tasks.blimp import aggregate, pair_scores, read_pairs
+from classit.evaluate.tasks.zero_shot import accuracies, fast_subset, read_task, score_items
 from conftest import SHARED_DATA, train_tiny_checkpoint
 
 BLIMP = SHARED_DATA / "blimp"
@@ -31,23 +31,25 @@ def test_ties_go_to_the_first_candidate():
 @pytest.mark.skipif(not BLIMP.is_dir(), reason="needs ../shared/data/blimp")
 def test_engine_matches_simple_reference_on_blimp(checkpoint):
     model, tokenizer = load_model(checkpoint, device="cpu")
-    pairs = read_pairs(BLIMP, fast_per_paradigm=4, seed=1)
-    assert len(pairs) == 67 * 4 and len({p["UID"] for p in pairs}) == 67
-    fast = pair_scores(model, tokenizer, pairs, max_tokens=2048)
-    slow = np.array([[reference_score(model, encode_candidate(tokenizer, p[k])) for k in ("good", "bad")]
-                     for p in pairs])
+    items = fast_subset(read_task("blimp", SHARED_DATA), per_uid=4, seed=1)
+    assert len(items) == 67 * 4 and len({i.meta["UID"] for i in items}) == 67
+    fast = np.stack(score_items(model, tokenizer, items, max_tokens=2048))
+    slow = np.array([[reference_score(model, encode_candidate(tokenizer, text)) for text, _ in i.candidates]
+                     for i in items])
     assert np.abs(fast - slow).max() < 1e-4
-    assert aggregate(pairs, fast) == aggregate(pairs, slow)
-    result = aggregate(pairs, fast)
+    assert accuracies("blimp", items, list(fast)) == accuracies("blimp", items, list(slow))
+    result = accuracies("blimp", items, list(fast))
     assert set(result["field"]) <= {"morphology", "syntax", "semantics", "syntax/semantics"}
     assert 0.0 <= result["average"]["accuracy"] <= 100.0
 
 
 def test_supplement_layout_takes_the_paradigm_from_the_file_name(tmp_path):
-    (tmp_path / "hypernym.jsonl").write_text('{"sentence_good": "a dog is an animal .", '
-                                             '"sentence_bad": "an animal is a dog ."}\n')
-    pairs = read_pairs(tmp_path)
-    assert pairs[0]["UID"] == "hypernym" and pairs[0]["field"] == "supplement"
-    (tmp_path / "broken.jsonl").write_text('{"sentence": "x"}\n')
+    folder = tmp_path / "supplement_filtered"
+    folder.mkdir()
+    (folder / "hypernym.jsonl").write_text('{"sentence_good": "a dog is an animal .", '
+                                           '"sentence_bad": "an animal is a dog ."}\n')
+    items = read_task("blimp_supplement", tmp_path)
+    assert items[0].meta["UID"] == "hypernym" and items[0].meta["field"] == "supplement"
+    (folder / "broken.jsonl").write_text('{"sentence": "x"}\n')
     with pytest.raises(ValueError, match="broken.jsonl:1"):
-        read_pairs(tmp_path)
+        read_task("blimp_supplement", tmp_path)

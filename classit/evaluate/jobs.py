@@ -7,15 +7,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-FAST_ITEMS_PER_SUBTASK = 100  # the fixed, seeded subset of `fast` mode
+from classit.evaluate.tasks import zero_shot
 
-# Task -> the folder names it may have under the data directory (ours, then the official pipeline's).
-TASK_FOLDERS = {
-    "blimp": ("blimp", "blimp_filtered"),
-    "blimp_supplement": ("blimp_supplement", "supplement_filtered"),
-}
+FAST_ITEMS_PER_SUBTASK = 100  # the fixed, seeded subset of `fast` mode, per UID
 
 
 @dataclass(frozen=True)
@@ -32,39 +27,32 @@ class EvalJob:
         return self.checkpoint, self.task
 
 
-def task_folder(data_dir: str | Path, task: str) -> Path:
-    if task not in TASK_FOLDERS:
-        raise ValueError(f"unknown task {task!r} (known: {', '.join(TASK_FOLDERS)})")
-    for name in TASK_FOLDERS[task]:
-        if (Path(data_dir) / name).is_dir():
-            return Path(data_dir) / name
-    raise FileNotFoundError(f"{data_dir}: no {' or '.join(TASK_FOLDERS[task])} folder for task {task}")
-
-
 def result_row(job: EvalJob, subtask: str, metric: str, value: float, n: int, seconds: float, error: str = "") -> dict:
     return {**asdict(job), "subtask": subtask, "metric": metric, "value": value, "n_items": n,
             "seconds": seconds, "error": error}
 
 
-def run_blimp(job: EvalJob, model, tokenizer) -> list[dict]:
-    from classit.evaluate.tasks.blimp import aggregate, pair_scores, read_pairs
-
+def run_zero_shot(job: EvalJob, model, tokenizer) -> list[dict]:
     start = time.perf_counter()
-    pairs = read_pairs(task_folder(job.data_dir, job.task), FAST_ITEMS_PER_SUBTASK if job.fast else None)
-    result = aggregate(pairs, pair_scores(model, tokenizer, pairs))
+    items = zero_shot.read_task(job.task, job.data_dir)
+    if job.fast:
+        items = zero_shot.fast_subset(items, FAST_ITEMS_PER_SUBTASK)
+    scores = zero_shot.score_items(model, tokenizer, items)
     seconds = time.perf_counter() - start
-    counts: dict[str, dict[str, int]] = {key: {} for key in ("UID", "field", "linguistics_term")}
-    for pair in pairs:
-        for key in counts:
-            counts[key][pair[key]] = counts[key].get(pair[key], 0) + 1
-    rows = [result_row(job, "average", "accuracy", result["average"]["accuracy"], len(pairs), seconds)]
-    for key, per_name in counts.items():
-        rows += [result_row(job, f"{key}:{name}", "accuracy", result[key][name], n, seconds)
-                 for name, n in per_name.items()]
+    if zero_shot.TASKS[job.task].metric == "spearman":
+        return [result_row(job, "average", "spearman", zero_shot.wug_correlation(items, scores), len(items), seconds)]
+    result = zero_shot.accuracies(job.task, items, scores)
+    rows = [result_row(job, "average", "accuracy", result.pop("average")["accuracy"], len(items), seconds)]
+    for key, per_name in result.items():
+        for name, value in per_name.items():
+            rows.append(result_row(job, f"{key}:{name}", "accuracy", value, _count(items, key, name), seconds))
     return rows
 
 
-TASKS = {"blimp": run_blimp, "blimp_supplement": run_blimp}
+def _count(items: list[zero_shot.Item], key: str, name: str) -> int:
+    if key == "split":  # entity tracking's splits group UIDs by prefix
+        return sum(item.meta["UID"].startswith(name) for item in items)
+    return sum(item.meta[key] == name for item in items)
 
 
 class ModelCache:
@@ -87,10 +75,10 @@ def run_job(job: EvalJob, cache: ModelCache) -> list[dict]:
     """The job's rows; any failure (corrupt checkpoint, missing data) becomes one error row."""
     start = time.perf_counter()
     try:
-        if job.task not in TASKS:
-            raise ValueError(f"unknown task {job.task!r} (known: {', '.join(TASKS)})")
+        if job.task not in zero_shot.TASKS:
+            raise ValueError(f"unknown task {job.task!r} (known: {', '.join(zero_shot.TASKS)})")
         model, tokenizer = cache.get(job.checkpoint)
-        return TASKS[job.task](job, model, tokenizer)
+        return run_zero_shot(job, model, tokenizer)
     except Exception as err:  # noqa: BLE001 - every failure must become a row, not stop the pool
         reason = f"{type(err).__name__}: {err}".splitlines()[0]
         return [result_row(job, "", "error", float("nan"), 0, time.perf_counter() - start, error=reason)]

@@ -1,0 +1,164 @@
+"""Zero-shot tasks scored by ranking candidates: BLiMP, BLiMP supplement, EWoK, entity tracking, WUG.
+
+Each task reads the official BabyLM 2025 layout (a folder of JSONL files) into items: candidate
+texts (with the part of each that is scored), the metadata results are grouped by, and for WUG
+the human preference ratio. Scoring and aggregation follow the official pipeline:
+
+- accuracy (%) per value of every metadata key; the task average is the mean over UIDs, except for
+  entity tracking, whose average is the mean over its three splits (regular, ambiref,
+  move_contents) of the mean over each split's UIDs;
+- WUG: the softmax over an item's candidate scores gives the model's probability of the first
+  candidate; the score is its Spearman correlation with the human ratios.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from classit.evaluate.scoring import choose, encode_candidate, score
+
+ENTITY_TRACKING_SPLITS = ("regular", "ambiref", "move_contents")
+
+
+@dataclass
+class Item:
+    candidates: list[tuple[str, str | None]]  # (text, scored completion; None: the whole text)
+    meta: dict[str, str]  # always has "UID"; the correct candidate is always the first
+    ratio: float | None = None  # WUG: the human preference for the first candidate
+
+
+def _jsonl(folder: Path) -> list[tuple[Path, int, dict]]:
+    files = sorted(Path(folder).glob("*.jsonl"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no .jsonl files")
+    return [(path, n + 1, json.loads(line)) for path in files
+            for n, line in enumerate(path.read_text().splitlines()) if line.strip()]
+
+
+def _need(raw: dict, keys: tuple[str, ...], path: Path, line: int) -> None:
+    missing = [k for k in keys if k not in raw]
+    if missing:
+        raise ValueError(f"{path}:{line}: missing {', '.join(missing)}")
+
+
+def read_blimp(folder: Path) -> list[Item]:
+    items = []
+    for path, line, raw in _jsonl(folder):
+        _need(raw, ("sentence_good", "sentence_bad"), path, line)
+        field_ = raw.get("field", "supplement")
+        items.append(Item([(raw["sentence_good"], None), (raw["sentence_bad"], None)], {
+            "UID": raw.get("UID", path.stem),
+            "field": "syntax/semantics" if field_ == "syntax_semantics" else field_,
+            "linguistics_term": raw.get("linguistics_term", "supplement")}))
+    return items
+
+
+def read_ewok(folder: Path) -> list[Item]:
+    items = []
+    for path, line, raw in _jsonl(folder):
+        _need(raw, ("Context1", "Target1", "Target2", "Domain"), path, line)
+        context = raw["Context1"]  # as the pipeline does: both targets after the first context
+        items.append(Item([(f"{context} {raw['Target1']}", " " + raw["Target1"]),
+                           (f"{context} {raw['Target2']}", " " + raw["Target2"])],
+                          {"UID": raw["Domain"], "context_type": raw.get("ContextType", ""),
+                           "context_contrast": raw.get("ContextDiff", ""),
+                           "target_contrast": raw.get("TargetDiff", "")}))
+    return items
+
+
+def read_entity_tracking(folder: Path) -> list[Item]:
+    items = []
+    for path, line, raw in _jsonl(folder):
+        _need(raw, ("input_prefix", "options", "numops"), path, line)
+        items.append(Item([(raw["input_prefix"] + option, option) for option in raw["options"]],
+                          {"UID": f"{path.stem}_{raw['numops']}_ops"}))
+    return items
+
+
+def read_wug(folder: Path) -> list[Item]:
+    items = []
+    for path, line, raw in _jsonl(folder):
+        _need(raw, ("sentences", "ratio"), path, line)
+        items.append(Item([(s, None) for s in raw["sentences"].split("\t")], {"UID": path.stem},
+                          ratio=float(raw["ratio"])))
+    return items
+
+
+@dataclass(frozen=True)
+class Task:
+    folders: tuple[str, ...]  # ours first, then the official pipeline's names
+    read: Callable[[Path], list[Item]]
+    metric: str = "accuracy"
+    meta_keys: tuple[str, ...] = ("UID",)
+    extra: dict = field(default_factory=dict)
+
+
+TASKS = {
+    "blimp": Task(("blimp", "blimp_filtered"), read_blimp, meta_keys=("UID", "field", "linguistics_term")),
+    "blimp_supplement": Task(("blimp_supplement", "supplement_filtered"), read_blimp),
+    "ewok": Task(("ewok", "ewok_filtered"), read_ewok,
+                 meta_keys=("UID", "context_type", "context_contrast", "target_contrast")),
+    "entity_tracking": Task(("entity_tracking",), read_entity_tracking),
+    "wug_adj": Task(("wug_adj", "wug_adj_nominalization"), read_wug, metric="spearman"),
+    "wug_past": Task(("wug_past", "wug_past_tense"), read_wug, metric="spearman"),
+}
+
+
+def read_task(task: str, data_dir: str | Path) -> list[Item]:
+    spec = TASKS[task]
+    for name in spec.folders:
+        if (Path(data_dir) / name).is_dir():
+            return spec.read(Path(data_dir) / name)
+    raise FileNotFoundError(f"{data_dir}: no {' or '.join(spec.folders)} folder for task {task}")
+
+
+def fast_subset(items: list[Item], per_uid: int, seed: int = 0) -> list[Item]:
+    """A fixed, seeded subset: at most `per_uid` items of each UID, in their original order."""
+    by_uid: dict[str, list[int]] = defaultdict(list)
+    for i, item in enumerate(items):
+        by_uid[item.meta["UID"]].append(i)
+    keep = {i for idxs in by_uid.values() for i in random.Random(seed).sample(idxs, min(per_uid, len(idxs)))}
+    return [item for i, item in enumerate(items) if i in keep]
+
+
+def score_items(model, tokenizer, items: list[Item], **batching) -> list[np.ndarray]:
+    """Each item's candidate scores (summed log-probs of the scored tokens)."""
+    flat = [encode_candidate(tokenizer, text, completion) for item in items for text, completion in item.candidates]
+    scores = score(model, flat, tokenizer.pad_token_id, **batching)
+    bounds = np.cumsum([0] + [len(item.candidates) for item in items])
+    return [scores[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def accuracies(task: str, items: list[Item], scores: list[np.ndarray]) -> dict[str, dict[str, float]]:
+    """Accuracy (%) per value of each metadata key, and the task average as the pipeline takes it."""
+    correct = [choose(s[None, :])[0] == 0 for s in scores]
+    result: dict[str, dict[str, float]] = {}
+    for key in TASKS[task].meta_keys:
+        totals, hits = defaultdict(int), defaultdict(int)
+        for item, ok in zip(items, correct):
+            totals[item.meta[key]] += 1
+            hits[item.meta[key]] += bool(ok)
+        result[key] = {name: 100.0 * hits[name] / totals[name] for name in sorted(totals)}
+    uids = result["UID"]
+    if task == "entity_tracking":
+        splits = {s: [v for k, v in uids.items() if k.startswith(s)] for s in ENTITY_TRACKING_SPLITS}
+        result["split"] = {s: sum(v) / len(v) for s, v in splits.items() if v}
+        result["average"] = {"accuracy": sum(result["split"].values()) / len(result["split"])}
+    else:
+        result["average"] = {"accuracy": sum(uids.values()) / len(uids)}
+    return result
+
+
+def wug_correlation(items: list[Item], scores: list[np.ndarray]) -> float:
+    """Spearman's rho between the model's probability of the first candidate and the human ratio."""
+    from scipy.stats import spearmanr
+
+    first = [float(np.exp(s[0] - np.logaddexp.reduce(s))) for s in scores]  # softmax over candidates
+    return float(spearmanr(first, [item.ratio for item in items])[0])
