@@ -173,9 +173,6 @@ class StageConfig(Section):
         return self
 
 
-CURRICULUM_PRESETS = ("pt", "switch", "wiki", "merged", "switch_wiki", "wiki_switch")
-
-
 class WordBudgetConfig(Section):
     """The BabyLM limits: words of input data, and words of exposure counting repeats."""
 

@@ -39,7 +39,9 @@ def test_packing_loses_and_duplicates_no_token_and_counts_words():
     rng = np.random.default_rng(0)
     seqs = [list(rng.integers(4, 100, size=rng.integers(1, 40))) for _ in range(300)]
     words = [int(rng.integers(1, 10)) for _ in seqs]
-    blocks, block_words = pack_blocks(seqs, words, block_size=32, pad_id=0)
+    flat = np.concatenate([np.asarray(s, dtype=np.int32) for s in seqs])
+    lengths = np.array([len(s) for s in seqs])
+    blocks, block_words = pack_blocks(flat, lengths, np.array(words), block_size=32, pad_id=0)
     flat = blocks.ravel()
     n = sum(map(len, seqs))
     assert blocks.shape[1] == 32 and len(blocks) == -(-n // 32)

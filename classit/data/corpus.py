@@ -105,18 +105,12 @@ def _fingerprint_files(files: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def pack_blocks(token_ids: list[list[int]], words: list[int], block_size: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate sequences and cut them into `block_size` blocks; the last is right-padded.
+def pack_blocks(flat: np.ndarray, lengths: np.ndarray, words: np.ndarray, block_size: int, pad_id: int):
+    """Cut concatenated sequences (`flat`, with each one's length) into `block_size` blocks.
 
-    Each sequence's words are credited to the block that holds its last token, so summing
-    `num_words` over the blocks a worker consumed counts words seen exactly.
+    Only the last block is padded. Each sequence's words are credited to the block that holds its
+    last token, so summing `num_words` over the blocks a worker consumed counts words seen exactly.
     """
-    lengths = np.fromiter((len(t) for t in token_ids), dtype=np.int64, count=len(token_ids))
-    flat = np.fromiter((i for t in token_ids for i in t), dtype=np.int32, count=int(lengths.sum()))
-    return _pack_flat(flat, lengths, np.asarray(words, dtype=np.int64), block_size, pad_id)
-
-
-def _pack_flat(flat: np.ndarray, lengths: np.ndarray, words: np.ndarray, block_size: int, pad_id: int):
     n_blocks = -(-len(flat) // block_size)
     blocks = np.full(n_blocks * block_size, pad_id, dtype=np.int32)
     blocks[: len(flat)] = flat
@@ -196,7 +190,7 @@ def tokenize_and_pack(lines: list[str], tokenizer, block_size: int, num_proc: in
     lengths = np.diff(column.offsets.to_numpy())
     flat = column.values.to_numpy().astype(np.int32)
     words = tokenized.data.column("words").to_numpy()
-    blocks, block_words = _pack_flat(flat, lengths, words, block_size, tokenizer.pad_token_id)
+    blocks, block_words = pack_blocks(flat, lengths, words, block_size, tokenizer.pad_token_id)
     table = pa.table({
         "input_ids": pa.FixedSizeListArray.from_arrays(pa.array(blocks.ravel()), block_size),
         "num_words": pa.array(block_words),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from classit.config import ConfigError, InstructConfig, InstructTrainConfig, StageConfig
 from classit.data.corpus import split_train_validation
@@ -79,7 +79,6 @@ class CurriculumPlan:
     stages: list[StagePlan]
     base_input_words: int
     base_exposure_words: int
-    notes: list[str] = field(default_factory=list)
 
     @property
     def input_words(self) -> int:

@@ -17,7 +17,7 @@ import json
 import random
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +97,6 @@ class Task:
     read: Callable[[Path], list[Item]]
     metric: str = "accuracy"
     meta_keys: tuple[str, ...] = ("UID",)
-    extra: dict = field(default_factory=dict)
 
 
 TASKS = {
