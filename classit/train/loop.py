@@ -306,6 +306,7 @@ def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report:
     def word_counts() -> dict:
         return {"input_words": state.prior_input_words + state.input_words,
                 "exposure_words": state.prior_exposure_words + state.words_seen}
+
     if state.initial_val_loss is None:
         state.initial_val_loss = evaluate()
         report({**base, "step": 0, "words_seen": 0, **word_counts(), "val_loss": state.initial_val_loss})
@@ -340,7 +341,7 @@ def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report:
             loss = loss_total / max(targets, 1)
             if not math.isfinite(loss):
                 raise NonFiniteLossError(f"stage {stage.name}: non-finite loss ({loss}) at step {state.step + 1}; "
-                                         f"lower pretrain.learning_rate or check the data")
+                                         f"lower the learning rate or check the data")
             state.step += 1
             state.words_seen += int(words)
             state.tokens_seen += int(tokens)
