@@ -54,7 +54,7 @@ def cmd_instruct(args) -> int:
         raise ConfigError(f"--base {base}: not a Hugging Face checkpoint folder (no config.json)")
     import ray
 
-    from classit.train.runner import run_instruct
+    from classit.train.instruct import run_instruct
 
     ray.init(address=args.address, log_to_driver=True)
     try:

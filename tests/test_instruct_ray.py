@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from classit.results import read_table, table_dir
-from classit.train.runner import run_instruct, run_pretraining
+from classit.train.instruct import run_instruct
+from classit.train.runner import run_pretraining
 from conftest import small_config
 
 PRESETS = ["pt", "switch", "wiki", "merged", "switch_wiki", "wiki_switch"]
