@@ -32,9 +32,9 @@ def cmd_pretrain(args) -> int:
     cfg = _load(args)
     import ray
 
-    from classit.train.runner import run_pretraining
+    from classit.train.runner import init_ray, run_pretraining
 
-    ray.init(address=args.address, log_to_driver=True)
+    init_ray(args.address)
     try:
         result = run_pretraining(cfg)
     finally:
@@ -55,8 +55,9 @@ def cmd_instruct(args) -> int:
     import ray
 
     from classit.train.instruct import run_instruct
+    from classit.train.runner import init_ray
 
-    ray.init(address=args.address, log_to_driver=True)
+    init_ray(args.address)
     try:
         result = run_instruct(cfg, base)
     finally:
@@ -80,10 +81,11 @@ def cmd_evaluate(args) -> int:
     import ray
 
     from classit.evaluate.actors import EvaluationPool
+    from classit.train.runner import init_ray
 
     jobs = [EvalJob(str(Path(m).resolve()), t, str(Path(args.data_dir).resolve()), trial=Path(m).name, fast=args.fast)
             for m in models for t in tasks]
-    ray.init(address=args.address, log_to_driver=True)
+    init_ray(args.address)
     try:
         pool = EvaluationPool(num_actors=args.actors, num_gpus=args.gpus_per_actor)
         rows = pool.run(jobs, results_dir=args.output)

@@ -17,8 +17,9 @@ def small_config(tmp: Path, **sections) -> "ClassitConfig":
     """The tiny preset on a small synthetic corpus, with everything written under `tmp`."""
     data = {
         "corpus": {"synthetic": {"sentences": 6000, "seed": 1}, "block_size": 64, "num_proc": 1},
+        # Word-budget checkpoints every 10k words (the BabyLM schedule x 0.01): a handful per run.
         "pretrain": {"learning_rate": 2e-3, "batch_size": 8, "epochs": 2, "warmup_steps": 10,
-                     "eval_every_steps": 20, "log_every_steps": 10},
+                     "eval_every_steps": 20, "log_every_steps": 10, "checkpoints": {"word_scale": 0.01}},
         "distributed": {"num_workers": 2, "zero_stage": 2, "max_failures": 2},
         "run": {"name": "test", "storage_path": str(tmp / "runs"), "cache_dir": str(tmp / "cache")},
     }
@@ -32,8 +33,10 @@ def ray_local():
     """One local Ray instance per test module, in its own temp folder, removed afterwards."""
     import ray
 
+    from classit.train.runner import init_ray
+
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    ray.init(num_cpus=4, _temp_dir=temp_dir, log_to_driver=True, include_dashboard=True)
+    init_ray(num_cpus=4, _temp_dir=temp_dir, include_dashboard=True)
     try:
         yield ray
     finally:

@@ -15,7 +15,7 @@ PRESETS = ["pt", "switch", "wiki", "merged", "switch_wiki", "wiki_switch"]
 @pytest.fixture(scope="module")
 def base(ray_local, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("base")
-    result = run_pretraining(small_config(tmp))
+    result = run_pretraining(small_config(tmp, pretrain={"max_steps": 40, "checkpoints": {"schedule": "final"}}))
     assert result.error is None
     return tmp, Path(result.checkpoint.path)
 

@@ -37,15 +37,17 @@ def test_pretrain_two_workers_zero2_learns_and_checkpoints_load(ray_local, tmp_p
     out = model.generate(**tokenizer("the dog", return_tensors="pt"), max_new_tokens=8, do_sample=False)
     text = tokenizer.decode(out[0], skip_special_tokens=True)
     assert text.startswith("the dog") and len(text.split()) > 2
-    # Word-budget checkpoints plus the final one, all in HF format.
-    assert len(result.best_checkpoints) > 5
+    # One checkpoint at each 10k-word mark (word_scale 0.01) plus the final one, all in HF format.
+    words = [int(Path(c.path).name.split("words")[1]) for c, _ in result.best_checkpoints]
+    marks_crossed = [w // 10_000 for w in words[:-1]]
+    assert len(words) >= 4 and marks_crossed == list(range(1, len(words)))
     assert all((Path(c.path) / "config.json").exists() for c, _ in result.best_checkpoints)
 
 
 def test_killed_worker_resumes_from_newest_checkpoint(ray_local, tmp_path):
     from ray.util.state import list_actors
 
-    cfg = small_config(tmp_path, pretrain={"epochs": 3})
+    cfg = small_config(tmp_path, pretrain={"epochs": 3, "checkpoints": {"word_scale": 0.005}})
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.setdefault("result", run_pretraining(cfg)))
     thread.start()

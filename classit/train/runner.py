@@ -19,6 +19,18 @@ from classit.results import table_dir, write_rows
 WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 
 
+# Ray Train's controller takes a worker's report, checkpoint included, on its health-check tick
+# (2 s by default) and the worker waits for it: a quarter second keeps training from idling.
+RAY_JOB_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+
+
+def init_ray(address: str | None = None, **kwargs) -> None:
+    """Start (or join) Ray with the job settings classit's training needs."""
+    import ray
+
+    ray.init(address=address, runtime_env={"env_vars": RAY_JOB_ENV}, **kwargs)
+
+
 def quiet_worker() -> None:
     """Progress bars and deprecation chatter from libraries drown the training log."""
     import logging
@@ -36,7 +48,12 @@ def quiet_worker() -> None:
 
 
 class RayReporter:
-    """Reports to Ray Train; rank 0 also keeps metric rows and flushes them to Parquet at checkpoints."""
+    """Rank 0 keeps every metric row and flushes them to Parquet at checkpoints; Ray Train hears of
+    evaluations and checkpoints only.
+
+    A `ray.train.report` waits for the controller to take the previous one, which it does on its
+    health-check tick: reporting every log line would throttle training to that tick.
+    """
 
     def __init__(self, cfg: ClassitConfig, trial: str):
         import ray.train
@@ -50,6 +67,8 @@ class RayReporter:
     def __call__(self, metrics: dict, checkpoint_dir: str | None = None, name: str | None = None) -> None:
         if self.rank == 0:
             self.rows.append({"trial": self.trial, "time": time.time(), **metrics})
+        if checkpoint_dir is None and "val_loss" not in metrics:
+            return  # every rank decides alike, so all still report the same number of times
         checkpoint = self.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         self.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
         if checkpoint_dir and self.rank == 0:
