@@ -28,7 +28,10 @@ def init_ray(address: str | None = None, **kwargs) -> None:
     """Start (or join) Ray with the job settings classit's training needs."""
     import ray
 
-    ray.init(address=address, runtime_env={"env_vars": RAY_JOB_ENV}, **kwargs)
+    # Ray Train passes these from the driver's environment to its controller and workers.
+    for key, value in RAY_JOB_ENV.items():
+        os.environ.setdefault(key, value)
+    ray.init(address=address, **kwargs)
 
 
 def quiet_worker() -> None:
