@@ -30,15 +30,10 @@ def _load(args) -> object:
 
 def cmd_pretrain(args) -> int:
     cfg = _load(args)
-    import ray
+    from classit.train.runner import ray_session, run_pretraining
 
-    from classit.train.runner import init_ray, run_pretraining
-
-    init_ray(args.address)
-    try:
+    with ray_session(args.address):
         result = run_pretraining(cfg)
-    finally:
-        ray.shutdown()
     return _finish(result)
 
 
@@ -52,16 +47,11 @@ def cmd_instruct(args) -> int:
     base = Path(args.base)
     if not (base / "config.json").is_file():
         raise ConfigError(f"--base {base}: not a Hugging Face checkpoint folder (no config.json)")
-    import ray
-
     from classit.train.instruct import run_instruct
-    from classit.train.runner import init_ray
+    from classit.train.runner import ray_session
 
-    init_ray(args.address)
-    try:
+    with ray_session(args.address):
         result = run_instruct(cfg, base)
-    finally:
-        ray.shutdown()
     return _finish(result)
 
 
@@ -77,20 +67,13 @@ def cmd_evaluate(args) -> int:
         raise ConfigError(f"--tasks: unknown task {', '.join(unknown)} (known: {', '.join(TASKS)})")
     if not Path(args.data_dir).is_dir():
         raise ConfigError(f"--data-dir {args.data_dir}: no such folder")
-    models = args.model
-    import ray
-
     from classit.evaluate.actors import EvaluationPool
-    from classit.train.runner import init_ray
+    from classit.train.runner import ray_session
 
     jobs = [EvalJob(str(Path(m).resolve()), t, str(Path(args.data_dir).resolve()), trial=Path(m).name, fast=args.fast)
-            for m in models for t in tasks]
-    init_ray(args.address)
-    try:
-        pool = EvaluationPool(num_actors=args.actors, num_gpus=args.gpus_per_actor)
-        rows = pool.run(jobs, results_dir=args.output)
-    finally:
-        ray.shutdown()
+            for m in args.model for t in tasks]
+    with ray_session(args.address):
+        rows = EvaluationPool(num_actors=args.actors, num_gpus=args.gpus_per_actor).run(jobs, results_dir=args.output)
     print(f"{'model':<28} {'task':<18} {'subtask':<10} {'metric':<9} {'value':>8} {'n':>7}")
     for row in rows:
         if row["subtask"] == "average" or row["metric"] == "error":

@@ -8,6 +8,7 @@ a name readers look at.
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -17,14 +18,13 @@ import pyarrow.parquet as pq
 SCHEMA_VERSION = 1
 
 
-def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), str(pafs.LocalFileSystem().normalize_path(_absolute(uri))))
+def storage_uri(storage_path: str) -> str:
+    """A cloud URI as it is; a local path made absolute (Ray and pyarrow both need that)."""
+    return storage_path if "://" in storage_path else str(Path(storage_path).expanduser().resolve())
 
 
-def _absolute(path: str) -> str:
-    from pathlib import Path
-
-    return str(Path(path).expanduser().resolve())
+def _filesystem(folder: str) -> tuple[pafs.FileSystem, str]:
+    return pafs.FileSystem.from_uri(storage_uri(folder))
 
 
 def table_dir(storage_path: str, run_name: str, table: str) -> str:

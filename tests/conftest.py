@@ -33,14 +33,13 @@ def ray_local():
     """One local Ray instance per test module, in its own temp folder, removed afterwards."""
     import ray
 
-    from classit.train.runner import init_ray
+    from classit.train.runner import ray_session
 
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    init_ray(num_cpus=4, _temp_dir=temp_dir, include_dashboard=True)
     try:
-        yield ray
+        with ray_session(num_cpus=4, _temp_dir=temp_dir, include_dashboard=True):
+            yield ray
     finally:
-        ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

@@ -39,13 +39,17 @@ def clean_text(line: str) -> str:
     return _SPACES.sub(" ", _SPECIAL.sub(" ", line)).strip()
 
 
+def split_speaker(line: str) -> tuple[str | None, str]:
+    """A transcript line's speaker label (`A: ...`, upper-cased; None if unlabelled) and its text."""
+    match = _SPEAKER.match(line)
+    return (match.group(1).upper(), line[match.end():].strip()) if match else (None, line.strip())
+
+
 def merge_speaker_turns(lines: list[str]) -> list[str]:
     """Merge consecutive utterances of one speaker (`A: ...`) into one turn, labels dropped."""
     turns: list[tuple[str | None, str]] = []
     for line in lines:
-        match = _SPEAKER.match(line)
-        speaker, text = (match.group(1).upper(), line[match.end():]) if match else (None, line)
-        text = text.strip()
+        speaker, text = split_speaker(line)
         if not text:
             continue
         if turns and speaker is not None and turns[-1][0] == speaker:

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from pathlib import Path
 
 import torch
 
 from classit.config import InstructDataset, TemplateConfig
-from classit.data.corpus import clean_text, count_words
+from classit.data.corpus import clean_text, count_words, split_speaker
 from classit.tokenizer import reply_token_id
 
 IGNORE = -100
-_SPEAKER = re.compile(r"^\s*([A-Za-z])\s*:\s*")
 
 
 class MaskError(ValueError):
@@ -35,13 +33,12 @@ def switchboard_pairs(lines: list[str]) -> list[dict]:
     no speaker label ends a dialogue; pairs never cross dialogues."""
     dialogues: list[list[list[str]]] = [[]]  # dialogue -> turns -> [speaker, text]
     for line in lines:
-        match = _SPEAKER.match(line)
-        text = clean_text(line[match.end():]) if match else ""
-        if not match or not text:
+        speaker, text = split_speaker(line)
+        text = clean_text(text) if speaker else ""
+        if not text:
             if dialogues[-1]:
                 dialogues.append([])
             continue
-        speaker = match.group(1).upper()
         turns = dialogues[-1]
         if turns and turns[-1][0] == speaker:
             turns[-1][1] += " " + text

@@ -87,8 +87,7 @@ def instruct_worker(loop_config: dict) -> None:
                                         resume_from=resume_here)
             weights = full_state_dict(engine)
             del engine
-            prior_input = state.prior_input_words + state.input_words
-            prior_exposure = state.prior_exposure_words + state.words_seen
+            prior_input, prior_exposure = state.total_input_words, state.total_exposure_words
     if report.rank == 0:
         report.flush()
 
@@ -100,7 +99,7 @@ def base_word_counts(base: Path) -> tuple[int, int]:
     if not (base / TRAINER_STATE).exists():
         return 0, 0
     state = load_trainer_state(base)
-    return state.prior_input_words + state.input_words, state.prior_exposure_words + state.words_seen
+    return state.total_input_words, state.total_exposure_words
 
 
 def prepare_instruct(cfg: ClassitConfig, base: Path):

@@ -106,6 +106,14 @@ class TrainerState:
     next_mark: int = 0
     initial_val_loss: float | None = None
 
+    @property
+    def total_input_words(self) -> int:
+        return self.prior_input_words + self.input_words
+
+    @property
+    def total_exposure_words(self) -> int:
+        return self.prior_exposure_words + self.words_seen
+
 
 class Reporter(Protocol):
     def __call__(self, metrics: dict, checkpoint_dir: str | None = None, name: str | None = None) -> None: ...
@@ -304,8 +312,7 @@ def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report:
     base = {"stage": stage.name, "stage_index": stage.index, "total_steps": total_steps, **stage.extra_metrics}
 
     def word_counts() -> dict:
-        return {"input_words": state.prior_input_words + state.input_words,
-                "exposure_words": state.prior_exposure_words + state.words_seen}
+        return {"input_words": state.total_input_words, "exposure_words": state.total_exposure_words}
 
     if state.initial_val_loss is None:
         state.initial_val_loss = evaluate()

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 
 from classit.config import ClassitConfig
-from classit.results import table_dir, write_rows
+from classit.results import storage_uri, table_dir, write_rows
 
 # Workers print their own progress lines; Ray's print patch would log each one twice.
 WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
@@ -24,14 +24,19 @@ WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "RAY_T
 RAY_JOB_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
 
 
-def init_ray(address: str | None = None, **kwargs) -> None:
-    """Start (or join) Ray with the job settings classit's training needs."""
+@contextmanager
+def ray_session(address: str | None = None, **kwargs):
+    """Start (or join) Ray with the job settings classit's training needs; shut it down afterwards."""
     import ray
 
     # Ray Train passes these from the driver's environment to its controller and workers.
     for key, value in RAY_JOB_ENV.items():
         os.environ.setdefault(key, value)
     ray.init(address=address, **kwargs)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def quiet_worker() -> None:
@@ -105,10 +110,6 @@ def pretrain_worker(loop_config: dict) -> None:
                     resume_from=Path(resume_dir) if resume_dir else None)
     if report.rank == 0:
         report.flush()
-
-
-def storage_uri(storage_path: str) -> str:
-    return storage_path if "://" in storage_path else str(Path(storage_path).expanduser().resolve())
 
 
 def make_trainer(cfg: ClassitConfig, worker_fn, loop_config: dict):
