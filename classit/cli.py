@@ -58,8 +58,7 @@ def cmd_instruct(args) -> int:
 def cmd_evaluate(args) -> int:
     from pathlib import Path
 
-    from classit.evaluate.jobs import EvalJob
-    from classit.evaluate.tasks.zero_shot import TASKS
+    from classit.evaluate.jobs import TASKS, EvalJob
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
@@ -67,21 +66,29 @@ def cmd_evaluate(args) -> int:
         raise ConfigError(f"--tasks: unknown task {', '.join(unknown)} (known: {', '.join(TASKS)})")
     if not Path(args.data_dir).is_dir():
         raise ConfigError(f"--data-dir {args.data_dir}: no such folder")
+    from classit.evaluate import export
     from classit.evaluate.actors import EvaluationPool
     from classit.train.runner import ray_session
 
-    jobs = [EvalJob(str(Path(m).resolve()), t, str(Path(args.data_dir).resolve()), trial=Path(m).name, fast=args.fast)
-            for m in args.model for t in tasks]
+    export_dir = str(Path(args.export).resolve()) if args.export else ""
+    jobs = [EvalJob(str(Path(m).resolve()), t, str(Path(args.data_dir).resolve()), trial=Path(m).name,
+                    fast=args.fast, export_dir=export_dir) for m in args.model for t in tasks]
     with ray_session(args.address):
         rows = EvaluationPool(num_actors=args.actors, num_gpus=args.gpus_per_actor).run(jobs, results_dir=args.output)
-    print(f"{'model':<28} {'task':<18} {'subtask':<10} {'metric':<9} {'value':>8} {'n':>7}")
+    print(f"{'model':<28} {'task':<18} {'subtask':<18} {'metric':<11} {'value':>8} {'n':>7}")
     for row in rows:
-        if row["subtask"] == "average" or row["metric"] == "error":
-            value = f"{row['value']:8.2f}" if row["metric"] != "error" else "   error"
-            print(f"{row['trial'][:28]:<28} {row['task']:<18} {row['subtask'] or '-':<10} {row['metric']:<9} "
+        if row["subtask"] in HEADLINE_SUBTASKS or row["metric"] == "error":
+            value = f"{row['value']:8.3f}" if row["metric"] != "error" else "   error"
+            print(f"{row['trial'][:28]:<28} {row['task']:<18} {row['subtask'] or '-':<18} {row['metric']:<11} "
                   f"{value} {row['n_items']:>7}  {row['error']}")
     print(f"{len(rows)} rows written to {args.output}")
+    if export_dir:
+        for model in args.model:
+            print(f"leaderboard predictions: {export.collate(export_dir, Path(model).name)}")
     return 1 if any(r["metric"] == "error" for r in rows) else 0
+
+
+HEADLINE_SUBTASKS = ("average", "eye_tracking", "self_paced_reading", "validation")
 
 
 def _root_cause(error: BaseException) -> str:
@@ -115,14 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     instruct.add_argument("--curriculum", help="pt, switch, wiki, merged, switch_wiki or wiki_switch")
     instruct.add_argument("--mix-ratio", type=float, help="merged only: share of conversational items")
     instruct.set_defaults(func=cmd_instruct)
-    evaluate = sub.add_parser("evaluate", help="score checkpoints on zero-shot tasks with a pool of Ray actors")
+    evaluate = sub.add_parser("evaluate", help="score checkpoints on the BabyLM tasks with a pool of Ray actors")
     evaluate.add_argument("--model", action="append", required=True, help="HF checkpoint folder (repeatable)")
-    evaluate.add_argument("--tasks", default="blimp", help="comma-separated: blimp, blimp_supplement, ewok, entity_tracking, wug_adj, wug_past")
+    evaluate.add_argument("--tasks", default="blimp", help="comma-separated: blimp, blimp_supplement, ewok, "
+                          "entity_tracking, wug_adj, wug_past, reading, boolq, multirc, rte, wsc, mrpc, qqp, mnli")
     evaluate.add_argument("--data-dir", required=True, help="folder holding one sub-folder per task")
     evaluate.add_argument("--fast", action="store_true", help="a fixed, seeded subset of each subtask")
     evaluate.add_argument("--actors", type=int, default=2, help="evaluation actors")
     evaluate.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPU fraction per actor")
     evaluate.add_argument("--output", default="runs/eval/results/eval_scores", help="Parquet folder for the rows")
+    evaluate.add_argument("--export", help="also write predictions in the BabyLM leaderboard layout here")
     evaluate.add_argument("--address", default=None, help="Ray cluster address")
     evaluate.set_defaults(func=cmd_evaluate)
     args = parser.parse_args(argv)

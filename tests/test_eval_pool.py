@@ -75,3 +75,26 @@ def test_unknown_task_and_missing_data_are_error_rows(tmp_path):
     assert rows[0]["metric"] == "error" and "unknown task" in rows[0]["error"]
     rows = run_job(EvalJob(str(tmp_path), "blimp", str(tmp_path)), ModelCache())
     assert rows[0]["metric"] == "error" and rows[0]["error"]
+
+
+def test_export_writes_the_leaderboard_layout_and_collates_it(tmp_path):
+    from classit.evaluate import export
+    from classit.evaluate.jobs import ModelCache, run_job
+
+    checkpoint = train_tiny_checkpoint(tmp_path / "train")
+    data = make_data_dir(tmp_path)
+    cache, out = ModelCache("cpu"), tmp_path / "export"
+    rows = {task: run_job(EvalJob(str(checkpoint), task, str(data), trial="m", export_dir=str(out)), cache)
+            for task in ("blimp", "blimp_supplement")}
+    # The official collate_preds.py paths: zero_shot/causal/<task>/<dataset folder>/predictions.json.
+    supplement = json.loads((out / "m/main/zero_shot/causal/blimp/supplement_filtered/predictions.json").read_text())
+    assert set(supplement) == {"qa_congruence", "turn_taking"}
+    assert [p["id"] for p in supplement["turn_taking"]["predictions"]] == [f"turn_taking_{i}" for i in range(10)]
+    # Accuracy recomputed from the exported choices (as the leaderboard does) equals ours.
+    good = {"qa_congruence": "what did you see ? a dog .", "turn_taking": "do you run ? yes , i do ."}
+    for uid, preds in supplement.items():
+        exported = 100 * sum(p["pred"] == good[uid] for p in preds["predictions"]) / len(preds["predictions"])
+        ours = next(r["value"] for r in rows["blimp_supplement"] if r["subtask"] == f"UID:{uid}")
+        assert exported == pytest.approx(ours)
+    collated = json.loads(export.collate(out, "m").read_text())
+    assert set(collated) == {"blimp", "blimp_supplement"} and collated["blimp_supplement"] == supplement

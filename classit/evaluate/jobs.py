@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
-from classit.evaluate.tasks import zero_shot
+from classit.evaluate import export
+from classit.evaluate.tasks import finetune, reading, zero_shot
 
 FAST_ITEMS_PER_SUBTASK = 100  # the fixed, seeded subset of `fast` mode, per UID
+TASKS = (*zero_shot.TASKS, "reading", *finetune.TASKS)
 
 
 @dataclass(frozen=True)
@@ -21,10 +24,16 @@ class EvalJob:
     trial: str = ""
     words_seen: int = -1
     fast: bool = False
+    export_dir: str = ""  # when set, predictions go there in the leaderboard layout
+    revision: str = "main"  # the leaderboard's name for this checkpoint (e.g. chck_10M)
 
     @property
     def key(self) -> tuple[str, str]:
         return self.checkpoint, self.task
+
+    @property
+    def model_name(self) -> str:
+        return self.trial or Path(self.checkpoint).name
 
 
 def result_row(job: EvalJob, subtask: str, metric: str, value: float, n: int, seconds: float, error: str = "") -> dict:
@@ -32,14 +41,23 @@ def result_row(job: EvalJob, subtask: str, metric: str, value: float, n: int, se
             "seconds": seconds, "error": error}
 
 
+def _export(job: EvalJob, predictions: dict, dataset: str = "") -> None:
+    if job.export_dir:
+        path = export.prediction_path(job.export_dir, job.model_name, job.revision, job.task, dataset)
+        export.write_predictions(path, predictions)
+
+
 def run_zero_shot(job: EvalJob, model, tokenizer) -> list[dict]:
     start = time.perf_counter()
-    items = zero_shot.read_task(job.task, job.data_dir)
+    folder = zero_shot.task_folder(job.task, job.data_dir)
+    items = zero_shot.TASKS[job.task].read(folder)
     if job.fast:
         items = zero_shot.fast_subset(items, FAST_ITEMS_PER_SUBTASK)
     scores = zero_shot.score_items(model, tokenizer, items)
     seconds = time.perf_counter() - start
-    if zero_shot.TASKS[job.task].metric == "spearman":
+    is_wug = zero_shot.TASKS[job.task].metric == "spearman"
+    _export(job, export.zero_shot_predictions(items, scores, with_prob=is_wug), folder.name)
+    if is_wug:
         return [result_row(job, "average", "spearman", zero_shot.wug_correlation(items, scores), len(items), seconds)]
     result = zero_shot.accuracies(job.task, items, scores)
     rows = [result_row(job, "average", "accuracy", result.pop("average")["accuracy"], len(items), seconds)]
@@ -47,6 +65,25 @@ def run_zero_shot(job: EvalJob, model, tokenizer) -> list[dict]:
         for name, value in per_name.items():
             rows.append(result_row(job, f"{key}:{name}", "accuracy", value, _count(items, key, name), seconds))
     return rows
+
+
+def run_reading(job: EvalJob, model, tokenizer) -> list[dict]:
+    start = time.perf_counter()
+    frame = reading.read_reading(job.data_dir)  # the official fast set is the full set
+    pred, prev_pred = reading.surprisals(model, tokenizer, frame)
+    gains = reading.reading_scores(frame, pred, prev_pred)
+    _export(job, export.reading_predictions(pred, prev_pred))
+    seconds = time.perf_counter() - start
+    return [result_row(job, name, "r2_gain_pct", value, len(frame), seconds) for name, value in gains.items()]
+
+
+def run_finetune(job: EvalJob, device: str | None) -> list[dict]:
+    start = time.perf_counter()
+    scores, preds, best_epoch = finetune.finetune(job.checkpoint, job.task, job.data_dir, device=device)
+    _export(job, export.finetune_predictions(job.task, preds))
+    seconds = time.perf_counter() - start
+    rows = [result_row(job, "validation", metric, value, len(preds), seconds) for metric, value in scores.items()]
+    return rows + [result_row(job, "validation", "best_epoch", best_epoch, len(preds), seconds)]
 
 
 def _count(items: list[zero_shot.Item], key: str, name: str) -> int:
@@ -75,10 +112,13 @@ def run_job(job: EvalJob, cache: ModelCache) -> list[dict]:
     """The job's rows; any failure (corrupt checkpoint, missing data) becomes one error row."""
     start = time.perf_counter()
     try:
-        if job.task not in zero_shot.TASKS:
-            raise ValueError(f"unknown task {job.task!r} (known: {', '.join(zero_shot.TASKS)})")
+        if job.task not in TASKS:
+            raise ValueError(f"unknown task {job.task!r} (known: {', '.join(TASKS)})")
+        if job.task in finetune.TASKS:  # trains its own copy: the cached scoring model stays as it is
+            return run_finetune(job, cache.device)
         model, tokenizer = cache.get(job.checkpoint)
-        return run_zero_shot(job, model, tokenizer)
+        run = run_reading if job.task == "reading" else run_zero_shot
+        return run(job, model, tokenizer)
     except Exception as err:  # noqa: BLE001 - every failure must become a row, not stop the pool
         reason = f"{type(err).__name__}: {err}".splitlines()[0]
         return [result_row(job, "", "error", float("nan"), 0, time.perf_counter() - start, error=reason)]

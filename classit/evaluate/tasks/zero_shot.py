@@ -110,12 +110,17 @@ TASKS = {
 }
 
 
-def read_task(task: str, data_dir: str | Path) -> list[Item]:
+def task_folder(task: str, data_dir: str | Path) -> Path:
+    """The task's data folder under `data_dir`: our name or the official pipeline's."""
     spec = TASKS[task]
     for name in spec.folders:
         if (Path(data_dir) / name).is_dir():
-            return spec.read(Path(data_dir) / name)
+            return Path(data_dir) / name
     raise FileNotFoundError(f"{data_dir}: no {' or '.join(spec.folders)} folder for task {task}")
+
+
+def read_task(task: str, data_dir: str | Path) -> list[Item]:
+    return TASKS[task].read(task_folder(task, data_dir))
 
 
 def fast_subset(items: list[Item], per_uid: int, seed: int = 0) -> list[Item]:
