@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--model", help="an HF checkpoint (default: an untrained tiny model; speed is the same)")
     parser.add_argument("--preset", default="tiny", help="preset of the untrained model when --model is not given")
     parser.add_argument("--sample", type=int, default=500, help="pairs the reference scores")
-    parser.add_argument("--max-tokens", type=int, default=8192, help="padded tokens per engine batch")
+    parser.add_argument("--max-tokens", type=int, default=4096, help="padded tokens per engine batch")
     args = parser.parse_args()
 
     if args.model:

@@ -18,6 +18,7 @@ def checkpoint(tmp_path_factory):
 def test_completion_tokens_follow_the_pipelines_offsets(checkpoint):
     _, tokenizer = load_model(checkpoint)
     whole = encode_candidate(tokenizer, "the dog runs .")
+    assert whole.ids == tokenizer("the dog runs .")["input_ids"]  # the fast path tokenizes as the wrapper does
     assert whole.ids[0] == tokenizer.bos_token_id and not whole.scored[0] and all(whole.scored[1:])
     tail = encode_candidate(tokenizer, "the dog runs .", completion=" runs .")
     text_tokens = [tokenizer.decode([i]) for i, s in zip(tail.ids, tail.scored) if s]
@@ -53,3 +54,21 @@ def test_supplement_layout_takes_the_paradigm_from_the_file_name(tmp_path):
     (folder / "broken.jsonl").write_text('{"sentence": "x"}\n')
     with pytest.raises(ValueError, match="broken.jsonl:1"):
         read_task("blimp_supplement", tmp_path)
+
+
+def test_shared_prefix_packing_scores_each_candidate_as_if_alone(checkpoint):
+    """Groups of 1-3 candidates: a candidate that is the whole prefix, completions, no shared word."""
+    from classit.evaluate.scoring import encode_candidates, pack, score_groups
+
+    model, tokenizer = load_model(checkpoint, device="cpu")
+    groups = [[("the dog runs .", None), ("the dog", None), ("the dog runs fast .", None)],
+              [("the cat is big . the cat sleeps .", " the cat sleeps ."),
+               ("the cat is big . the cat runs .", " the cat runs .")],
+              [("dogs run .", None), ("a bird sings .", None)],
+              [("the farmer reads .", None)]]
+    encoded = [encode_candidates(tokenizer, group) for group in groups]
+    packed = pack(encoded[0])
+    assert len(packed.ids) < sum(len(c.ids) for c in encoded[0])  # "<s> the dog" is computed once
+    scores = score_groups(model, encoded, tokenizer.pad_token_id, max_tokens=64)
+    for group, got in zip(encoded, scores):
+        assert got == pytest.approx([reference_score(model, c) for c in group], abs=1e-4)

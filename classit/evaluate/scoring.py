@@ -6,10 +6,14 @@ counts towards the score when its character span ends after the completion's fir
 each counted token is scored given everything before it, and the candidate with the highest
 score wins, the first candidate winning ties.
 
-It is fast by construction: candidates are sorted by length and batched with little padding,
-right padding needs no attention mask under causal attention, only the target logits are
-normalised (logsumexp) rather than the whole log-softmax kept, and it runs under
-`torch.inference_mode`, in bf16 on GPU.
+It is fast by construction:
+- an item's candidates (a BLiMP minimal pair, EWoK's two targets) share their common token prefix:
+  they are packed into one sequence, prefix first and then each candidate's remaining tokens, each
+  attending to the prefix and to itself (a block mask, positions restarting after the prefix), so
+  the prefix is computed once (BLiMP: 27% fewer tokens);
+- sequences are sorted by length and batched with little padding;
+- the LM head and the log-normaliser (logsumexp) run only on the positions that predict a scored
+  token; the whole batch is tokenized in one call; `torch.inference_mode`, bf16 on GPU.
 """
 
 from __future__ import annotations
@@ -28,19 +32,73 @@ class Encoded:
     scored: list[bool]  # scored[i]: token i counts towards the score (never token 0)
 
 
-def encode_candidate(tokenizer, text: str, completion: str | None = None) -> Encoded:
-    """Tokens of `text`; those overlapping its final `completion` characters are scored.
+def encode_candidates(tokenizer, candidates: list[tuple[str, str | None]]) -> list[Encoded]:
+    """Tokens of each `text`; those overlapping its final `completion` characters are scored.
 
     With no completion the whole text is scored (BLiMP). Tokens are found by their character
     offsets, as the pipeline does, so any tokenizer's treatment of leading spaces is respected.
     """
-    out = tokenizer(text, return_offsets_mapping=True)
-    ids, offsets = out["input_ids"], out["offset_mapping"]
-    completion_start = len(text) - len(completion if completion is not None else text)
-    start_char = completion_start + offsets[0][0]
-    scored = [end > start_char for _, end in offsets]
-    scored[0] = False  # nothing predicts the first token
-    return Encoded(ids, scored)
+    if not candidates:
+        return []
+    texts = [text for text, _ in candidates]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and backend.padding is None and backend.truncation is None:
+        # The Rust tokenizer the wrapper calls anyway, without building Python dicts: 3x faster.
+        encodings = backend.encode_batch(texts)
+        ids_offsets = [(e.ids, e.offsets) for e in encodings]
+    else:
+        out = tokenizer(texts, return_offsets_mapping=True)
+        ids_offsets = list(zip(out["input_ids"], out["offset_mapping"]))
+    encoded = []
+    for (text, completion), (ids, offsets) in zip(candidates, ids_offsets):
+        start_char = len(text) - len(completion if completion is not None else text) + offsets[0][0]
+        scored = [end > start_char for _, end in offsets]
+        scored[0] = False  # nothing predicts the first token
+        encoded.append(Encoded(ids, scored))
+    return encoded
+
+
+def encode_candidate(tokenizer, text: str, completion: str | None = None) -> Encoded:
+    return encode_candidates(tokenizer, [(text, completion)])[0]
+
+
+@dataclass(frozen=True)
+class Packed:
+    """One forward sequence: a group's shared prefix, then each candidate's own tokens."""
+
+    ids: np.ndarray
+    positions: np.ndarray  # position ids: each candidate's tokens continue from the prefix
+    segments: np.ndarray  # 0: the shared prefix; j + 1: candidate j's own tokens
+    predicting: np.ndarray  # for each scored token: the position whose output predicts it,
+    targets: np.ndarray  # its id,
+    owners: np.ndarray  # and its candidate
+
+
+def pack(group: list[Encoded]) -> Packed:
+    """Candidates packed over their longest common prefix (of ids and scored flags)."""
+    shortest = min(len(c.ids) for c in group)
+    first_ids, first_scored = np.asarray(group[0].ids[:shortest]), np.asarray(group[0].scored[:shortest])
+    same = np.ones(shortest, dtype=bool)
+    for cand in group[1:]:
+        same &= (np.asarray(cand.ids[:shortest]) == first_ids) & (np.asarray(cand.scored[:shortest]) == first_scored)
+    prefix = shortest if same.all() else int(np.argmin(same))
+    ids, positions, segments = [group[0].ids[:prefix]], [np.arange(prefix)], [np.zeros(prefix, dtype=np.int64)]
+    predicting, targets, owners = [], [], []
+    start = prefix  # where the current candidate's own tokens begin in the packed sequence
+    for j, cand in enumerate(group):
+        own = len(cand.ids) - prefix
+        ids.append(cand.ids[prefix:])
+        positions.append(np.arange(prefix, len(cand.ids)))
+        segments.append(np.full(own, j + 1))
+        index = np.arange(len(cand.ids))
+        packed_index = np.where(index < prefix, index, start + index - prefix)
+        scored = np.flatnonzero(cand.scored)  # never token 0
+        predicting.append(packed_index[scored - 1])
+        targets.append(np.asarray(cand.ids)[scored])
+        owners.append(np.full(len(scored), j))
+        start += own
+    cat = lambda parts: np.concatenate(parts).astype(np.int64)  # noqa: E731
+    return Packed(cat(ids), cat(positions), cat(segments), cat(predicting), cat(targets), cat(owners))
 
 
 def _batches_by_length(lengths: np.ndarray, max_tokens: int, max_batch: int):
@@ -57,27 +115,58 @@ def _batches_by_length(lengths: np.ndarray, max_tokens: int, max_batch: int):
         yield batch
 
 
+def _block_mask(segments: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, T) bool: causal, and a candidate's tokens see the prefix and themselves only.
+
+    Padding has segment -1 and sees only padding, so no row is fully masked (which would be NaN).
+    """
+    width = segments.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=segments.device).tril()
+    query, key = segments[:, :, None], segments[:, None, :]
+    visible = (key == query) | ((key == 0) & (query != -1))
+    return (visible & causal)[:, None]
+
+
 @torch.inference_mode()
-def score(model, candidates: list[Encoded], pad_id: int, max_tokens: int = 8192, max_batch: int = 256) -> np.ndarray:
-    """Summed log-probability of each candidate's scored tokens (float64, in input order)."""
+def score_groups(model, groups: list[list[Encoded]], pad_id: int, max_tokens: int = 4096,
+                 max_batch: int = 256) -> list[np.ndarray]:
+    """Summed log-probability of each candidate's scored tokens, per group (float64, input order)."""
     device = next(model.parameters()).device
-    lengths = np.array([len(c.ids) for c in candidates])
-    scores = np.zeros(len(candidates), dtype=np.float64)
+    transformer, head = model.base_model, model.get_output_embeddings()
+    packed = [pack(group) for group in groups]
+    first = np.cumsum([0] + [len(group) for group in groups])  # group i's candidates: first[i]...
+    lengths = np.array([len(p.ids) for p in packed])
+    flat = torch.zeros(int(first[-1]), dtype=torch.float64)
     for batch in _batches_by_length(lengths, max_tokens, max_batch):
         width = int(lengths[batch].max())
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        scored = torch.zeros((len(batch), width), dtype=torch.bool)
+        ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+        positions = np.zeros((len(batch), width), dtype=np.int64)
+        segments = np.full((len(batch), width), -1, dtype=np.int64)
         for row, i in enumerate(batch):
-            ids[row, : lengths[i]] = torch.as_tensor(candidates[i].ids)
-            scored[row, : lengths[i]] = torch.as_tensor(candidates[i].scored)
-        ids, scored = ids.to(device), scored.to(device)
-        logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-        targets = ids[:, 1:]
-        target_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        logprobs = target_logits - torch.logsumexp(logits, dim=-1)
-        sums = (logprobs * scored[:, 1:]).sum(dim=1, dtype=torch.float64)
-        scores[batch] = sums.cpu().numpy()
-    return scores
+            p = packed[i]
+            ids[row, : len(p.ids)], positions[row, : len(p.ids)], segments[row, : len(p.ids)] = (
+                p.ids, p.positions, p.segments)
+        # Every scored token of the batch: (row, predicting column, target id, flat candidate index).
+        rows = np.concatenate([np.full(len(packed[i].targets), row) for row, i in enumerate(batch)])
+        cols = np.concatenate([packed[i].predicting for i in batch])
+        targets = torch.from_numpy(np.concatenate([packed[i].targets for i in batch])).to(device)
+        owners = torch.from_numpy(np.concatenate([first[i] + packed[i].owners for i in batch]))
+        if not len(rows):
+            continue
+        segments = torch.from_numpy(segments).to(device)
+        hidden = transformer(input_ids=torch.from_numpy(ids).to(device),
+                             position_ids=torch.from_numpy(positions).to(device),
+                             attention_mask=_block_mask(segments), use_cache=False).last_hidden_state
+        logits = head(hidden[torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)]).float()
+        logprobs = logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        flat.index_add_(0, owners, logprobs.double().cpu())
+    scores = flat.numpy()
+    return [scores[a:b] for a, b in zip(first[:-1], first[1:])]
+
+
+def score(model, candidates: list[Encoded], pad_id: int, **batching) -> np.ndarray:
+    """Summed log-probability of each candidate's scored tokens, each scored on its own."""
+    return np.array([s[0] for s in score_groups(model, [[c] for c in candidates], pad_id, **batching)])
 
 
 def choose(scores: np.ndarray) -> np.ndarray:
