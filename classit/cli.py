@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from pathlib import Path
 
 from classit.config import ConfigError, load_config
 
@@ -38,7 +39,6 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_instruct(args) -> int:
-    from pathlib import Path
 
     for flag, key in (("curriculum", "instruct.curriculum"), ("mix_ratio", "instruct.mix_ratio")):
         if getattr(args, flag) is not None:
@@ -56,8 +56,6 @@ def cmd_instruct(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from pathlib import Path
-
     from classit.evaluate.jobs import TASKS, EvalJob
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -89,6 +87,24 @@ def cmd_evaluate(args) -> int:
 
 
 HEADLINE_SUBTASKS = ("average", "eye_tracking", "self_paced_reading", "validation")
+
+
+DEMO_SWEEP = Path(__file__).resolve().parents[1] / "sweeps" / "configs" / "demo.yaml"
+
+
+def cmd_sweep(args) -> int:
+    args.config = args.config or str(DEMO_SWEEP)
+    for flag, key in (("name", "sweep.name"),):
+        if getattr(args, flag) is not None:
+            args.overrides.append(f"{key}={getattr(args, flag)}")
+    from classit.sweep.runner import describe_plan, run_sweep, validate
+
+    cfg = validate(_load(args))
+    if args.dry_run:
+        print(describe_plan(cfg))
+        return 0
+    board = run_sweep(cfg, address=args.address, resume=args.resume)
+    return 0 if not board.empty else 1
 
 
 def _root_cause(error: BaseException) -> str:
@@ -134,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--export", help="also write predictions in the BabyLM leaderboard layout here")
     evaluate.add_argument("--address", default=None, help="Ray cluster address")
     evaluate.set_defaults(func=cmd_evaluate)
+    sweep = sub.add_parser("sweep", help="Ray Tune + Optuna sweep over curricula, mix ratios and learning rates")
+    _common(sweep)
+    sweep.add_argument("--name", help="sweep name (sweep.name); results go to <storage>/<name>")
+    sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep of this name")
+    sweep.add_argument("--dry-run", action="store_true", help="print the expanded plan and cost estimate, then exit")
+    sweep.set_defaults(func=cmd_sweep)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

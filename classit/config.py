@@ -222,6 +222,83 @@ class InstructConfig(Section):
         return self
 
 
+class EvaluationConfig(Section):
+    """What each trial's checkpoints are scored on, by the pool of Ray evaluation actors."""
+
+    tasks: list[str] = Field(default_factory=lambda: ["blimp"], min_length=1)
+    data_dir: Path | None = Field(None, description="the official evaluation_data layout; None: probe sets "
+                                                    "generated from the synthetic grammar")
+    fast: bool = True
+    checkpoints: Literal["final", "all"] = Field("final", description="all: every word-budget checkpoint too")
+    actors: PositiveInt = 2
+    cpus_per_actor: NonNegativeFloat = 1.0
+    gpus_per_actor: NonNegativeFloat = 0.0
+
+    @model_validator(mode="after")
+    def _known(self) -> EvaluationConfig:
+        from classit.evaluate.catalog import TASKS
+
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown:
+            raise ValueError(f"tasks: unknown task {', '.join(map(repr, unknown))} (known: {', '.join(TASKS)})")
+        if self.data_dir is not None and not self.data_dir.is_dir():
+            raise ValueError(f"data_dir: no such folder: {self.data_dir}")
+        return self
+
+
+class Dimension(Section):
+    """One swept parameter: exactly one of a list of choices, a (log-)uniform range, an integer range."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    choice: list[Any] | None = Field(None, min_length=1)
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[PositiveFloat, PositiveFloat] | None = None
+    integer: tuple[int, int] | None = Field(None, alias="int")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Dimension:
+        kinds = [k for k in ("choice", "uniform", "loguniform", "integer") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"give exactly one of choice, uniform, loguniform, int (got {kinds or 'none'})")
+        for kind in ("uniform", "loguniform", "integer"):
+            low_high = getattr(self, kind)
+            if low_high is not None and low_high[0] > low_high[1]:
+                raise ValueError(f"{kind if kind != 'integer' else 'int'}: low {low_high[0]} > high {low_high[1]}")
+        return self
+
+
+class SweepConfig(Section):
+    """The search: which parameters vary, how they are searched, and what is optimised."""
+
+    name: str | None = Field(None, min_length=1, description="default: sweep-<config hash>")
+    search: Literal["tpe", "random", "grid"] = "tpe"
+    space: dict[str, Dimension] = Field(default_factory=dict)
+    num_samples: PositiveInt = Field(8, description="tpe/random: configurations drawn (grid: every one)")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1,
+                             description="each configuration runs once per seed (instruct.train.seed)")
+    metrics: list[str] = Field(default_factory=lambda: ["val_loss"], min_length=1,
+                               description="val_loss or <task>[:<subtask>[:<metric>]]; two or more: Pareto front")
+    modes: list[Literal["min", "max"]] = Field(default_factory=lambda: ["min"], min_length=1)
+    max_concurrent_trials: PositiveInt = 1
+    max_failures: NonNegativeInt = Field(1, description="trial retries, each from its newest checkpoint")
+    asha: bool = Field(False, description="stop poor trials early on their stage validation loss")
+    search_seed: int = 0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SweepConfig:
+        if not self.space:
+            raise ValueError("space: empty search space (give at least one parameter)")
+        if len(self.modes) != len(self.metrics):
+            raise ValueError(f"modes: {len(self.modes)} modes for {len(self.metrics)} metrics")
+        if self.search == "grid":
+            ranged = [name for name, dim in self.space.items() if dim.choice is None]
+            if ranged:
+                raise ValueError(f"space.{ranged[0]}: grid search needs a list of choices")
+        if self.asha and len(self.metrics) > 1:
+            raise ValueError("asha: early stopping needs a single objective")
+        return self
+
+
 class RunConfig(Section):
     name: str | None = Field(None, min_length=1, description="default: <pretrain|instruct-<curriculum>>-<config hash>")
     storage_path: str = Field("runs", description="Ray storage: local folder or cloud URI")
@@ -235,6 +312,8 @@ class ClassitConfig(Section):
     pretrain: TrainConfig = TrainConfig()
     instruct: InstructConfig = InstructConfig()
     distributed: DistributedConfig = DistributedConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    sweep: SweepConfig | None = None
     run: RunConfig = RunConfig()
 
 

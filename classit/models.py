@@ -46,3 +46,11 @@ def build_model(preset: str, tokenizer: PreTrainedTokenizerBase | None = None, s
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def parameter_count(preset: str) -> int:
+    """The preset's parameter count, without allocating it (meta device)."""
+    import torch
+
+    with torch.device("meta"):
+        return count_parameters(LlamaForCausalLM(llama_config(preset)))

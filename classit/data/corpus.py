@@ -177,6 +177,13 @@ def clean_and_split(raw: dict[str, list[str]], validation_fraction: float, seed:
     return train, valid, stats
 
 
+def corpus_train_words(cfg: ClassitConfig) -> int:
+    """Words in the cleaned training split, without tokenizing (for plans and estimates)."""
+    raw, _ = _load_lines(cfg, Path(cfg.run.cache_dir))
+    train, _, _ = clean_and_split(raw, cfg.corpus.validation_fraction, cfg.corpus.split_seed)
+    return sum(map(count_words, train))
+
+
 def _tokenize_batch(batch, tokenizer):
     ids = tokenizer(batch["text"])["input_ids"]
     eos = tokenizer.eos_token_id

@@ -156,3 +156,51 @@ def qa_pairs(n: int, seed: int = 0) -> list[dict]:
         question, answer = rng.choice(templates)
         records.append({"prompt": question(character), "reply": answer(character), "source": "synthetic-qa"})
     return records
+
+
+def write_probe_data(folder: str | Path, seed: int = 0, per_paradigm: int = 200) -> Path:
+    """Zero-shot probes of what the synthetic corpus teaches, in the official evaluation layouts.
+
+    `blimp/`: subject-verb agreement minimal pairs (plain, across an attractor, across a relative
+    clause); `ewok/`: true vs false facts about the world's characters (what the Q&A data asks).
+    """
+    import json
+
+    rng = random.Random(seed + 3)
+    grammar = Grammar(rng)
+    folder = Path(folder)
+
+    def pair(kind: str) -> tuple[str, str]:
+        plural = rng.random() < 0.5
+        subject = grammar.noun_phrase(plural)
+        if kind == "attractor":
+            subject += f" {rng.choice(PREPOSITIONS)} {grammar.noun_phrase(not plural, 0.0)}"
+        elif kind == "relative":
+            inner = rng.random() < 0.5
+            subject += f" that {grammar.noun_phrase(inner, 0.0)} {grammar.verb(inner, True)}"
+        verb = rng.choice(INTRANSITIVE)
+        return f"{subject} {verb[plural]} .", f"{subject} {verb[not plural]} ."
+
+    (folder / "blimp").mkdir(parents=True, exist_ok=True)
+    for kind in ("simple", "attractor", "relative"):
+        uid = f"agreement_{kind}"
+        rows = [{"sentence_good": good, "sentence_bad": bad, "field": "morphology",
+                 "linguistics_term": "subject_verb_agreement", "UID": uid, "pairID": str(i)}
+                for i, (good, bad) in enumerate(pair(kind) for _ in range(per_paradigm))]
+        (folder / "blimp" / f"{uid}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+    world = make_world(seed)
+    wrong = {"home": PLACES, "food": FOODS, "colour": COLOURS, "pet": ANIMALS}
+    rows = []
+    for _ in range(per_paradigm):
+        c = rng.choice(world)
+        attribute = rng.choice(list(wrong))
+        false = rng.choice([v for v in wrong[attribute] if v != getattr(c, attribute)])
+        true_fact, false_fact = (fact_sentences(Character(**{**c.__dict__, attribute: value}))[list(wrong).index(attribute)]
+                                 for value in (getattr(c, attribute), false))
+        rows.append({"Context1": f"this is {c.name} .", "Context2": f"this is {c.name} .", "Target1": true_fact,
+                     "Target2": false_fact, "Domain": "world-facts", "ContextType": "name",
+                     "ContextDiff": "none", "TargetDiff": attribute})
+    (folder / "ewok").mkdir(parents=True, exist_ok=True)
+    (folder / "ewok" / "world-facts.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return folder

@@ -10,10 +10,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from classit.evaluate import export
+from classit.evaluate.catalog import TASKS
 from classit.evaluate.tasks import finetune, reading, zero_shot
 
 FAST_ITEMS_PER_SUBTASK = 100  # the fixed, seeded subset of `fast` mode, per UID
-TASKS = (*zero_shot.TASKS, "reading", *finetune.TASKS)
+assert set(TASKS) == {*zero_shot.TASKS, "reading", *finetune.TASKS}, "catalog.py lists every task module's tasks"
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ def instruct_worker(loop_config: dict) -> None:
     tokenizer = load_tokenizer(base)
     validation = datasets.load_from_disk(str(data_root / "validation"))
     collate = partial(collate_instruct, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id)
-    report = RayReporter(cfg, trial=cfg.run.name)
+    report = RayReporter(cfg, trial=cfg.run.name, metrics_dir=loop_config.get("metrics_dir"))
     prior_input, prior_exposure = loop_config["base_input_words"], loop_config["base_exposure_words"]
     extra = {"curriculum": loop_config["curriculum"], "mix_ratio": cfg.instruct.mix_ratio}
     if not loop_config["stages"]:
@@ -102,22 +102,30 @@ def base_word_counts(base: Path) -> tuple[int, int]:
     return state.total_input_words, state.total_exposure_words
 
 
-def prepare_instruct(cfg: ClassitConfig, base: Path):
-    """On the driver: load, split, plan (with the budget check), encode and save every stage's data."""
-    import datasets
-
-    from classit.config import config_hash
+def plan_instruct(cfg: ClassitConfig, base_input: int, base_exposure: int):
+    """Load and split the curriculum's datasets and plan its stages (with the word-budget check)."""
     from classit.data.curriculum import expand_curriculum, plan_curriculum, split_records
-    from classit.data.instruct import encode_record, load_records
-    from classit.tokenizer import load_tokenizer
+    from classit.data.instruct import load_records
 
     icfg = cfg.instruct
     stages = expand_curriculum(icfg)
     used = sorted({d for s in stages for d in s.datasets} or icfg.datasets)
     records = {name: load_records(name, icfg.datasets[name], seed=icfg.split_seed) for name in used}
     train, valid = split_records(records, icfg)
+    return plan_curriculum(icfg, train, cfg.distributed.num_workers, base_input, base_exposure), train, valid, used
+
+
+def prepare_instruct(cfg: ClassitConfig, base: Path):
+    """On the driver: load, split, plan (with the budget check), encode and save every stage's data."""
+    import datasets
+
+    from classit.config import config_hash
+    from classit.data.instruct import encode_record
+    from classit.tokenizer import load_tokenizer
+
+    icfg = cfg.instruct
     base_input, base_exposure = base_word_counts(base)
-    plan = plan_curriculum(icfg, train, cfg.distributed.num_workers, base_input, base_exposure)
+    plan, train, valid, used = plan_instruct(cfg, base_input, base_exposure)
 
     tokenizer = load_tokenizer(base)
     root = Path(cfg.run.cache_dir) / f"instruct-{config_hash(icfg, cfg.distributed.num_workers, str(base.resolve()))}"

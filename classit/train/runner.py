@@ -63,12 +63,13 @@ class RayReporter:
     health-check tick: reporting every log line would throttle training to that tick.
     """
 
-    def __init__(self, cfg: ClassitConfig, trial: str):
+    def __init__(self, cfg: ClassitConfig, trial: str, metrics_dir: str | None = None):
         import ray.train
 
         self.train = ray.train
         self.rank = ray.train.get_context().get_world_rank()
-        self.metrics_dir = table_dir(cfg.run.storage_path, cfg.run.name, "train_metrics")
+        # A sweep gathers every trial's rows in its own results folder; a single run keeps its own.
+        self.metrics_dir = metrics_dir or table_dir(cfg.run.storage_path, cfg.run.name, "train_metrics")
         self.trial = trial
         self.rows: list[dict] = []
 
@@ -103,7 +104,7 @@ def pretrain_worker(loop_config: dict) -> None:
     model = build_model(cfg.model.preset, tokenizer, seed=cfg.pretrain.seed)
     stage = Stage("pretrain", corpus.load_blocks("train"), corpus.load_blocks("validation"), cfg.pretrain,
                   partial(collate_blocks, pad_id=tokenizer.pad_token_id), input_words=corpus.stats["train"]["words"])
-    report = RayReporter(cfg, trial=cfg.run.name)
+    report = RayReporter(cfg, trial=cfg.run.name, metrics_dir=loop_config.get("metrics_dir"))
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
         train_stage(model, tokenizer, stage, cfg.distributed, report,
@@ -112,7 +113,7 @@ def pretrain_worker(loop_config: dict) -> None:
         report.flush()
 
 
-def make_trainer(cfg: ClassitConfig, worker_fn, loop_config: dict):
+def make_trainer(cfg: ClassitConfig, worker_fn, loop_config: dict, callbacks: list = ()):
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -126,7 +127,7 @@ def make_trainer(cfg: ClassitConfig, worker_fn, loop_config: dict):
                                      resources_per_worker={"CPU": dcfg.cpus_per_worker}),
         run_config=RunConfig(name=cfg.run.name, storage_path=storage_uri(cfg.run.storage_path),
                              failure_config=FailureConfig(max_failures=dcfg.max_failures),
-                             worker_runtime_env={"env_vars": env},
+                             worker_runtime_env={"env_vars": env}, callbacks=list(callbacks),
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
 

@@ -1,0 +1,287 @@
+"""The sweep driver: Ray Tune + Optuna over curricula, mix ratios and learning rates.
+
+Validates everything before Ray starts, starts the two shared services (base builder,
+evaluation pool), runs (or restores) the Tuner, prints a live table of trials while they run and
+a leaderboard at the end. Results: `<storage>/<sweep>/results/{trials,train_metrics,eval_scores}`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+from classit.config import ClassitConfig, ConfigError, config_hash
+from classit.sweep.space import (
+    CONDITIONAL,
+    check_space,
+    DefineByRun,
+    format_count,
+    gpu_hours,
+    grid_trials,
+    planned_trial_count,
+)
+from classit.sweep.trial import EVAL_SCORES, TRIALS, objective_key
+
+STATE_FILE = "tuner.pkl"  # what Tune writes into an experiment folder it can restore
+# A trial only drives its Ray Train run, whose workers ask for the CPUs/GPUs: the trial takes no
+# core (Tune wants some resource, so a little memory), and the cluster's cores go to training.
+TRIAL_RESOURCES = {"cpu": 0, "memory": 256 * 2**20}
+
+
+def named_sweep(cfg: ClassitConfig) -> ClassitConfig:
+    if cfg.sweep is None:
+        raise ConfigError("sweep: the config has no sweep section (see sweeps/configs/demo.yaml)")
+    if cfg.sweep.name is not None:
+        return cfg
+    name = f"sweep-{config_hash(cfg.model_dump(mode='json', exclude={'run'}))[:8]}"
+    return cfg.model_copy(update={"sweep": cfg.sweep.model_copy(update={"name": name})})
+
+
+def validate(cfg: ClassitConfig) -> ClassitConfig:
+    """Everything that can be checked without Ray, each failure one line naming the field."""
+    cfg = named_sweep(cfg)
+    check_space(cfg)
+    for spec in cfg.sweep.metrics:
+        try:
+            key = objective_key(spec)
+        except ValueError as err:
+            raise ConfigError(f"sweep.metrics: {spec!r}: {err}") from None
+        if key != "val_loss" and key.split(":")[0] not in cfg.evaluation.tasks:
+            raise ConfigError(f"sweep.metrics: {spec!r} needs task {key.split(':')[0]} in evaluation.tasks")
+    return cfg
+
+
+def experiment_dir(cfg: ClassitConfig) -> Path:
+    return Path(cfg.run.storage_path).expanduser().resolve() / cfg.sweep.name
+
+
+def describe_plan(cfg: ClassitConfig) -> str:
+    """The expanded plan: trials, word budgets per curriculum and the GPU-hours estimate."""
+    from classit.data.corpus import corpus_train_words
+    from classit.models import parameter_count
+    from classit.sweep.space import apply_params
+    from classit.train.instruct import plan_instruct
+
+    sweep = cfg.sweep
+    lines = [f"sweep {sweep.name}: {sweep.search} search, {planned_trial_count(cfg)} trials "
+             f"({len(sweep.seeds)} seed(s) each), objective {', '.join(map(objective_key, sweep.metrics))} "
+             f"({', '.join(sweep.modes)}), at most {sweep.max_concurrent_trials} at once"]
+    if sweep.search == "grid":
+        candidates = grid_trials(cfg)
+        lines += [f"  trial {i + 1}: {p}" for i, p in enumerate(candidates)]
+    else:
+        lines += [f"  {name}: {dim.model_dump(exclude_none=True, by_alias=True)}" for name, dim in sweep.space.items()]
+        typical = {n: d.choice[0] if d.choice else _middle(d) for n, d in sweep.space.items() if n not in CONDITIONAL}
+        curricula = sweep.space["curriculum"].choice if "curriculum" in sweep.space else [None]
+        candidates = []
+        for curriculum in curricula:
+            params = {**typical, "seed": sweep.seeds[0], **({"curriculum": curriculum} if curriculum else {})}
+            for cond, (parent, when) in CONDITIONAL.items():
+                if cond in sweep.space and params.get(parent) == when:
+                    dim = sweep.space[cond]
+                    params[cond] = dim.choice[0] if dim.choice else _middle(dim)
+            candidates.append(params)
+    bases, total_hours = {}, 0.0
+    lines.append("  word budgets (instruction tuning, per trial):")
+    seen = set()
+    for params in candidates:
+        trial_cfg = apply_params(cfg, params)
+        preset = trial_cfg.model.preset
+        if preset not in bases:
+            words = corpus_train_words(trial_cfg)
+            exposure = words * trial_cfg.pretrain.epochs
+            bases[preset] = (words, exposure, gpu_hours(parameter_count(preset), exposure))
+        label = (params.get("curriculum"), preset, params.get("epochs"))
+        if label in seen:
+            continue
+        seen.add(label)
+        plan = plan_instruct(trial_cfg, bases[preset][0], bases[preset][1])[0]
+        hours = gpu_hours(parameter_count(preset), plan.exposure_words - bases[preset][1])
+        lines.append(f"    {label[0] or 'curriculum'} ({preset}): {plan.summary()}; ~{hours:.3g} GPU-h")
+        total_hours = max(total_hours, hours)
+    for preset, (words, exposure, hours) in bases.items():
+        lines.append(f"  base {preset}: pretraining on {format_count(words)} words, {format_count(exposure)} of "
+                     f"exposure, ~{hours:.3g} GPU-h, once (cached)")
+    estimate = sum(h for *_, h in bases.values()) + total_hours * planned_trial_count(cfg)
+    lines.append(f"  estimate: at most ~{estimate:.3g} GPU-hours in all (A100 bf16 at 40% utilisation)")
+    return "\n".join(lines)
+
+
+def _middle(dim) -> float:
+    if dim.loguniform:
+        return math.sqrt(dim.loguniform[0] * dim.loguniform[1])
+    low, high = dim.uniform or dim.integer
+    return type(low)((low + high) / 2)
+
+
+def _tune_setup(cfg: ClassitConfig):
+    """param_space and TuneConfig for the chosen search."""
+    from ray import tune
+
+    sweep = cfg.sweep
+    objectives = [objective_key(m) for m in sweep.metrics]
+    scheduler = None
+    if sweep.asha:
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(metric="val_loss", mode="min", time_attr="training_iteration", grace_period=2)
+    if sweep.search == "grid":
+        return {"params": tune.grid_search(grid_trials(cfg))}, tune.TuneConfig(
+            num_samples=1, max_concurrent_trials=sweep.max_concurrent_trials, scheduler=scheduler)
+    import optuna
+    from ray.tune.search import Repeater
+    from ray.tune.search.optuna import OptunaSearch
+
+    sampler = (optuna.samplers.TPESampler(seed=sweep.search_seed, multivariate=True) if sweep.search == "tpe"
+               else optuna.samplers.RandomSampler(seed=sweep.search_seed))
+    single = len(objectives) == 1
+    search = OptunaSearch(DefineByRun(sweep.space), metric=objectives[0] if single else objectives,
+                          mode=sweep.modes[0] if single else list(sweep.modes), sampler=sampler)
+    if len(sweep.seeds) > 1:  # the searcher sees the mean over seeds of each draw
+        search = Repeater(search, repeat=len(sweep.seeds))
+    return {}, tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=sweep.num_samples * len(sweep.seeds),
+                               max_concurrent_trials=sweep.max_concurrent_trials)
+
+
+def _progress_callback(objectives: list[str], every_s: float = 10.0):
+    from ray import tune
+
+    class ProgressTable(tune.Callback):
+        """A compact live table of trials: state, parameters, stage, words seen, losses, scores."""
+
+        def __init__(self):
+            self.latest: dict = {}
+            self.printed = 0.0
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.latest[trial.trial_id] = result
+            self._print(trials)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._print(trials, force=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._print(trials, force=True)
+
+        def _print(self, trials, force: bool = False):
+            if not force and time.time() - self.printed < every_s:
+                return
+            self.printed = time.time()
+            print(f"\n{'trial':<10} {'state':<11} {'parameters':<44} {'stage':<8} {'words seen':>10} "
+                  f"{'val_loss':>9} " + " ".join(f"{o[:22]:>22}" for o in objectives if o != "val_loss"))
+            for t in trials:
+                r = self.latest.get(t.trial_id, {})
+                params = t.config.get("params", t.config)
+                shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                  for k, v in params.items() if k != "__trial_index__")
+                scores = " ".join(f"{r.get(o, float('nan')):>22.4g}" for o in objectives if o != "val_loss")
+                print(f"{t.trial_id[-10:]:<10} {t.status:<11} {shown[:44]:<44} {str(r.get('stage', '-')):<8} "
+                      f"{format_count(r.get('words_seen', float('nan'))):>10} {r.get('val_loss', float('nan')):>9.4f} "
+                      f"{scores}", flush=True)
+
+    return ProgressTable()
+
+
+def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = False, log=print):
+    """Run (or resume) the sweep to completion; returns the leaderboard DataFrame."""
+    import ray
+    from ray import tune
+
+    from classit.data.synthetic import write_probe_data
+    from classit.results import read_table
+    from classit.sweep.services import BUILDER_NAME, BaseBuilder, EvaluationService, evaluation_service_name
+    from classit.sweep.trial import run_trial
+    from classit.train.runner import ray_session
+
+    cfg = validate(cfg)
+    sweep = cfg.sweep
+    experiment = experiment_dir(cfg)
+    if resume and not (experiment / STATE_FILE).exists():
+        raise ConfigError(f"--resume: no sweep to resume at {experiment}")
+    if not resume and experiment.exists():
+        raise ConfigError(f"sweep.name: {sweep.name} already exists at {experiment}; "
+                          f"pass --resume to continue it or choose another sweep.name")
+    results_root = str(experiment / "results")
+    data_dir = cfg.evaluation.data_dir or write_probe_data(Path(cfg.run.cache_dir) / "probes")
+    # Intermediate reports carry the validation loss only; the objective comes with the last one.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    objectives = [objective_key(m) for m in sweep.metrics]
+
+    with ray_session(address):
+        ecfg = cfg.evaluation
+        # Held here for the whole sweep: trials find them by name.
+        builder = BaseBuilder.options(name=BUILDER_NAME).remote()
+        service_name = evaluation_service_name(sweep.name)
+        service = EvaluationService.options(name=service_name).remote(
+            ecfg.actors, ecfg.cpus_per_actor, ecfg.gpus_per_actor, f"{results_root}/{EVAL_SCORES}")
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, sweep_config=cfg.model_dump(mode="json"), results_root=results_root,
+                                 data_dir=str(Path(data_dir).resolve()), service_name=service_name),
+            TRIAL_RESOURCES)
+        if resume:
+            tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+        else:
+            param_space, tune_config = _tune_setup(cfg)
+            tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
+                               run_config=tune.RunConfig(
+                                   name=sweep.name, storage_path=str(experiment.parent), verbose=0,
+                                   failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+                                   callbacks=[_progress_callback(objectives)]))
+        tuner.fit()
+        for actor in (service, builder):
+            ray.kill(actor)
+    board = leaderboard(read_table(f"{results_root}/{TRIALS}"), objectives, sweep.modes)
+    log(format_leaderboard(board, objectives))
+    log(f"results: {results_root}/{{{TRIALS},train_metrics,{EVAL_SCORES}}}")
+    return board
+
+
+def pareto_front(board, objectives: list[str], modes: list[str]):
+    """Rows no other row beats on every objective (and strictly on one)."""
+    import numpy as np
+
+    values = np.column_stack([board[o].to_numpy(float) * (1 if m == "max" else -1) for o, m in zip(objectives, modes)])
+    front = []
+    for i, row in enumerate(values):
+        dominated = ((values >= row).all(axis=1) & (values > row).any(axis=1)).any()
+        front.append(not dominated)
+    return front
+
+
+def leaderboard(trials, objectives: list[str], modes: list[str]):
+    """One row per finished trial, best first by the first objective; the Pareto front marked."""
+    if trials.empty:
+        return trials
+    board = trials[trials["status"] == "finished"].drop_duplicates("trial").copy()
+    for o in objectives:
+        if o not in board:
+            board[o] = float("nan")
+    if len(objectives) > 1:
+        board["pareto"] = pareto_front(board, objectives, modes)
+    return board.sort_values(objectives[0], ascending=modes[0] == "min").reset_index(drop=True)
+
+
+def format_leaderboard(board, objectives: list[str]) -> str:
+    if board.empty:
+        return "leaderboard: no finished trials"
+    params = [c for c in board.columns if c.startswith("param.")]
+    scores = [c for c in board.columns if c.count(":") == 2]
+    scores = [o for o in objectives if o in scores] + [c for c in scores if c not in objectives]
+    header = ["trial", *[p.removeprefix("param.") for p in params], "val_loss", *scores]
+    rows = [header]
+    for _, r in board.iterrows():
+        cells = [("* " if r.get("pareto") else "") + r["trial"]]
+        cells += ["-" if _missing(r[p]) else (f"{r[p]:.3g}" if isinstance(r[p], float) else str(r[p])) for p in params]
+        cells += [f"{r['val_loss']:.4f}", *[f"{r[s]:.4g}" if not _missing(r[s]) else "-" for s in scores]]
+        rows.append(cells)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+    note = "\n(* on the Pareto front of the objectives)" if "pareto" in board else ""
+    return f"leaderboard ({len(board)} trials, best first by {objectives[0]}):\n{text}{note}"
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))

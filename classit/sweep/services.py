@@ -1,0 +1,87 @@
+"""The two shared services of a sweep, as named Ray actors the driver starts and trials look up.
+
+- `BaseBuilder`: the base-model cache. Pretraining runs once per (model preset, tokenizer,
+  corpus, pretraining config, worker count) key; the finished base is recorded in
+  `<storage>/bases/<key>.json`, so later trials and later sweeps reuse it. The actor runs one
+  request at a time: two trials that need the same missing base wait for one build.
+- `EvaluationService`: the evaluation actor pool. A trial hands over its checkpoints after its
+  training workers are gone, and gets its score rows back; every row is also written to the
+  sweep's `eval_scores` table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import ray
+
+from classit.config import ClassitConfig, config_hash
+
+BUILDER_NAME = "classit-base-builder"
+
+
+def base_key(cfg: ClassitConfig) -> str:
+    return config_hash(cfg.model, cfg.tokenizer, cfg.corpus, cfg.pretrain, cfg.distributed.num_workers)
+
+
+def base_record(cfg: ClassitConfig) -> Path:
+    return Path(cfg.run.storage_path) / "bases" / f"{base_key(cfg)}.json"
+
+
+def cached_base(cfg: ClassitConfig) -> Path | None:
+    record = base_record(cfg)
+    if record.is_file():
+        checkpoint = Path(json.loads(record.read_text())["checkpoint"])
+        if (checkpoint / "config.json").is_file():
+            return checkpoint
+    return None
+
+
+@ray.remote(num_cpus=0, max_concurrency=1)
+class BaseBuilder:
+    def ensure(self, cfg_json: dict) -> str:
+        """The base checkpoint for this config: from the cache, or pretrained now (once)."""
+        from classit.train.runner import run_pretraining
+
+        cfg = ClassitConfig.model_validate(cfg_json)
+        found = cached_base(cfg)
+        if found is not None:
+            return str(found)
+        name = f"base-{base_key(cfg)[:12]}"
+        result = run_pretraining(cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": name})}))
+        if result.error:
+            raise RuntimeError(f"pretraining the base model {name} failed: {result.error}")
+        record = base_record(cfg)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"checkpoint": result.checkpoint.path, "run": name,
+                                   "val_loss": result.metrics.get("val_loss")}))
+        tmp.replace(record)
+        return result.checkpoint.path
+
+
+def ensure_base(cfg: ClassitConfig) -> Path:
+    """From a trial: the base its config needs, built by the sweep's one builder if missing."""
+    found = cached_base(cfg)
+    if found is not None:
+        return found
+    builder = ray.get_actor(BUILDER_NAME)
+    return Path(ray.get(builder.ensure.remote(cfg.model_dump(mode="json"))))
+
+
+@ray.remote(num_cpus=0)
+class EvaluationService:
+    def __init__(self, actors: int, cpus_per_actor: float, gpus_per_actor: float, results_dir: str):
+        from classit.evaluate.actors import EvaluationPool
+
+        self.pool = EvaluationPool(num_actors=actors, num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
+        self.results_dir = results_dir
+
+    def evaluate(self, jobs: list) -> list[dict]:
+        return self.pool.run(jobs, results_dir=self.results_dir)
+
+
+def evaluation_service_name(sweep_name: str) -> str:
+    return f"classit-eval-{sweep_name}"

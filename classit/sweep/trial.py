@@ -1,0 +1,123 @@
+"""One sweep trial, as a Ray Tune function: base model, curriculum run, evaluation, one result row.
+
+The trial's training is a Ray Train run (`TorchTrainer`, DeepSpeed workers) whose reports reach
+Tune through `TuneReportCallback`; its run name is derived from the trial's parameters, so a
+retried or resumed trial continues that run from its newest checkpoint. When training is done
+and its workers are gone, the checkpoints go to the sweep's evaluation service and the trial
+waits for the scores. A trial whose parameters already have a finished row (a sweep resumed
+after its driver died) reports that row again instead of training twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from classit.config import ClassitConfig, config_hash
+
+TRIALS, TRAIN_METRICS, EVAL_SCORES = "trials", "train_metrics", "eval_scores"
+
+
+def objective_key(spec: str) -> str:
+    """`val_loss`, or `<task>[:<subtask>[:<metric>]]` completed with the task's headline score."""
+    if spec == "val_loss":
+        return spec
+    from classit.evaluate.tasks import finetune, zero_shot
+
+    task, *rest = spec.split(":")
+    if task in finetune.TASKS:
+        default = ("validation", finetune.TASKS[task].select_by)
+    elif task == "reading":
+        default = ("eye_tracking", "r2_gain_pct")
+    elif task in zero_shot.TASKS:
+        default = ("average", zero_shot.TASKS[task].metric)
+    else:
+        raise ValueError(f"unknown task {task!r}")
+    subtask, metric = (rest + [None, None])[:2]
+    return f"{task}:{subtask or default[0]}:{metric or default[1]}"
+
+
+HEADLINE = ("average", "eye_tracking", "self_paced_reading", "validation")
+
+
+def scores_of(rows: list[dict], checkpoint: str) -> dict[str, float]:
+    """The headline scores of one checkpoint's evaluation rows, keyed task:subtask:metric."""
+    return {f"{r['task']}:{r['subtask']}:{r['metric']}": float(r["value"]) for r in rows
+            if r["checkpoint"] == checkpoint and r["subtask"] in HEADLINE and not r["error"]}
+
+
+def trial_key(params: dict[str, Any]) -> str:
+    return config_hash(json.dumps(params, sort_keys=True))[:10]
+
+
+def finished_row(results_root: str, key: str) -> dict | None:
+    from classit.results import read_table
+
+    table = read_table(f"{results_root}/{TRIALS}")
+    if table.empty:
+        return None
+    done = table[(table["trial"] == key) & (table["status"] == "finished")]
+    return done.iloc[0].to_dict() if len(done) else None
+
+
+def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str, service_name: str) -> None:
+    import ray
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from classit.evaluate.jobs import EvalJob
+    from classit.results import write_rows
+    from classit.sweep.services import ensure_base
+    from classit.sweep.space import apply_params
+    from classit.train.instruct import instruct_worker, prepare_instruct
+    from classit.train.runner import make_trainer
+
+    import datasets
+
+    datasets.disable_progress_bars()
+    sweep_cfg = ClassitConfig.model_validate(sweep_config)
+    sweep = sweep_cfg.sweep
+    params = dict(config.get("params", config))
+    repeat = params.pop("__trial_index__", None)  # Tune's Repeater: the same draw once per seed
+    params.setdefault("seed", sweep.seeds[repeat or 0])
+    key = trial_key(params)
+    objectives = [objective_key(m) for m in sweep.metrics]
+
+    done = finished_row(results_root, key)
+    if done is not None:
+        ray.tune.report({k: done[k] for k in ["val_loss", *objectives] if k in done} | {"resumed": True})
+        return
+
+    start = time.time()
+    cfg = apply_params(sweep_cfg, params)
+    base = ensure_base(cfg)
+    run_name = f"{sweep.name}-{key}"
+    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": run_name})})
+    _, _, loop_config = prepare_instruct(cfg, base)
+    loop_config["metrics_dir"] = f"{results_root}/{TRAIN_METRICS}"
+    result = make_trainer(cfg, instruct_worker, loop_config, callbacks=[TuneReportCallback()]).fit()
+
+    ecfg = cfg.evaluation
+    final = result.checkpoint
+    checkpoints = [(final, result.metrics)]
+    if ecfg.checkpoints == "all":
+        checkpoints = [(c, m) for c, m in result.best_checkpoints if c.path != final.path] + checkpoints
+    jobs = [EvalJob(c.path, task, data_dir, trial=key, words_seen=int(m.get("exposure_words", -1)), fast=ecfg.fast)
+            for c, m in checkpoints for task in ecfg.tasks]
+    rows = ray.get(ray.get_actor(service_name).evaluate.remote(jobs))
+    scores = scores_of(rows, final.path)
+    errors = sorted({r["error"] for r in rows if r["error"]})
+
+    metrics = result.metrics
+    row = {"sweep": sweep.name, "trial": key, "run": run_name, "status": "finished",
+           "error": "; ".join(errors), "params": json.dumps(params, sort_keys=True),
+           **{f"param.{name}": (json.dumps(value) if isinstance(value, list) else value)
+              for name, value in params.items()},
+           "val_loss": metrics.get("val_loss"), "input_words": metrics.get("input_words"),
+           "exposure_words": metrics.get("exposure_words"), "checkpoint": final.path, **scores,
+           "start": start, "end": time.time(), "seconds": time.time() - start,
+           "config": json.dumps(cfg.model_dump(mode="json"), sort_keys=True)}
+    write_rows(f"{results_root}/{TRIALS}", [row])
+    ray.tune.report({"val_loss": row["val_loss"], **scores, "stage": metrics.get("stage"),
+                     "words_seen": row["exposure_words"], "done": True})
