@@ -15,13 +15,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/classit pretrain --config sweeps/configs/demo.yaml
+	$(PY) sweeps/curriculum_sweep.py
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/eval_throughput.py
 
 clean:
 	rm -rf runs .cache

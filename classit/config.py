@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -336,6 +337,10 @@ def _one_line(err: ValidationError, source: str) -> str:
     first = _relevant(err.errors())
     field = ".".join(str(p) for p in first["loc"] if not _is_branch_tag(p)) or "<root>"
     msg = first["msg"].removeprefix("Value error, ")
+    inner = re.match(r"^([A-Za-z_][\w.]*): ", msg)  # a section's check naming its own field
+    if inner:
+        field = inner.group(1) if field == "<root>" else f"{field}.{inner.group(1)}"
+        msg = msg[inner.end():]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif "input" in first and not isinstance(first["input"], dict):

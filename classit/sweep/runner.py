@@ -131,7 +131,6 @@ def _tune_setup(cfg: ClassitConfig):
         return {"params": tune.grid_search(grid_trials(cfg))}, tune.TuneConfig(
             num_samples=1, max_concurrent_trials=sweep.max_concurrent_trials, scheduler=scheduler)
     import optuna
-    from ray.tune.search import Repeater
     from ray.tune.search.optuna import OptunaSearch
 
     sampler = (optuna.samplers.TPESampler(seed=sweep.search_seed, multivariate=True) if sweep.search == "tpe"
@@ -140,9 +139,27 @@ def _tune_setup(cfg: ClassitConfig):
     search = OptunaSearch(DefineByRun(sweep.space), metric=objectives[0] if single else objectives,
                           mode=sweep.modes[0] if single else list(sweep.modes), sampler=sampler)
     if len(sweep.seeds) > 1:  # the searcher sees the mean over seeds of each draw
-        search = Repeater(search, repeat=len(sweep.seeds))
+        search = _seed_repeater(search, len(sweep.seeds))
     return {}, tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=sweep.num_samples * len(sweep.seeds),
                                max_concurrent_trials=sweep.max_concurrent_trials)
+
+
+def _seed_repeater(searcher, repeats: int):
+    """Tune's Repeater for one or several objectives: each draw runs once per seed, and the
+    searcher is told the mean of every objective over the seeds (Repeater handles only one)."""
+    import numpy as np
+    from ray.tune.search import Repeater
+
+    class SeedRepeater(Repeater):
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, **kwargs):
+            metrics = self.searcher.metric if isinstance(self.searcher.metric, list) else [self.searcher.metric]
+            group = self._trial_id_to_group[trial_id]
+            group.report(trial_id, [float((result or {}).get(m, np.nan)) for m in metrics])
+            if group.finished_reporting():
+                means = np.nanmean(np.array(group.scores(), dtype=float), axis=0)
+                self.searcher.on_trial_complete(group.primary_trial_id, result=dict(zip(metrics, means)), **kwargs)
+
+    return SeedRepeater(searcher, repeat=repeats)
 
 
 def _progress_callback(objectives: list[str], every_s: float = 10.0):

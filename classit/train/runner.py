@@ -32,6 +32,9 @@ def ray_session(address: str | None = None, **kwargs):
     # Ray Train passes these from the driver's environment to its controller and workers.
     for key, value in RAY_JOB_ENV.items():
         os.environ.setdefault(key, value)
+    if ray.is_initialized():  # already connected (a notebook, a test): use it, leave it running
+        yield
+        return
     ray.init(address=address, **kwargs)
     try:
         yield

@@ -1,0 +1,111 @@
+"""The sweep's search space, plan and validation, without Ray."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from classit.config import ConfigError, parse_config
+from classit.sweep.runner import leaderboard, validate
+from classit.sweep.space import DefineByRun, apply_params, check_space, grid_trials
+from classit.sweep.trial import objective_key
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sweep_config(**sweep):
+    return parse_config({"sweep": {"space": {"curriculum": {"choice": ["pt", "merged", "wiki>switch"]},
+                                             "mix_ratio": {"choice": [0.25, 0.75]}}, **sweep}})
+
+
+def test_grid_draws_mix_ratio_only_for_merged_and_repeats_each_seed():
+    cfg = sweep_config(search="grid", seeds=[0, 1])
+    trials = grid_trials(cfg)
+    assert len(trials) == (1 + 2 + 1) * 2  # pt, merged x 2 ratios, wiki>switch; two seeds each
+    assert all(("mix_ratio" in t) == (t["curriculum"] == "merged") for t in trials)
+    trial_cfg = apply_params(cfg, trials[-1])
+    assert [s.datasets for s in trial_cfg.instruct.curriculum] == [["wiki"], ["switch"]]
+    assert trial_cfg.instruct.train.seed == 1
+
+
+def test_optuna_define_by_run_is_conditional():
+    cfg = parse_config({"sweep": {"space": {"curriculum": {"choice": ["merged", "switch_wiki"]},
+                                            "mix_ratio": {"uniform": [0.2, 0.8]},
+                                            "learning_rate": {"loguniform": [1e-5, 1e-3]}}}})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    define = DefineByRun(cfg.sweep.space)
+    seen = set()
+    for _ in range(20):
+        trial = study.ask()
+        define(trial)
+        assert ("mix_ratio" in trial.params) == (trial.params["curriculum"] == "merged")
+        assert 1e-5 <= trial.params["learning_rate"] <= 1e-3
+        seen.add(trial.params["curriculum"])
+        apply_params(cfg, trial.params)  # every draw is a valid trial config
+    assert seen == {"merged", "switch_wiki"}
+
+
+@pytest.mark.parametrize("sweep, message", [
+    ({"space": {"curriculum": {"choice": ["pt", "bogus"]}}}, "sweep.space.curriculum: value 'bogus'"),
+    ({"space": {"mix_ratio": {"uniform": [0.2, 1.5]}}}, "sweep.space.mix_ratio: value 1.5"),
+    ({"space": {}}, "sweep.space: empty search space"),
+    ({"space": {"learning_rate": {"choice": [1e-4]}}, "sedes": [1]}, "sweep.sedes: unknown key"),
+    ({"space": {"instruct.train.lr": {"choice": [1e-4]}}}, "sweep.space.instruct.train.lr: instruct.train.lr is not"),
+    ({"search": "grid", "space": {"learning_rate": {"loguniform": [1e-5, 1e-3]}}},
+     "sweep.space.learning_rate: grid search needs a list of choices"),
+    ({"space": {"learning_rate": {"choice": [1e-4]}}, "metrics": ["rte"], "modes": ["max"]},
+     "sweep.metrics: 'rte' needs task rte in evaluation.tasks"),
+])
+def test_bad_sweep_yaml_fails_before_ray_with_one_line(tmp_path, sweep, message):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"sweep": sweep}))
+    with pytest.raises(ConfigError) as err:
+        from classit.config import load_config
+
+        validate(load_config(path))
+    assert message in str(err.value) and "\n" not in str(err.value)
+    # Through the real entry point: exit 2, one line on stderr, and Ray never started.
+    ray_tmp = tmp_path / "ray"
+    ray_tmp.mkdir()
+    proc = subprocess.run([sys.executable, str(REPO / "sweeps" / "curriculum_sweep.py"), "--config", str(path)],
+                          capture_output=True, text=True, env={**os.environ, "RAY_TMPDIR": str(ray_tmp)}, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr
+    assert list(ray_tmp.iterdir()) == []
+
+
+def test_dry_run_prints_trials_budgets_and_cost(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    config = yaml.safe_load((REPO / "sweeps" / "configs" / "demo.yaml").read_text())
+    config["run"] = {"storage_path": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache")}
+    config["corpus"]["synthetic"]["sentences"] = 3000
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.run([sys.executable, str(REPO / "sweeps" / "curriculum_sweep.py"), "--config", str(path),
+                           "--dry-run"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "6 trials" in proc.stdout and "GPU-h" in proc.stdout and "switch_wiki (tiny)" in proc.stdout
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_objectives_and_pareto_front():
+    assert objective_key("blimp") == "blimp:average:accuracy"
+    assert objective_key("mrpc") == "mrpc:validation:f1"
+    assert objective_key("wug_adj") == "wug_adj:average:spearman"
+    assert objective_key("reading:self_paced_reading") == "reading:self_paced_reading:r2_gain_pct"
+    trials = pd.DataFrame({"trial": list("abcd"), "status": "finished", "a": [1.0, 2.0, 0.5, 2.0],
+                           "b": [2.0, 1.0, 0.5, 1.0]})
+    board = leaderboard(trials, ["a", "b"], ["max", "max"])
+    assert dict(zip(board["trial"], board["pareto"])) == {"a": True, "b": True, "c": False, "d": True}
+    assert list(board["trial"][:2]) in (["b", "d"], ["d", "b"])  # best first by the first objective
+
+
+def test_check_space_accepts_the_shipped_configs():
+    for name in ("demo.yaml", "mix_lr_sweep.yaml"):
+        from classit.config import load_config
+
+        check_space(load_config(REPO / "sweeps" / "configs" / name))

@@ -1,0 +1,76 @@
+"""A real sweep on local Ray: Tune + Optuna/grid, Train workers with DeepSpeed, the evaluation pool."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from classit.config import parse_config
+from classit.results import read_table
+from classit.sweep.runner import run_sweep
+from classit.sweep.space import grid_trials
+from classit.sweep.trial import trial_key
+
+CURRICULA = ["pt", "switch", "wiki", "merged", "switch_wiki", "wiki_switch"]
+
+
+def sweep_config(tmp: Path, **sweep) -> dict:
+    """The tiny preset on a small synthetic corpus; trials of a few steps each."""
+    return {
+        "corpus": {"synthetic": {"sentences": 4000, "seed": 1}, "block_size": 64, "num_proc": 1},
+        "pretrain": {"learning_rate": 2e-3, "batch_size": 8, "max_steps": 30, "warmup_steps": 5,
+                     "eval_every_steps": 15, "checkpoints": {"schedule": "final"}},
+        "instruct": {"datasets": {"switch": {"synthetic": "conversation", "max_records": 120},
+                                  "wiki": {"synthetic": "qa", "max_records": 120}},
+                     "train": {"learning_rate": 2e-3, "batch_size": 8, "epochs": 1, "warmup_steps": 2,
+                               "eval_every_steps": 5, "log_every_steps": 5}},
+        "distributed": {"num_workers": 2, "zero_stage": 2},
+        "evaluation": {"tasks": ["blimp"], "actors": 1, "cpus_per_actor": 0},
+        "sweep": {"name": "test", "search": "grid", "metrics": ["blimp"], "modes": ["max"],
+                  "space": {"curriculum": {"choice": CURRICULA}, "learning_rate": {"choice": [2e-3]}}, **sweep},
+        "run": {"storage_path": str(tmp / "runs"), "cache_dir": str(tmp / "cache")},
+    }
+
+
+def test_six_trials_share_one_base_built_once_and_all_get_scores(ray_local, tmp_path):
+    # Two trials at a time: the first two both find the base missing and must not both build it.
+    cfg = parse_config(sweep_config(tmp_path, max_concurrent_trials=2))
+    board = run_sweep(cfg, log=lambda _: None)
+
+    storage = tmp_path / "runs"
+    assert len(list((storage / "bases").glob("*.json"))) == 1
+    base_runs = [p for p in storage.iterdir() if p.name.startswith("base-")]
+    assert len(base_runs) == 1
+    pretrain_rows = read_table(str(base_runs[0] / "results" / "train_metrics"))
+    assert (pretrain_rows["step"] == 0).sum() == 1  # pretraining ran exactly once
+
+    planned = {trial_key(p) for p in grid_trials(cfg)}
+    assert set(board["trial"]) == planned and len(board) == 6
+    assert set(board["param.curriculum"]) == set(CURRICULA)
+    assert board["val_loss"].notna().all() and board["blimp:average:accuracy"].between(0, 100).all()
+    assert (board["param.learning_rate"] == 2e-3).all()
+    # Every trial's config is written whole into its row.
+    assert all(json.loads(c)["instruct"]["train"]["learning_rate"] == 2e-3 for c in board["config"])
+
+    scores = read_table(str(storage / "test" / "results" / "eval_scores"))
+    assert not scores.duplicated(["trial", "checkpoint", "task", "subtask", "metric"]).any()
+    assert set(scores["trial"]) == planned and (scores["error"] == "").all()
+    metrics = read_table(str(storage / "test" / "results" / "train_metrics"))
+    trained = metrics[metrics["stage"] != "pt"]
+    assert trained["trial"].nunique() == 5  # every curriculum but pt trained, each in its own run
+    assert (trained.groupby(["trial", "stage"])["step"].apply(lambda s: (s == 0).sum()) == 1).all()
+
+
+def test_tpe_multi_objective_with_seeds_repeats_each_draw(ray_local, tmp_path):
+    """Optuna TPE over curriculum x mix ratio x learning rate, two objectives, two seeds per draw."""
+    config = sweep_config(tmp_path, name="tpe", search="tpe", num_samples=2, seeds=[0, 1],
+                          metrics=["val_loss", "blimp"], modes=["min", "max"],
+                          space={"curriculum": {"choice": ["merged", "switch_wiki"]},
+                                 "mix_ratio": {"uniform": [0.2, 0.8]},
+                                 "learning_rate": {"loguniform": [5e-4, 5e-3]}})
+    board = run_sweep(parse_config(config), log=lambda _: None)
+    assert len(board) == 4 and set(board["param.seed"]) == {0, 1}
+    draws = board.groupby(["param.curriculum", "param.learning_rate"])["param.seed"].apply(sorted)
+    assert all(seeds == [0, 1] for seeds in draws)  # each draw ran once per seed
+    assert (board["param.mix_ratio"].notna() == (board["param.curriculum"] == "merged")).all()
+    assert board["pareto"].any()
