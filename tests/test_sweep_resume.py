@@ -73,3 +73,5 @@ def run_kill_and_resume(config: dict, tmp_path: Path, ray_tmp: Path) -> None:
         runs = metrics[metrics["trial"] == f"resumable-{key}"]
         assert (runs.groupby("stage")["step"].apply(lambda s: (s == 0).sum()) == 1).all()
     assert len(finished_before) >= 1 and not ray_processes(str(ray_tmp))
+    again = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "already finished" in again.stdout  # a finished sweep is not rerun

@@ -217,15 +217,20 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
     experiment = experiment_dir(cfg)
     if resume and not (experiment / STATE_FILE).exists():
         raise ConfigError(f"--resume: no sweep to resume at {experiment}")
-    if not resume and experiment.exists():
-        raise ConfigError(f"sweep.name: {sweep.name} already exists at {experiment}; "
-                          f"pass --resume to continue it or choose another sweep.name")
     results_root = str(experiment / "results")
+    objectives = [objective_key(m) for m in sweep.metrics]
+    if not resume and experiment.exists():
+        board = leaderboard(read_table(f"{results_root}/{TRIALS}"), objectives, sweep.modes)
+        if len(board) < planned_trial_count(cfg):
+            raise ConfigError(f"sweep.name: {sweep.name} already exists at {experiment}, unfinished; "
+                              f"pass --resume to continue it or choose another sweep.name")
+        log(f"sweep {sweep.name} already finished at {experiment} (choose another sweep.name to run it again)")
+        log(format_leaderboard(board, objectives))
+        return board
     data_dir = cfg.evaluation.data_dir or write_probe_data(Path(cfg.run.cache_dir) / "probes")
     # Intermediate reports carry the validation loss only; the objective comes with the last one.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    objectives = [objective_key(m) for m in sweep.metrics]
 
     with ray_session(address):
         ecfg = cfg.evaluation
