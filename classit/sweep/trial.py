@@ -67,7 +67,7 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from classit.evaluate.jobs import EvalJob
-    from classit.results import write_rows
+    from classit.results import flatten, provenance, write_rows
     from classit.sweep.services import ensure_base
     from classit.sweep.space import apply_params
     from classit.train.instruct import instruct_worker, prepare_instruct
@@ -117,6 +117,8 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
            "val_loss": metrics.get("val_loss"), "input_words": metrics.get("input_words"),
            "exposure_words": metrics.get("exposure_words"), "checkpoint": final.path, **scores,
            "start": start, "end": time.time(), "seconds": time.time() - start,
+           "gpu_hours": (time.time() - start) * cfg.distributed.num_workers * cfg.distributed.use_gpu / 3600,
+           **provenance(), **flatten(cfg.model_dump(mode="json", exclude={"sweep"})),
            "config": json.dumps(cfg.model_dump(mode="json"), sort_keys=True)}
     write_rows(f"{results_root}/{TRIALS}", [row])
     ray.tune.report({"val_loss": row["val_loss"], **scores, "stage": metrics.get("stage"),
