@@ -107,6 +107,12 @@ def cmd_sweep(args) -> int:
     return 0 if not board.empty else 1
 
 
+def cmd_report(args) -> int:
+    from classit.analysis.report import main as analysis_main
+
+    return analysis_main("report", [args.results_dir, *(["--out", args.out] if args.out else [])])
+
+
 def _root_cause(error: BaseException) -> str:
     """One line out of Ray's error (which carries each worker's traceback): the worker's own exception."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -156,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep of this name")
     sweep.add_argument("--dry-run", action="store_true", help="print the expanded plan and cost estimate, then exit")
     sweep.set_defaults(func=cmd_sweep)
+    report = sub.add_parser("report", help="tables, figures and an HTML report from a sweep's results")
+    report.add_argument("results_dir", help="a sweep's results folder: <storage>/<sweep>/results")
+    report.add_argument("--out", help="report folder (default: next to results/)")
+    report.set_defaults(func=cmd_report)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -1,0 +1,11 @@
+"""fANOVA importance of the swept parameters (Optuna).
+
+    python analysis/importance.py RESULTS_DIR [--out REPORT_DIR]
+"""
+
+import sys
+
+from classit.analysis.report import main
+
+if __name__ == "__main__":
+    sys.exit(main("importance"))

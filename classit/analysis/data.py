@@ -1,0 +1,145 @@
+"""A sweep's results as analysis-ready frames: trials, their headline scores, z-scores, curves.
+
+Everything here reads the Parquet tables written by the sweep (see `classit.results`) and returns
+pandas frames; queries that aggregate many rows go through DuckDB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from classit.evaluate.catalog import FINETUNE
+from classit.sweep.trial import objective_key
+
+READING_SPR = "reading:self_paced_reading:r2_gain_pct"
+
+
+@dataclass
+class Results:
+    trials: pd.DataFrame
+    train_metrics: pd.DataFrame
+    eval_scores: pd.DataFrame
+    skipped: list[str] = field(default_factory=list)  # unreadable part files, reported by name
+
+
+def load(results_dir: str | Path) -> Results:
+    from classit.results import read_table
+
+    tables = {name: read_table(str(Path(results_dir) / name)) for name in ("trials", "train_metrics", "eval_scores")}
+    if tables["trials"].empty:
+        raise FileNotFoundError(f"{results_dir}: no trials table (expected <sweep>/results with trials/)")
+    skipped = [p for t in tables.values() for p in t.attrs.get("skipped", [])]
+    trials = tables["trials"]
+    trials = trials[trials["status"] == "finished"].drop_duplicates("trial")
+    return Results(trials, tables["train_metrics"], tables["eval_scores"], skipped)
+
+
+def param_columns(trials: pd.DataFrame) -> list[str]:
+    return sorted(c for c in trials.columns if c.startswith("param.") and c != "param.seed")
+
+
+def configuration_labels(trials: pd.DataFrame) -> pd.Series:
+    """One label per configuration: the swept parameters except the seed."""
+    columns = param_columns(trials)
+
+    def label(row) -> str:
+        parts = []
+        for c in columns:
+            value = row[c]
+            if value is None or (isinstance(value, float) and pd.isna(value)):
+                continue
+            parts.append(f"{c.removeprefix('param.')}={value:.3g}" if isinstance(value, float) else
+                         f"{c.removeprefix('param.')}={value}")
+        return ", ".join(parts) or "default"
+
+    return trials.apply(label, axis=1)
+
+
+def headline_names(tasks) -> dict[str, str]:
+    """Score key (task:subtask:metric) -> short score name, for the tasks evaluated."""
+    names = {objective_key(task): task for task in tasks}
+    if "reading" in tasks:
+        names[objective_key("reading")] = "reading_et"
+        names[READING_SPR] = "reading_spr"
+    return names
+
+
+def scores(results: Results) -> pd.DataFrame:
+    """One row per (trial, score) on the trial's final checkpoint, with its configuration and seed."""
+    e = results.eval_scores
+    if e.empty:
+        return pd.DataFrame(columns=["trial", "config", "seed", "curriculum", "score", "kind", "value"])
+    names = headline_names(sorted(set(e["task"])))
+    e = e.assign(key=e["task"] + ":" + e["subtask"] + ":" + e["metric"])
+    trials = results.trials.assign(config=configuration_labels(results.trials))
+    final = e.merge(trials[["trial", "checkpoint"]], on=["trial", "checkpoint"])
+    final = final[final["key"].isin(names)]
+    out = final.merge(trials[["trial", "config", "param.seed", *(["param.curriculum"] if "param.curriculum" in trials
+                                                                  else [])]], on="trial")
+    out = out.rename(columns={"param.seed": "seed", "param.curriculum": "curriculum"})
+    if "curriculum" not in out:
+        out["curriculum"] = "-"
+    out["score"] = out["key"].map(names)
+    out["kind"] = out["task"].map(lambda t: "fine-tuning" if t in FINETUNE else "zero-shot")
+    return out[["trial", "config", "seed", "curriculum", "score", "kind", "value"]]
+
+
+def zscores(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per score: standard deviations from the mean over the compared configurations (seed means).
+
+    As the CLASS-IT paper aggregates: z per task across models, then averaged per model.
+    """
+    means = frame.groupby(["config", "curriculum", "score", "kind"], as_index=False)["value"].mean()
+    grouped = means.groupby("score")["value"]
+    std = grouped.transform("std").where(lambda s: s > 0)
+    return means.assign(z=(means["value"] - grouped.transform("mean")) / std)
+
+
+LEADERBOARD_SQL = """
+SELECT config, score, avg(value) AS mean, stddev_samp(value) AS std, count(*) AS seeds
+FROM scores GROUP BY config, score ORDER BY config, score
+"""
+
+
+def leaderboard(results: Results) -> pd.DataFrame:
+    """One row per configuration: mean +- std over seeds per score, and z-score aggregates."""
+    import duckdb
+
+    frame = scores(results)
+    if frame.empty:
+        return pd.DataFrame()
+    con = duckdb.connect()
+    con.register("scores", frame)
+    summary = con.execute(LEADERBOARD_SQL).df()
+    cell = summary.apply(lambda r: f"{r['mean']:.4g} ± {0 if pd.isna(r['std']) else r['std']:.2g}", axis=1)
+    table = summary.assign(cell=cell).pivot(index="config", columns="score", values="cell")
+    z = zscores(frame)
+    aggregates = {"z zero-shot": z[z["kind"] == "zero-shot"], "z fine-tuning": z[z["kind"] == "fine-tuning"], "z all": z}
+    for name, part in aggregates.items():
+        if not part.empty:
+            table[name] = part.groupby("config")["z"].mean().round(3)
+    seeds = frame.groupby("config")["seed"].nunique().rename("seeds")
+    val = results.trials.assign(config=configuration_labels(results.trials)).groupby("config")["val_loss"].mean()
+    table = table.join(seeds).join(val.round(4).rename("val_loss"))
+    order = "z all" if "z all" in table else "val_loss"
+    return table.sort_values(order, ascending=order == "val_loss").reset_index()
+
+
+def learning_curves(results: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Validation loss against words of exposure (train_metrics), and scores against words seen at
+    each evaluated checkpoint (eval_scores), per trial, labelled with the trial's configuration."""
+    trials = results.trials.assign(config=configuration_labels(results.trials))
+    runs = trials.set_index("run")["config"] if "run" in trials else pd.Series(dtype=str)
+    m = results.train_metrics
+    val = m.dropna(subset=["val_loss"]) if "val_loss" in m else pd.DataFrame()
+    if not val.empty:
+        val = val.assign(config=val["trial"].map(runs)).dropna(subset=["config"])
+    e = results.eval_scores
+    names = headline_names(sorted(set(e["task"]))) if not e.empty else {}
+    if not e.empty:
+        e = e.assign(key=e["task"] + ":" + e["subtask"] + ":" + e["metric"])
+        e = e[e["key"].isin(names)].merge(trials[["trial", "config"]], on="trial").assign(score=lambda f: f["key"].map(names))
+    return val, e

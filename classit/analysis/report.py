@@ -1,0 +1,230 @@
+"""The analysis scripts: Markdown tables and PNG figures from a sweep's results, and one HTML report.
+
+Each `analysis/<name>.py RESULTS_DIR [--out DIR]` runs one of the writers below;
+`analysis/report.py` (and `classit report`) runs them all and writes `index.html`, self-contained.
+RESULTS_DIR is a sweep's results folder, `<storage>/<sweep>/results`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+from pathlib import Path
+
+import pandas as pd
+
+from classit.analysis import data, stats
+
+
+def markdown(frame: pd.DataFrame, floats: str = "{:.4g}") -> str:
+    if frame.empty:
+        return "_no rows_\n"
+    cells = [[floats.format(v) if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)]
+    header = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells]) + "\n"
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_leaderboard(results: data.Results, out: Path) -> list[Path]:
+    table = data.leaderboard(results)
+    text = ("# Leaderboard\n\nOne row per configuration (the swept parameters but the seed): each score's mean ± "
+            "std over seeds on the final checkpoint; `z ...`: per-score z-scores across configurations, "
+            "averaged (the CLASS-IT aggregate).\n\n" + markdown(table))
+    (out / "leaderboard.md").write_text(text)
+    return [out / "leaderboard.md"]
+
+
+def write_paper_tables(results: data.Results, out: Path) -> list[Path]:
+    frame = data.scores(results)
+    z = data.zscores(frame)
+    preset = results.trials.set_index("trial").get("config.model.preset", pd.Series(dtype=str))
+    frame = frame.assign(preset=frame["trial"].map(preset).fillna("-"))
+    per_curriculum = frame.pivot_table(index=["curriculum", "preset"], columns="score", values="value",
+                                       aggfunc="mean").reset_index()
+    per_model = z.groupby(["config", "curriculum"], as_index=False).agg(
+        mean_z=("z", "mean"), median_z=("z", "median"), scores=("z", "count")).sort_values("mean_z", ascending=False)
+    kinds = z.pivot_table(index="curriculum", columns="kind", values="z", aggfunc="mean").reset_index()
+    text = ("# CLASS-IT views\n\n## Scores per curriculum and model size (mean over configurations and seeds)\n\n"
+            + markdown(per_curriculum) + "\n## Mean z-score per curriculum: zero-shot vs fine-tuning\n\n"
+            + markdown(kinds) + "\n## Per-task z-scores across the compared configurations, averaged per "
+            "configuration\n\n" + markdown(per_model))
+    (out / "paper_tables.md").write_text(text)
+
+    plt = _figure()
+    curricula = sorted(z["curriculum"].unique())
+    fig, ax = plt.subplots(figsize=(1.4 * len(curricula) + 2, 4))
+    ax.boxplot([z.loc[z["curriculum"] == c, "z"].dropna() for c in curricula], showmeans=False)
+    ax.set_xticks(range(1, len(curricula) + 1), curricula)
+    ax.axhline(0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("curriculum")
+    ax.set_ylabel("z-score per task (across configurations)")
+    ax.set_title("Per-task z-scores by curriculum (median and IQR)")
+    fig.tight_layout()
+    fig.savefig(out / "zscores_boxplot.png", dpi=120)
+    plt.close(fig)
+    return [out / "paper_tables.md", out / "zscores_boxplot.png"]
+
+
+def write_curriculum_effects(results: data.Results, out: Path, resamples: int = 10_000) -> list[Path]:
+    effects = stats.curriculum_effects(results, resamples=resamples)
+    front, x, y = stats.tradeoff(data.zscores(data.scores(results)))
+    text = ("# Curriculum effects\n\nPaired differences (A - B) of each score, matched on seed and the other swept "
+            "parameters; 95% intervals from a two-level bootstrap (seeds, then items: the per-UID scores a "
+            f"task averages), {resamples:,} resamples. `excludes_zero`: the interval does not contain 0.\n\n"
+            + markdown(effects) + f"\n## Trade-off: {x} vs {y} (mean z per configuration)\n\n" + markdown(front))
+    (out / "curriculum_effects.md").write_text(text)
+    paths = [out / "curriculum_effects.md"]
+    if not front.empty:
+        plt = _figure()
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        for curriculum, part in front.groupby("curriculum"):
+            ax.scatter(part[x], part[y], label=curriculum, s=40)
+        edge = front[front["pareto"]].sort_values(x)
+        ax.plot(edge[x], edge[y], color="black", lw=1, label="Pareto front")
+        ax.set_xlabel(f"{x} (mean z)")
+        ax.set_ylabel(f"{y} (mean z)")
+        ax.set_title("Trade-off between the objectives")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "pareto.png", dpi=120)
+        plt.close(fig)
+        paths.append(out / "pareto.png")
+    return paths
+
+
+def write_learning_curves(results: data.Results, out: Path) -> list[Path]:
+    val, evals = data.learning_curves(results)
+    plt = _figure()
+    paths = []
+    if not val.empty:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for config, part in val.groupby("config"):
+            part = part.sort_values("exposure_words")
+            ax.plot(part["exposure_words"], part["val_loss"], marker=".", lw=1, label=config[:40])
+        ax.set_xlabel("words of exposure (pretraining included)")
+        ax.set_ylabel("validation loss (instruction data)")
+        ax.set_title("Learning curves")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(out / "learning_curves.png", dpi=120)
+        plt.close(fig)
+        paths.append(out / "learning_curves.png")
+    if not evals.empty:
+        names = sorted(evals["score"].unique())
+        fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
+        for ax, name in zip(axes[0], names):
+            for config, part in evals[evals["score"] == name].groupby("config"):
+                part = part.sort_values("words_seen")
+                ax.plot(part["words_seen"], part["value"], marker="o", lw=1, label=config[:40])
+            ax.set_xlabel("words seen at the checkpoint")
+            ax.set_ylabel(name)
+            ax.set_title(f"{name} by checkpoint")
+        axes[0][0].legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(out / "scores_by_words.png", dpi=120)
+        plt.close(fig)
+        paths.append(out / "scores_by_words.png")
+    return paths
+
+
+def write_importance(results: data.Results, out: Path) -> list[Path]:
+    trials = results.trials
+    objectives = ["val_loss"] + [c for c in trials.columns if c.count(":") == 2]
+    found = [stats.importance(trials, o) for o in objectives]
+    table = pd.concat([f for f in found if not f.empty], axis=1) if any(not f.empty for f in found) else pd.DataFrame()
+    text = ("# Hyperparameter importance\n\nOptuna's fANOVA importance of each swept parameter, per objective "
+            "(sums to 1 per column; needs at least three trials and a parameter that varies).\n\n"
+            + markdown(table.reset_index().rename(columns={"index": "parameter"})))
+    (out / "importance.md").write_text(text)
+    paths = [out / "importance.md"]
+    if not table.empty:
+        plt = _figure()
+        fig, ax = plt.subplots(figsize=(7, 4))
+        table.plot.barh(ax=ax)
+        ax.set_xlabel("fANOVA importance")
+        ax.set_ylabel("parameter")
+        ax.set_title("Which swept parameters matter")
+        fig.tight_layout()
+        fig.savefig(out / "importance.png", dpi=120)
+        plt.close(fig)
+        paths.append(out / "importance.png")
+    return paths
+
+
+WRITERS = {"leaderboard": write_leaderboard, "paper_tables": write_paper_tables,
+           "curriculum_effects": write_curriculum_effects, "learning_curves": write_learning_curves,
+           "importance": write_importance}
+
+
+def write_report(results_dir: str | Path, out: Path) -> Path:
+    """Every analysis, then one self-contained HTML page with all tables and figures."""
+    results = data.load(results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for name, writer in WRITERS.items():
+        for path in writer(results, out):
+            if path.suffix == ".md":
+                sections.append(_markdown_to_html(path.read_text()))
+            else:
+                encoded = base64.b64encode(path.read_bytes()).decode()
+                sections.append(f'<figure><img alt="{path.stem}" src="data:image/png;base64,{encoded}">'
+                                f"<figcaption>{path.name}</figcaption></figure>")
+    warning = ""
+    if results.skipped:
+        warning = ("<p class=warn>Unreadable results files skipped: "
+                   + ", ".join(html.escape(p) for p in results.skipped) + "</p>")
+    page = (f"<!doctype html><html><head><meta charset=utf-8><title>classit report: {html.escape(str(results_dir))}"
+            "</title><style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:"
+            "collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}"
+            ".warn{color:#a00}</style></head><body>"
+            f"<h1>classit report</h1><p>{html.escape(str(results_dir))}: {len(results.trials)} finished trials</p>"
+            + warning + "".join(sections) + "</body></html>")
+    (out / "index.html").write_text(page)
+    return out / "index.html"
+
+
+def _markdown_to_html(text: str) -> str:
+    """The subset our writers produce: headings, paragraphs, pipe tables."""
+    parts, table = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            if not line.startswith("|---"):
+                table.append([html.escape(c.strip()) for c in line.strip("|").split("|")])
+            continue
+        if table:
+            head, *body = table
+            parts.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>"
+                         + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body)
+                         + "</table>")
+            table = []
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            parts.append(f"<h{level + 1}>{html.escape(line.lstrip('#').strip())}</h{level + 1}>")
+        elif line.strip():
+            parts.append(f"<p>{html.escape(line)}</p>")
+    return "\n".join(parts)
+
+
+def main(name: str, argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"analysis/{name}.py", description=f"classit analysis: {name}")
+    parser.add_argument("results_dir", help="a sweep's results folder: <storage>/<sweep>/results")
+    parser.add_argument("--out", help="report folder (default: <results_dir>/../report)")
+    args = parser.parse_args(argv)
+    out = Path(args.out) if args.out else Path(args.results_dir).resolve().parent / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    if name == "report":
+        print(write_report(args.results_dir, out))
+        return 0
+    for path in WRITERS[name](data.load(args.results_dir), out):
+        print(path)
+    return 0

@@ -1,0 +1,126 @@
+"""What the paper could not say: paired curriculum effects with bootstrap intervals, the Pareto
+front of fine-tuning against zero-shot, and which swept parameters matter (fANOVA)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+# (A, B): A - B. Sequential vs merged, and the order of the two stages.
+DEFAULT_PAIRS = [("switch_wiki", "merged"), ("wiki_switch", "merged"), ("switch_wiki", "wiki_switch"),
+                 ("merged", "pt"), ("switch_wiki", "pt")]
+
+
+def item_scores(results) -> pd.DataFrame:
+    """Per (trial, score, item): the per-UID accuracies of each final checkpoint (the items a task's
+    score averages), or the score itself where a task has no items (fine-tuning, WUG, reading)."""
+    from classit.analysis.data import configuration_labels, scores
+
+    headline = scores(results)
+    e = results.eval_scores
+    trials = results.trials.assign(config=configuration_labels(results.trials))
+    uid = e[e["subtask"].str.startswith("UID:")].merge(trials[["trial", "checkpoint"]], on=["trial", "checkpoint"])
+    uid = uid.merge(headline[["trial", "score"]].drop_duplicates().assign(task=lambda f: f["score"]),
+                    on=["trial", "task"])
+    uid = uid.assign(item=uid["subtask"])[["trial", "score", "item", "value"]]
+    whole = headline[~headline.set_index(["trial", "score"]).index.isin(uid.set_index(["trial", "score"]).index)]
+    whole = whole.assign(item="-")[["trial", "score", "item", "value"]]
+    keys = headline[["trial", "config", "seed", "curriculum"]].drop_duplicates()
+    return pd.concat([uid, whole], ignore_index=True).merge(keys, on="trial")
+
+
+def paired_effect(items: pd.DataFrame, score: str, a: str, b: str, resamples: int = 10_000,
+                  seed: int = 0) -> dict | None:
+    """Mean over seeds of score(A) - score(B), paired on seed and the other swept parameters, with a
+    95% percentile interval from a two-level bootstrap: seeds, then items (UIDs) within each."""
+    part = items[(items["score"] == score) & items["curriculum"].isin([a, b])]
+    if part.empty:
+        return None
+    # Pair on everything but the curriculum (mix_ratio only exists for merged, so it is dropped); where
+    # no two configurations share their other parameters (a TPE sweep), pair on the seed alone.
+    other = part["config"].str.replace(r"(curriculum|mix_ratio)=[^,]*(, )?", "", regex=True).str.strip(", ")
+    diff, paired_on = pd.Series(dtype=float), ""
+    for paired_on, key in (("seed + other parameters", other), ("seed", "")):
+        wide = part.assign(other=key).pivot_table(index=["other", "seed", "item"], columns="curriculum",
+                                                  values="value", aggfunc="mean")
+        if a in wide and b in wide:
+            diff = (wide[a] - wide[b]).dropna()
+        if not diff.empty:
+            break
+    if diff.empty:
+        return None
+    units = diff.groupby(level=["other", "seed"])  # one unit per paired (configuration, seed)
+    per_unit = [g.to_numpy() for _, g in units]
+    rng = np.random.default_rng(seed)
+    boot = np.empty(resamples)
+    for r in range(resamples):
+        picked = rng.integers(len(per_unit), size=len(per_unit))
+        boot[r] = np.mean([per_unit[i][rng.integers(len(per_unit[i]), size=len(per_unit[i]))].mean()
+                           for i in picked])
+    estimate = float(np.mean([u.mean() for u in per_unit]))
+    low, high = np.percentile(boot, [2.5, 97.5])
+    if len(per_unit) == 1 and len(per_unit[0]) == 1:
+        low = high = float("nan")  # one seed, one item: nothing to resample, no interval
+    return {"comparison": f"{a} - {b}", "score": score, "difference": estimate, "ci_low": float(low),
+            "ci_high": float(high), "pairs": len(per_unit), "paired_on": paired_on,
+            "items": int(np.mean([len(u) for u in per_unit])),
+            "excludes_zero": bool(low > 0 or high < 0)}  # False when there is no interval
+
+
+def curriculum_effects(results, pairs=DEFAULT_PAIRS, resamples: int = 10_000) -> pd.DataFrame:
+    items = item_scores(results)
+    rows = [paired_effect(items, score, a, b, resamples)
+            for a, b in pairs for score in sorted(items["score"].unique())]
+    return pd.DataFrame([r for r in rows if r is not None])
+
+
+def pareto_mask(points: np.ndarray) -> np.ndarray:
+    """Rows of `points` (higher is better in every column) that no other row dominates."""
+    return np.array([not ((points >= p).all(axis=1) & (points > p).any(axis=1)).any() for p in points])
+
+
+def tradeoff(z: pd.DataFrame) -> tuple[pd.DataFrame, str, str]:
+    """Per configuration: fine-tuning vs zero-shot mean z (or the first two scores), on the front or not."""
+    kinds = set(z["kind"])
+    if {"zero-shot", "fine-tuning"} <= kinds:
+        x, y = "fine-tuning", "zero-shot"
+        table = z.pivot_table(index=["config", "curriculum"], columns="kind", values="z", aggfunc="mean")
+    else:
+        names = sorted(z["score"].unique())[:2]
+        if len(names) < 2:
+            return pd.DataFrame(), "", ""
+        x, y = names
+        table = z.pivot_table(index=["config", "curriculum"], columns="score", values="z", aggfunc="mean")
+    table = table[[x, y]].dropna().reset_index()
+    table["pareto"] = pareto_mask(table[[x, y]].to_numpy())
+    return table, x, y
+
+
+def importance(trials: pd.DataFrame, objective: str) -> pd.Series:
+    """fANOVA importance of each swept parameter for one objective (Optuna's evaluator)."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    params = [c for c in trials.columns if c.startswith("param.") and trials[c].nunique(dropna=True) > 1]
+    data = trials.dropna(subset=[objective])
+    if not params or len(data) < 3:
+        return pd.Series(dtype=float)
+    distributions = {}
+    for c in params:
+        values = data[c].dropna()
+        if pd.api.types.is_numeric_dtype(values):
+            distributions[c] = FloatDistribution(float(values.min()), float(values.max()))
+        else:
+            distributions[c] = CategoricalDistribution(sorted(values.astype(str).unique()))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    for _, row in data.iterrows():
+        present = {c: (row[c] if c in distributions and isinstance(distributions[c], FloatDistribution)
+                       else str(row[c])) for c in params if not pd.isna(row[c])}
+        study.add_trial(optuna.trial.create_trial(
+            params={c.removeprefix("param."): float(v) if isinstance(distributions[c], FloatDistribution) else v
+                    for c, v in present.items()},
+            distributions={c.removeprefix("param."): distributions[c] for c in present},
+            value=float(row[objective])))
+    found = optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    return pd.Series(found, name=objective)

@@ -1,0 +1,100 @@
+"""The analysis layer on synthetic results with known effects."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from classit.analysis import data, stats
+from classit.analysis.report import write_report
+from classit.results import write_rows
+
+REPO = Path(__file__).resolve().parents[1]
+UIDS = [f"paradigm_{i}" for i in range(12)]
+
+
+def synthetic_results(root: Path, effect: float, seeds: int = 5, rng_seed: int = 0) -> Path:
+    """Trials of switch_wiki, merged and pt over `seeds` seeds; switch_wiki's BLiMP UIDs score
+    `effect` points above merged's; RTE (fine-tuning) scores the other way round; noise throughout."""
+    rng = np.random.default_rng(rng_seed)
+    base = rng.uniform(55, 85, size=len(UIDS))
+    shift = {"switch_wiki": effect, "merged": 0.0, "pt": 3.0}
+    trials, scores, metrics = [], [], []
+    for curriculum in shift:
+        for seed in range(seeds):
+            key, checkpoint = f"{curriculum}-{seed}", f"/ckpt/{curriculum}-{seed}"
+            seed_noise = rng.normal(0, 0.5)
+            uid_values = base + shift[curriculum] + seed_noise + rng.normal(0, 1.0, size=len(UIDS))
+            rte = 0.6 - shift[curriculum] / 100 + rng.normal(0, 0.01)
+            trials.append({"sweep": "s", "trial": key, "run": f"s-{key}", "status": "finished", "error": "",
+                           "param.curriculum": curriculum, "param.learning_rate": 1e-3, "param.seed": seed,
+                           "params": json.dumps({"curriculum": curriculum, "seed": seed}), "val_loss": 1.0 + seed / 10,
+                           "checkpoint": checkpoint, "config.model.preset": "tiny"})
+            job = {"trial": key, "checkpoint": checkpoint, "words_seen": 1000, "error": "", "n_items": 100}
+            scores += [{**job, "task": "blimp", "subtask": f"UID:{u}", "metric": "accuracy", "value": v}
+                       for u, v in zip(UIDS, uid_values)]
+            scores.append({**job, "task": "blimp", "subtask": "average", "metric": "accuracy",
+                           "value": float(uid_values.mean())})
+            scores.append({**job, "task": "rte", "subtask": "validation", "metric": "accuracy", "value": rte})
+            metrics += [{"trial": f"s-{key}", "stage": "x", "step": s, "exposure_words": 1000 * s,
+                         "val_loss": 3.0 / (s + 1)} for s in range(5)]
+    write_rows(str(root / "trials"), trials)
+    write_rows(str(root / "eval_scores"), scores)
+    write_rows(str(root / "train_metrics"), metrics)
+    return root
+
+
+def effect(results_dir, score, pair=("switch_wiki", "merged")):
+    table = stats.curriculum_effects(data.load(results_dir), pairs=[pair], resamples=2000)
+    return table.set_index("score").loc[score]
+
+
+def test_an_injected_curriculum_effect_is_recovered_and_no_effect_is_not_claimed(tmp_path):
+    found = effect(synthetic_results(tmp_path / "effect", effect=2.0), "blimp")
+    assert found["difference"] > 0 and found["ci_low"] > 0 and found["excludes_zero"]
+    assert abs(found["difference"] - 2.0) < 1.0 and found["pairs"] == 5 and found["items"] == len(UIDS)
+    rte = effect(tmp_path / "effect", "rte")
+    assert rte["difference"] < 0 and rte["ci_high"] < 0  # the opposite effect on fine-tuning
+    none = effect(synthetic_results(tmp_path / "none", effect=0.0, rng_seed=1), "blimp")
+    assert none["ci_low"] < 0 < none["ci_high"] and not none["excludes_zero"]
+
+
+def test_leaderboard_zscores_and_tradeoff(tmp_path):
+    results = data.load(synthetic_results(tmp_path, effect=2.0))
+    board = data.leaderboard(results).set_index("config")
+    assert list(board.columns[:2]) == ["blimp", "rte"] and (board["seeds"] == 5).all()
+    assert board.loc["curriculum=switch_wiki, learning_rate=0.001", "blimp"].endswith(tuple("0123456789"))
+    z = data.zscores(data.scores(results))
+    assert np.allclose(z.groupby("score")["z"].mean(), 0) and np.allclose(z.groupby("score")["z"].std(), 1)
+    front, x, y = stats.tradeoff(z)
+    assert (x, y) == ("fine-tuning", "zero-shot")
+    # pt wins zero-shot, merged wins fine-tuning: both on the front; switch_wiki is between the two.
+    assert set(front.loc[front["pareto"], "curriculum"]) >= {"pt", "merged"}
+
+
+def test_report_writes_html_with_tables_and_figures(tmp_path):
+    results_dir = synthetic_results(tmp_path / "results", effect=2.0)
+    out = tmp_path / "report"
+    page = write_report(results_dir, out).read_text()
+    for name in ("leaderboard.md", "paper_tables.md", "curriculum_effects.md", "importance.md",
+                 "zscores_boxplot.png", "learning_curves.png", "pareto.png"):
+        assert (out / name).is_file(), name
+    assert "<h2>Leaderboard</h2>" in page and page.count("data:image/png;base64,") >= 3
+    # The same through the command and a script.
+    proc = subprocess.run([sys.executable, "-m", "classit.cli", "report", str(results_dir), "--out",
+                           str(tmp_path / "cli")], capture_output=True, text=True)
+    assert proc.returncode == 0 and (tmp_path / "cli" / "index.html").is_file(), proc.stderr
+    proc = subprocess.run([sys.executable, str(REPO / "analysis" / "curriculum_effects.py"), str(results_dir),
+                           "--out", str(tmp_path / "script")], capture_output=True, text=True)
+    assert proc.returncode == 0 and "switch_wiki - merged" in (tmp_path / "script" / "curriculum_effects.md").read_text()
+
+
+def test_corrupt_results_file_is_named_in_the_report(tmp_path):
+    results_dir = synthetic_results(tmp_path / "results", effect=2.0)
+    (results_dir / "eval_scores" / "part-broken.parquet").write_bytes(b"garbage")
+    page = write_report(results_dir, tmp_path / "report").read_text()
+    assert "part-broken.parquet" in page
+    assert pd.read_parquet(next((results_dir / "trials").glob("part-*.parquet"))).shape[0] == 15
