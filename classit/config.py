@@ -112,6 +112,9 @@ class DistributedConfig(Section):
     use_gpu: bool = False
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
     cpus_per_worker: PositiveFloat = 1.0
+    worker_resources: dict[str, PositiveFloat] = Field(
+        default_factory=dict, description="custom Ray resources per worker, e.g. {train_node: 1}: routes "
+                                          "training workers to a cluster's training nodes")
     max_failures: NonNegativeInt = Field(3, description="worker failures survived by resuming")
 
 
@@ -234,6 +237,9 @@ class EvaluationConfig(Section):
     actors: PositiveInt = 2
     cpus_per_actor: NonNegativeFloat = 1.0
     gpus_per_actor: NonNegativeFloat = 0.0
+    actor_resources: dict[str, PositiveFloat] = Field(
+        default_factory=dict, description="custom Ray resources per actor, e.g. {eval_node: 1}: routes the "
+                                          "evaluation actors to a cluster's evaluation nodes")
 
     @model_validator(mode="after")
     def _known(self) -> EvaluationConfig:

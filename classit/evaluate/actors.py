@@ -27,8 +27,9 @@ class Evaluator:
 
 
 class EvaluationPool:
-    def __init__(self, num_actors: int = 2, num_cpus: float = 1, num_gpus: float = 0, max_retries: int = 2):
-        self.options = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+    def __init__(self, num_actors: int = 2, num_cpus: float = 1, num_gpus: float = 0, max_retries: int = 2,
+                 resources: dict[str, float] | None = None):
+        self.options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources or {}}
         self.actors = [Evaluator.options(**self.options).remote() for _ in range(num_actors)]
         self.max_retries = max_retries
 

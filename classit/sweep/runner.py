@@ -208,7 +208,7 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
 
     from classit.data.synthetic import write_probe_data
     from classit.results import read_table
-    from classit.sweep.services import BUILDER_NAME, BaseBuilder, EvaluationService, evaluation_service_name
+    from classit.sweep.services import evaluation_service_name, start_services
     from classit.sweep.trial import run_trial
     from classit.train.runner import ray_session
 
@@ -233,12 +233,8 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
     with ray_session(address):
-        ecfg = cfg.evaluation
-        # Held here for the whole sweep: trials find them by name.
-        builder = BaseBuilder.options(name=BUILDER_NAME).remote()
+        services = start_services(cfg, f"{results_root}/{EVAL_SCORES}")  # held for the whole sweep
         service_name = evaluation_service_name(sweep.name)
-        service = EvaluationService.options(name=service_name).remote(
-            ecfg.actors, ecfg.cpus_per_actor, ecfg.gpus_per_actor, f"{results_root}/{EVAL_SCORES}")
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, sweep_config=cfg.model_dump(mode="json"), results_root=results_root,
                                  data_dir=str(Path(data_dir).resolve()), service_name=service_name),
@@ -253,7 +249,7 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
                                    failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                                    callbacks=[_progress_callback(objectives)]))
         tuner.fit()
-        for actor in (service, builder):
+        for actor in services:
             ray.kill(actor)
     board = leaderboard(read_table(f"{results_root}/{TRIALS}"), objectives, sweep.modes)
     log(format_leaderboard(board, objectives))

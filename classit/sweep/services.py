@@ -73,10 +73,13 @@ def ensure_base(cfg: ClassitConfig) -> Path:
 
 @ray.remote(num_cpus=0)
 class EvaluationService:
-    def __init__(self, actors: int, cpus_per_actor: float, gpus_per_actor: float, results_dir: str):
+    def __init__(self, evaluation: dict, results_dir: str):
+        from classit.config import EvaluationConfig
         from classit.evaluate.actors import EvaluationPool
 
-        self.pool = EvaluationPool(num_actors=actors, num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
+        ecfg = EvaluationConfig.model_validate(evaluation)
+        self.pool = EvaluationPool(num_actors=ecfg.actors, num_cpus=ecfg.cpus_per_actor, num_gpus=ecfg.gpus_per_actor,
+                                   resources=ecfg.actor_resources)
         self.results_dir = results_dir
 
     def evaluate(self, jobs: list) -> list[dict]:
@@ -85,3 +88,15 @@ class EvaluationService:
 
 def evaluation_service_name(sweep_name: str) -> str:
     return f"classit-eval-{sweep_name}"
+
+
+def start_services(cfg: ClassitConfig, results_dir: str) -> list:
+    """The base builder and the evaluation service, pinned to this (the driver's) node: they hold
+    no compute and must outlive any worker node the cluster loses."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    builder = BaseBuilder.options(name=BUILDER_NAME, scheduling_strategy=here).remote()
+    service = EvaluationService.options(name=evaluation_service_name(cfg.sweep.name), scheduling_strategy=here).remote(
+        cfg.evaluation.model_dump(mode="json"), results_dir)
+    return [builder, service]

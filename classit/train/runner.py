@@ -127,7 +127,7 @@ def make_trainer(cfg: ClassitConfig, worker_fn, loop_config: dict, callbacks: li
         train_loop_config={"config": cfg.model_dump(mode="json"), **loop_config},
         torch_config=TorchConfig(backend="nccl" if dcfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=dcfg.num_workers, use_gpu=dcfg.use_gpu,
-                                     resources_per_worker={"CPU": dcfg.cpus_per_worker}),
+                                     resources_per_worker={"CPU": dcfg.cpus_per_worker, **dcfg.worker_resources}),
         run_config=RunConfig(name=cfg.run.name, storage_path=storage_uri(cfg.run.storage_path),
                              failure_config=FailureConfig(max_failures=dcfg.max_failures),
                              worker_runtime_env={"env_vars": env}, callbacks=list(callbacks),
