@@ -1,0 +1,134 @@
+"""A real multi-node Ray cluster on this machine: a head and two worker nodes, separate raylets.
+
+A sweep runs across it while a worker node is killed under a training trial, and an evaluation
+actor is killed mid-job; everything finishes and every result row is written exactly once.
+"""
+
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from classit.config import parse_config
+from classit.evaluate.actors import EvaluationPool
+from classit.evaluate.jobs import EvalJob
+from classit.results import read_table
+from classit.sweep.runner import run_sweep
+from test_eval_pool import make_data_dir
+from test_sweep_ray import sweep_config
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from classit.train.runner import RAY_JOB_ENV
+
+    temp_dir = tempfile.mkdtemp(prefix="rc-", dir="/tmp")
+    for key, value in RAY_JOB_ENV.items():
+        import os
+
+        os.environ.setdefault(key, value)
+    # The head holds no CPU (like cluster.yaml's): training and evaluation go to the workers.
+    c = Cluster(initialize_head=True, connect=True,
+                head_node_args={"num_cpus": 0, "_temp_dir": temp_dir, "include_dashboard": True})
+    workers = [c.add_node(num_cpus=2, resources={"train_slot": 2, "eval_slot": 2}) for _ in range(2)]
+    c.wait_for_nodes()
+    try:
+        yield c, workers
+    finally:
+        ray.shutdown()
+        c.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def alive(class_name: str) -> list:
+    from ray.util.state import list_actors
+
+    return list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])
+
+
+def test_sweep_survives_losing_the_node_a_trial_trains_on(cluster, tmp_path):
+    c, workers = cluster
+    config = sweep_config(tmp_path, name="nodeloss", space={"curriculum": {"choice": ["switch_wiki", "wiki_switch"]}})
+    config["instruct"]["datasets"] = {"switch": {"synthetic": "conversation", "max_records": 240},
+                                      "wiki": {"synthetic": "qa", "max_records": 240}}
+    config["instruct"]["train"].update(epochs=4, checkpoints={"schedule": "babylm", "word_scale": 0.002})
+    config["distributed"].update(worker_resources={"train_slot": 1}, max_failures=3)
+    config["evaluation"].update(actor_resources={"eval_slot": 1})
+    metrics_dir = tmp_path / "runs" / "nodeloss" / "results" / "train_metrics"
+    killed = {}
+
+    def kill_a_training_node():
+        deadline = time.time() + 600
+        while time.time() < deadline:  # the first trial has saved a checkpoint (its rows are flushed then)
+            if metrics_dir.is_dir() and any(metrics_dir.glob("part-*.parquet")) and alive("RayTrainWorker"):
+                break
+            time.sleep(0.5)
+        node_id = alive("RayTrainWorker")[0].node_id
+        victim = next(w for w in workers if w.node_id == node_id)
+        killed["run"] = read_table(str(metrics_dir))["trial"].iloc[-1]
+        c.remove_node(victim, allow_graceful=False)
+        killed["node"] = node_id
+
+    killer = threading.Thread(target=kill_a_training_node, daemon=True)
+    killer.start()
+    board = run_sweep(parse_config(config), log=lambda _: None)
+    killer.join(60)
+
+    assert killed.get("node"), "no training node was killed"
+    assert len(board) == 2 and board["val_loss"].notna().all()  # every planned trial finished
+    trials = read_table(str(tmp_path / "runs" / "nodeloss" / "results" / "trials"))
+    assert len(trials) == 2 and trials["trial"].is_unique  # each trial exactly once
+    scores = read_table(str(tmp_path / "runs" / "nodeloss" / "results" / "eval_scores"))
+    assert not scores.duplicated(["trial", "checkpoint", "task", "subtask", "metric"]).any()
+    assert (scores["error"] == "").all() and set(scores["trial"]) == set(trials["trial"])
+    metrics = read_table(str(metrics_dir))
+    interrupted = metrics[metrics["trial"] == killed["run"]]
+    # It resumed from its newest checkpoint: no stage started over from step 0.
+    assert (interrupted.groupby("stage")["step"].apply(lambda s: (s == 0).sum()) == 1).all()
+    assert set(interrupted["stage"]) == {"switch", "wiki"}
+
+
+def test_killed_evaluation_actor_job_is_retried_once(cluster, tmp_path):
+    import ray
+    from ray.util.state import list_tasks
+
+    from conftest import SHARED_DATA, train_tiny_checkpoint
+
+    checkpoint = train_tiny_checkpoint(tmp_path / "train")
+    data = make_data_dir(tmp_path)
+    for path in sorted((SHARED_DATA / "blimp").glob("*.jsonl"))[:6]:  # a job that takes a few seconds
+        shutil.copy(path, data / "blimp" / path.name)
+    jobs = [EvalJob(str(checkpoint), task, str(data), trial="t") for task in ("blimp", "blimp_supplement")]
+    pool = EvaluationPool(num_actors=2, num_cpus=0, resources={"eval_slot": 1})
+    original = {a._actor_id.hex(): a for a in pool.actors}
+    killed = []
+
+    def kill_a_busy_actor():  # as soon as an actor is running a job
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            for task in list_tasks(filters=[("func_or_class_name", "=", "Evaluator.run"), ("state", "=", "RUNNING")]):
+                if task.actor_id in original:
+                    ray.kill(original[task.actor_id])
+                    killed.append(task.actor_id)
+                    return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_a_busy_actor, daemon=True)
+    killer.start()
+    results_dir = str(tmp_path / "eval_scores")
+    try:
+        rows = pool.run(jobs, results_dir=results_dir)
+    finally:
+        killer.join(60)
+        pool.shutdown()
+    assert killed and killed[0] not in {a._actor_id.hex() for a in pool.actors}  # replaced by a fresh actor
+    table = read_table(results_dir)
+    assert len(table) == len(rows) and not table.duplicated(["trial", "task", "subtask", "metric"]).any()
+    assert set(table.loc[table["subtask"] == "average", "task"]) == {"blimp", "blimp_supplement"}
+    assert (table["error"] == "").all()
