@@ -35,7 +35,7 @@ def cluster():
         os.environ.setdefault(key, value)
     # The head holds no CPU (like cluster.yaml's): training and evaluation go to the workers.
     c = Cluster(initialize_head=True, connect=True,
-                head_node_args={"num_cpus": 0, "_temp_dir": temp_dir, "include_dashboard": True})
+                head_node_args={"num_cpus": 0, "temp_dir": temp_dir, "include_dashboard": True})
     workers = [c.add_node(num_cpus=2, resources={"train_slot": 2, "eval_slot": 2}) for _ in range(2)]
     c.wait_for_nodes()
     try:
