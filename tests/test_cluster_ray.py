@@ -64,11 +64,14 @@ def test_sweep_survives_losing_the_node_a_trial_trains_on(cluster, tmp_path):
     killed = {}
 
     def kill_a_training_node():
+        # Rows are flushed right after each checkpoint's report returns, and a report returns once
+        # Ray Train's controller has taken the previous one: with two flushes, a checkpoint is
+        # registered for certain. Then the node under the training workers goes.
         deadline = time.time() + 600
-        while time.time() < deadline:  # the first trial has saved a checkpoint (its rows are flushed then)
-            if metrics_dir.is_dir() and any(metrics_dir.glob("part-*.parquet")) and alive("RayTrainWorker"):
+        while time.time() < deadline:
+            if metrics_dir.is_dir() and len(list(metrics_dir.glob("part-*.parquet"))) >= 2 and alive("RayTrainWorker"):
                 break
-            time.sleep(0.5)
+            time.sleep(0.2)
         node_id = alive("RayTrainWorker")[0].node_id
         victim = next(w for w in workers if w.node_id == node_id)
         killed["run"] = read_table(str(metrics_dir))["trial"].iloc[-1]
