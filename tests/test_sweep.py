@@ -109,3 +109,16 @@ def test_check_space_accepts_the_shipped_configs():
         from classit.config import load_config
 
         check_space(load_config(REPO / "sweeps" / "configs" / name))
+
+
+def test_trial_params_and_rows_for_trials_that_did_not_finish():
+    from classit.sweep.trial import trial_key, trial_params, unfinished_row
+
+    params = trial_params({"curriculum": "merged", "mix_ratio": 0.3, "__trial_index__": 1}, seeds=[7, 8])
+    assert params == {"curriculum": "merged", "mix_ratio": 0.3, "seed": 8}  # the repeat index picks the seed
+    assert trial_params({"params": {"curriculum": "pt", "seed": 3}}, seeds=[0]) == {"curriculum": "pt", "seed": 3}
+    stopped = unfinished_row("s", params, None)
+    failed = unfinished_row("s", params, RuntimeError("Traceback ...\nValueError: loss is NaN at step 4"))
+    assert stopped["status"] == "stopped" and stopped["trial"] == trial_key(params)
+    assert failed["status"] == "error" and failed["error"] == "ValueError: loss is NaN at step 4"
+    assert failed["param.mix_ratio"] == 0.3

@@ -248,13 +248,30 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
                                    name=sweep.name, storage_path=str(experiment.parent), verbose=0,
                                    failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                                    callbacks=[_progress_callback(objectives)]))
-        tuner.fit()
+        grid = tuner.fit()
         for actor in services:
             ray.kill(actor)
+    record_unfinished(grid, sweep, results_root)
     board = leaderboard(read_table(f"{results_root}/{TRIALS}"), objectives, sweep.modes)
     log(format_leaderboard(board, objectives))
     log(f"results: {results_root}/{{{TRIALS},train_metrics,{EVAL_SCORES}}}")
     return board
+
+
+def record_unfinished(grid, sweep, results_root: str) -> None:
+    """Trials that ended without a finished row (stopped by ASHA, failed past their retries) get
+    a row too, with their status and error, so the trials table accounts for every trial."""
+    from classit.results import read_table, write_rows
+    from classit.sweep.trial import trial_key, trial_params, unfinished_row
+
+    done = read_table(f"{results_root}/{TRIALS}")
+    known = set(done["trial"]) if not done.empty else set()
+    rows = []
+    for result in grid:
+        params = trial_params(result.config, sweep.seeds)
+        if trial_key(params) not in known:
+            rows.append(unfinished_row(sweep.name, params, result.error))
+    write_rows(f"{results_root}/{TRIALS}", rows)
 
 
 def pareto_front(board, objectives: list[str], modes: list[str]):

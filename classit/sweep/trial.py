@@ -47,6 +47,24 @@ def scores_of(rows: list[dict], checkpoint: str) -> dict[str, float]:
             if r["checkpoint"] == checkpoint and r["subtask"] in HEADLINE and not r["error"]}
 
 
+def trial_params(config: dict, seeds: list[int]) -> dict[str, Any]:
+    """A Tune trial's parameters, its seed included (grid: in the config; search: by repeat index)."""
+    params = dict(config.get("params", config))
+    repeat = params.pop("__trial_index__", None)  # Tune's Repeater: the same draw once per seed
+    params.setdefault("seed", seeds[repeat or 0])
+    return params
+
+
+def unfinished_row(sweep_name: str, params: dict[str, Any], error: BaseException | None) -> dict:
+    """The `trials` row of a trial that ended without finishing: stopped early, or failed."""
+    return {"sweep": sweep_name, "trial": trial_key(params), "run": f"{sweep_name}-{trial_key(params)}",
+            "status": "error" if error else "stopped",
+            "error": str(error).strip().splitlines()[-1][:500] if error else "",
+            "params": json.dumps(params, sort_keys=True),
+            **{f"param.{name}": (json.dumps(value) if isinstance(value, list) else value)
+               for name, value in params.items()}}
+
+
 def trial_key(params: dict[str, Any]) -> str:
     return config_hash(json.dumps(params, sort_keys=True))[:10]
 
@@ -78,9 +96,7 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
     datasets.disable_progress_bars()
     sweep_cfg = ClassitConfig.model_validate(sweep_config)
     sweep = sweep_cfg.sweep
-    params = dict(config.get("params", config))
-    repeat = params.pop("__trial_index__", None)  # Tune's Repeater: the same draw once per seed
-    params.setdefault("seed", sweep.seeds[repeat or 0])
+    params = trial_params(config, sweep.seeds)
     key = trial_key(params)
     objectives = [objective_key(m) for m in sweep.metrics]
 
