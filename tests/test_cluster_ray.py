@@ -4,6 +4,7 @@ A sweep runs across it while a worker node is killed under a training trial, and
 actor is killed mid-job; everything finishes and every result row is written exactly once.
 """
 
+import os
 import shutil
 import tempfile
 import threading
@@ -28,21 +29,21 @@ def cluster():
 
     from classit.train.runner import RAY_JOB_ENV
 
-    temp_dir = tempfile.mkdtemp(prefix="rc-", dir="/tmp")
     for key, value in RAY_JOB_ENV.items():
-        import os
-
         os.environ.setdefault(key, value)
-    # The head holds no CPU (like cluster.yaml's): training and evaluation go to the workers.
-    c = Cluster(initialize_head=True, connect=True,
-                head_node_args={"num_cpus": 0, "temp_dir": temp_dir, "include_dashboard": True})
-    workers = [c.add_node(num_cpus=2, resources={"train_slot": 2, "eval_slot": 2}) for _ in range(2)]
-    c.wait_for_nodes()
+    temp_dir = tempfile.mkdtemp(prefix="rc-", dir="/tmp")
+    c = None
     try:
+        # The head holds no CPU (like cluster.yaml's): training and evaluation go to the workers.
+        c = Cluster(initialize_head=True, connect=True,
+                    head_node_args={"num_cpus": 0, "temp_dir": temp_dir, "include_dashboard": True})
+        workers = [c.add_node(num_cpus=2, resources={"train_slot": 2, "eval_slot": 2}) for _ in range(2)]
+        c.wait_for_nodes()
         yield c, workers
     finally:
         ray.shutdown()
-        c.shutdown()
+        if c is not None:
+            c.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
