@@ -15,13 +15,14 @@ Tables and their columns (schema version 2; every row also carries `schema_versi
   (JSON: classit, torch, transformers, ray, deepspeed, optuna) and `git_commit`.
 - `train_metrics`: one row per logged step: `trial` (run name), `stage`, `stage_index`, `step`,
   `total_steps`, `words_seen`, `input_words`, `exposure_words`, `loss`, `val_loss`, `lr`,
-  `tokens_per_s`, `time` (some only on evaluation steps).
+  `tokens_per_s`, `time` (some only on evaluation steps), and the run's whole config (`config`, JSON).
 - `eval_scores`: one row per (checkpoint, task, subtask, metric): `trial`, `checkpoint`,
   `words_seen`, `task`, `subtask`, `metric`, `value`, `n_items`, `seconds`, `error` (an error row
-  has metric `error` and the reason), plus the job's `data_dir`, `fast`, `revision`.
+  has metric `error` and the reason), plus the job's `data_dir`, `fast`, `revision` and the trial's
+  whole config (`config`, JSON; empty for a `classit evaluate` of a bare checkpoint).
 
 Readers accept older versions: version 1 rows (before `gpu_hours`, `versions`, `git_commit`,
-`revision`) read with those columns empty. A part file that cannot be read is reported by name
+`revision`, `config` outside `trials`) read with those columns empty. A part file that cannot be read is reported by name
 (a warning, and in `frame.attrs["skipped"]`) and skipped, never silently dropped from totals.
 """
 
@@ -38,7 +39,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 2
-ADDED_IN_V2 = {"trials": ("gpu_hours", "versions", "git_commit"), "eval_scores": ("revision",)}
+ADDED_IN_V2 = {"trials": ("gpu_hours", "versions", "git_commit"), "train_metrics": ("config",),
+               "eval_scores": ("revision", "config")}
 
 
 def storage_uri(storage_path: str) -> str:

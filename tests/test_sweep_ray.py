@@ -56,6 +56,9 @@ def test_six_trials_share_one_base_built_once_and_all_get_scores(ray_local, tmp_
     assert not scores.duplicated(["trial", "checkpoint", "task", "subtask", "metric"]).any()
     assert set(scores["trial"]) == planned and (scores["error"] == "").all()
     metrics = read_table(str(storage / "test" / "results" / "train_metrics"))
+    # ... and into every metric and score row.
+    assert all(json.loads(c)["instruct"]["train"]["learning_rate"] == 2e-3 for c in scores["config"])
+    assert all(json.loads(c)["run"]["name"] == t for c, t in zip(metrics["config"], metrics["trial"]))
     trained = metrics[metrics["stage"] != "pt"]
     assert trained["trial"].nunique() == 5  # every curriculum but pt trained, each in its own run
     assert (trained.groupby(["trial", "stage"])["step"].apply(lambda s: (s == 0).sum()) == 1).all()

@@ -32,6 +32,9 @@ def load(results_dir: str | Path) -> Results:
     if tables["trials"].empty:
         raise FileNotFoundError(f"{results_dir}: no trials table (expected <sweep>/results with trials/)")
     skipped = [p for t in tables.values() for p in t.attrs.get("skipped", [])]
+    # Metric and score rows also carry their run's whole config; analysis takes it from the trial.
+    for name in ("train_metrics", "eval_scores"):
+        tables[name] = tables[name].drop(columns=["config"], errors="ignore")
     trials = tables["trials"]
     trials = trials[trials["status"] == "finished"].drop_duplicates("trial")
     return Results(trials, tables["train_metrics"], tables["eval_scores"], skipped)

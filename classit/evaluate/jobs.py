@@ -27,6 +27,7 @@ class EvalJob:
     fast: bool = False
     export_dir: str = ""  # when set, predictions go there in the leaderboard layout
     revision: str = "main"  # the leaderboard's name for this checkpoint (e.g. chck_10M)
+    config: str = ""  # the trial's whole config (JSON), carried into every result row
 
     @property
     def key(self) -> tuple[str, str]:

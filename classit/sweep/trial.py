@@ -119,8 +119,9 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
     checkpoints = [(final, result.metrics)]
     if ecfg.checkpoints == "all":
         checkpoints = [(c, m) for c, m in result.best_checkpoints if c.path != final.path] + checkpoints
-    jobs = [EvalJob(c.path, task, data_dir, trial=key, words_seen=int(m.get("exposure_words", -1)), fast=ecfg.fast)
-            for c, m in checkpoints for task in ecfg.tasks]
+    config_json = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+    jobs = [EvalJob(c.path, task, data_dir, trial=key, words_seen=int(m.get("exposure_words", -1)), fast=ecfg.fast,
+                    config=config_json) for c, m in checkpoints for task in ecfg.tasks]
     rows = ray.get(ray.get_actor(service_name).evaluate.remote(jobs))
     scores = scores_of(rows, final.path)
     errors = sorted({r["error"] for r in rows if r["error"]})
@@ -135,7 +136,7 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
            "start": start, "end": time.time(), "seconds": time.time() - start,
            "gpu_hours": (time.time() - start) * cfg.distributed.num_workers * cfg.distributed.use_gpu / 3600,
            **provenance(), **flatten(cfg.model_dump(mode="json", exclude={"sweep"})),
-           "config": json.dumps(cfg.model_dump(mode="json"), sort_keys=True)}
+           "config": config_json}
     write_rows(f"{results_root}/{TRIALS}", [row])
     ray.tune.report({"val_loss": row["val_loss"], **scores, "stage": metrics.get("stage"),
                      "words_seen": row["exposure_words"], "done": True})

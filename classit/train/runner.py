@@ -6,6 +6,7 @@ A worker failure restarts the worker group from the newest reported checkpoint
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from contextlib import contextmanager, nullcontext
@@ -74,11 +75,12 @@ class RayReporter:
         # A sweep gathers every trial's rows in its own results folder; a single run keeps its own.
         self.metrics_dir = metrics_dir or table_dir(cfg.run.storage_path, cfg.run.name, "train_metrics")
         self.trial = trial
+        self.config = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)  # whole, in every row
         self.rows: list[dict] = []
 
     def __call__(self, metrics: dict, checkpoint_dir: str | None = None, name: str | None = None) -> None:
         if self.rank == 0:
-            self.rows.append({"trial": self.trial, "time": time.time(), **metrics})
+            self.rows.append({"trial": self.trial, "time": time.time(), **metrics, "config": self.config})
         if checkpoint_dir is None and "val_loss" not in metrics:
             return  # every rank decides alike, so all still report the same number of times
         checkpoint = self.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
