@@ -10,7 +10,8 @@ It is fast by construction:
 - an item's candidates (a BLiMP minimal pair, EWoK's two targets) share their common token prefix:
   they are packed into one sequence, prefix first and then each candidate's remaining tokens, each
   attending to the prefix and to itself (a block mask, positions restarting after the prefix), so
-  the prefix is computed once (BLiMP: 27% fewer tokens);
+  the prefix is computed once, and a candidate's last token, only ever a target, is not fed at all
+  (all of BLiMP: 24% fewer tokens than the two whole sentences);
 - sequences are sorted by length and batched with little padding;
 - the LM head and the log-normaliser (logsumexp) run only on the positions that predict a scored
   token; the whole batch is tokenized in one call; `torch.inference_mode`, bf16 on GPU.
@@ -81,14 +82,16 @@ def pack(group: list[Encoded]) -> Packed:
     same = np.ones(shortest, dtype=bool)
     for cand in group[1:]:
         same &= (np.asarray(cand.ids[:shortest]) == first_ids) & (np.asarray(cand.scored[:shortest]) == first_scored)
-    prefix = shortest if same.all() else int(np.argmin(same))
+    # Every candidate keeps at least its last token to itself: a last token is only ever a target,
+    # so it is not fed to the model at all (nothing attends to it, nothing is predicted from it).
+    prefix = min(shortest if same.all() else int(np.argmin(same)), shortest - 1)
     ids, positions, segments = [group[0].ids[:prefix]], [np.arange(prefix)], [np.zeros(prefix, dtype=np.int64)]
     predicting, targets, owners = [], [], []
     start = prefix  # where the current candidate's own tokens begin in the packed sequence
     for j, cand in enumerate(group):
-        own = len(cand.ids) - prefix
-        ids.append(cand.ids[prefix:])
-        positions.append(np.arange(prefix, len(cand.ids)))
+        own = len(cand.ids) - 1 - prefix  # fed tokens after the prefix, the last one left out
+        ids.append(cand.ids[prefix:-1])
+        positions.append(np.arange(prefix, len(cand.ids) - 1))
         segments.append(np.full(own, j + 1))
         index = np.arange(len(cand.ids))
         packed_index = np.where(index < prefix, index, start + index - prefix)
