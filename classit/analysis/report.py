@@ -35,6 +35,13 @@ def _figure():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_leaderboard(results: data.Results, out: Path) -> list[Path]:
     table = data.leaderboard(results)
     text = ("# Leaderboard\n\nOne row per configuration (the swept parameters but the seed): each score's mean ± "
@@ -69,10 +76,7 @@ def write_paper_tables(results: data.Results, out: Path) -> list[Path]:
     ax.set_xlabel("curriculum")
     ax.set_ylabel("z-score per task (across configurations)")
     ax.set_title("Per-task z-scores by curriculum (median and IQR)")
-    fig.tight_layout()
-    fig.savefig(out / "zscores_boxplot.png", dpi=120)
-    plt.close(fig)
-    return [out / "paper_tables.md", out / "zscores_boxplot.png"]
+    return [out / "paper_tables.md", _save(plt, fig, out / "zscores_boxplot.png")]
 
 
 def write_curriculum_effects(results: data.Results, out: Path, resamples: int = 10_000) -> list[Path]:
@@ -95,10 +99,7 @@ def write_curriculum_effects(results: data.Results, out: Path, resamples: int = 
         ax.set_ylabel(f"{y} (mean z)")
         ax.set_title("Trade-off between the objectives")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "pareto.png", dpi=120)
-        plt.close(fig)
-        paths.append(out / "pareto.png")
+        paths.append(_save(plt, fig, out / "pareto.png"))
     return paths
 
 
@@ -115,10 +116,7 @@ def write_learning_curves(results: data.Results, out: Path) -> list[Path]:
         ax.set_ylabel("validation loss (instruction data)")
         ax.set_title("Learning curves")
         ax.legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(out / "learning_curves.png", dpi=120)
-        plt.close(fig)
-        paths.append(out / "learning_curves.png")
+        paths.append(_save(plt, fig, out / "learning_curves.png"))
     if not evals.empty:
         names = sorted(evals["score"].unique())
         fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
@@ -130,10 +128,7 @@ def write_learning_curves(results: data.Results, out: Path) -> list[Path]:
             ax.set_ylabel(name)
             ax.set_title(f"{name} by checkpoint")
         axes[0][0].legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(out / "scores_by_words.png", dpi=120)
-        plt.close(fig)
-        paths.append(out / "scores_by_words.png")
+        paths.append(_save(plt, fig, out / "scores_by_words.png"))
     return paths
 
 
@@ -154,10 +149,7 @@ def write_importance(results: data.Results, out: Path) -> list[Path]:
         ax.set_xlabel("fANOVA importance")
         ax.set_ylabel("parameter")
         ax.set_title("Which swept parameters matter")
-        fig.tight_layout()
-        fig.savefig(out / "importance.png", dpi=120)
-        plt.close(fig)
-        paths.append(out / "importance.png")
+        paths.append(_save(plt, fig, out / "importance.png"))
     return paths
 
 
