@@ -56,7 +56,7 @@ def cmd_instruct(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from classit.evaluate.jobs import TASKS, EvalJob
+    from classit.evaluate.jobs import HEADLINE_SUBTASKS, TASKS, EvalJob
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
@@ -84,9 +84,6 @@ def cmd_evaluate(args) -> int:
         for model in args.model:
             print(f"leaderboard predictions: {export.collate(export_dir, Path(model).name)}")
     return 1 if any(r["metric"] == "error" for r in rows) else 0
-
-
-HEADLINE_SUBTASKS = ("average", "eye_tracking", "self_paced_reading", "validation")
 
 
 DEMO_SWEEP = Path(__file__).resolve().parents[1] / "sweeps" / "configs" / "demo.yaml"

@@ -14,6 +14,8 @@ from classit.evaluate.catalog import TASKS
 from classit.evaluate.tasks import finetune, reading, zero_shot
 
 FAST_ITEMS_PER_SUBTASK = 100  # the fixed, seeded subset of `fast` mode, per UID
+# The subtasks whose rows hold a task's headline scores (the rest are breakdowns).
+HEADLINE_SUBTASKS = ("average", "eye_tracking", "self_paced_reading", "validation")
 assert set(TASKS) == {*zero_shot.TASKS, "reading", *finetune.TASKS}, "catalog.py lists every task module's tasks"
 
 

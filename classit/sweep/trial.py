@@ -38,13 +38,12 @@ def objective_key(spec: str) -> str:
     return f"{task}:{subtask or default[0]}:{metric or default[1]}"
 
 
-HEADLINE = ("average", "eye_tracking", "self_paced_reading", "validation")
-
-
 def scores_of(rows: list[dict], checkpoint: str) -> dict[str, float]:
     """The headline scores of one checkpoint's evaluation rows, keyed task:subtask:metric."""
+    from classit.evaluate.jobs import HEADLINE_SUBTASKS
+
     return {f"{r['task']}:{r['subtask']}:{r['metric']}": float(r["value"]) for r in rows
-            if r["checkpoint"] == checkpoint and r["subtask"] in HEADLINE and not r["error"]}
+            if r["checkpoint"] == checkpoint and r["subtask"] in HEADLINE_SUBTASKS and not r["error"]}
 
 
 def trial_params(config: dict, seeds: list[int]) -> dict[str, Any]:
