@@ -278,12 +278,10 @@ def pareto_front(board, objectives: list[str], modes: list[str]):
     """Rows no other row beats on every objective (and strictly on one)."""
     import numpy as np
 
-    values = np.column_stack([board[o].to_numpy(float) * (1 if m == "max" else -1) for o, m in zip(objectives, modes)])
-    front = []
-    for i, row in enumerate(values):
-        dominated = ((values >= row).all(axis=1) & (values > row).any(axis=1)).any()
-        front.append(not dominated)
-    return front
+    from classit.analysis.stats import pareto_mask
+
+    return list(pareto_mask(np.column_stack([board[o].to_numpy(float) * (1 if m == "max" else -1)
+                                             for o, m in zip(objectives, modes)])))
 
 
 def leaderboard(trials, objectives: list[str], modes: list[str]):

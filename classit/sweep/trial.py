@@ -58,8 +58,12 @@ def unfinished_row(sweep_name: str, params: dict[str, Any], error: BaseException
     """The `trials` row of a trial that ended without finishing: stopped early, or failed."""
     return {"sweep": sweep_name, "trial": trial_key(params), "run": f"{sweep_name}-{trial_key(params)}",
             "status": "error" if error else "stopped",
-            "error": str(error).strip().splitlines()[-1][:500] if error else "",
-            "params": json.dumps(params, sort_keys=True),
+            "error": str(error).strip().splitlines()[-1][:500] if error else "", **param_columns(params)}
+
+
+def param_columns(params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's parameters as JSON (`params`) and one `param.<name>` column each (lists as JSON)."""
+    return {"params": json.dumps(params, sort_keys=True),
             **{f"param.{name}": (json.dumps(value) if isinstance(value, list) else value)
                for name, value in params.items()}}
 
@@ -127,9 +131,7 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
 
     metrics = result.metrics
     row = {"sweep": sweep.name, "trial": key, "run": run_name, "status": "finished",
-           "error": "; ".join(errors), "params": json.dumps(params, sort_keys=True),
-           **{f"param.{name}": (json.dumps(value) if isinstance(value, list) else value)
-              for name, value in params.items()},
+           "error": "; ".join(errors), **param_columns(params),
            "val_loss": metrics.get("val_loss"), "input_words": metrics.get("input_words"),
            "exposure_words": metrics.get("exposure_words"), "checkpoint": final.path, **scores,
            "start": start, "end": time.time(), "seconds": time.time() - start,
