@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from classit.evaluate.scoring import choose, encode_candidate, load_model, reference_score
+from classit.evaluate.scoring import choose, encode_candidates, load_model, reference_scores
 from classit.evaluate.tasks.zero_shot import accuracies, fast_subset, read_task, score_items
 from conftest import SHARED_DATA, train_tiny_checkpoint
 
@@ -17,12 +17,12 @@ def checkpoint(tmp_path_factory):
 
 def test_completion_tokens_follow_the_pipelines_offsets(checkpoint):
     _, tokenizer = load_model(checkpoint)
-    whole = encode_candidate(tokenizer, "the dog runs .")
-    assert whole.ids == tokenizer("the dog runs .")["input_ids"]  # the fast path tokenizes as the wrapper does
-    assert whole.ids[0] == tokenizer.bos_token_id and not whole.scored[0] and all(whole.scored[1:])
-    tail = encode_candidate(tokenizer, "the dog runs .", completion=" runs .")
-    text_tokens = [tokenizer.decode([i]) for i, s in zip(tail.ids, tail.scored) if s]
-    assert "".join(text_tokens) == " runs ."
+    encoded = encode_candidates(tokenizer, [("the dog runs .", None), ("the dog runs .", " runs .")])
+    ids, scored = encoded.candidate(0)
+    assert ids == tokenizer("the dog runs .")["input_ids"]  # the fast path tokenizes as the wrapper does
+    assert ids[0] == tokenizer.bos_token_id and not scored[0] and all(scored[1:])
+    ids, scored = encoded.candidate(1)
+    assert "".join(tokenizer.decode([i]) for i, s in zip(ids, scored) if s) == " runs ."
 
 
 def test_ties_go_to_the_first_candidate():
@@ -35,8 +35,8 @@ def test_engine_matches_simple_reference_on_blimp(checkpoint):
     items = fast_subset(read_task("blimp", SHARED_DATA), per_uid=4, seed=1)
     assert len(items) == 67 * 4 and len({i.meta["UID"] for i in items}) == 67
     fast = np.stack(score_items(model, tokenizer, items, max_tokens=2048))
-    slow = np.array([[reference_score(model, encode_candidate(tokenizer, text)) for text, _ in i.candidates]
-                     for i in items])
+    slow = reference_scores(model, encode_candidates(tokenizer, [c for i in items for c in i.candidates]))
+    slow = slow.reshape(len(items), 2)
     assert np.abs(fast - slow).max() < 1e-4
     assert accuracies("blimp", items, list(fast)) == accuracies("blimp", items, list(slow))
     result = accuracies("blimp", items, list(fast))
@@ -56,19 +56,24 @@ def test_supplement_layout_takes_the_paradigm_from_the_file_name(tmp_path):
         read_task("blimp_supplement", tmp_path)
 
 
-def test_shared_prefix_packing_scores_each_candidate_as_if_alone(checkpoint):
-    """Groups of 1-3 candidates: a candidate that is the whole prefix, completions, no shared word."""
-    from classit.evaluate.scoring import encode_candidates, pack, score_groups
+def test_prefix_trees_score_each_candidate_as_if_alone(checkpoint):
+    """Shared prefixes, a candidate that is another's prefix, a duplicate, completions, no shared word."""
+    from classit.evaluate.scoring import plant, score
 
     model, tokenizer = load_model(checkpoint, device="cpu")
-    groups = [[("the dog runs .", None), ("the dog", None), ("the dog runs fast .", None)],
-              [("the cat is big . the cat sleeps .", " the cat sleeps ."),
-               ("the cat is big . the cat runs .", " the cat runs .")],
-              [("dogs run .", None), ("a bird sings .", None)],
-              [("the farmer reads .", None)]]
-    encoded = [encode_candidates(tokenizer, group) for group in groups]
-    packed = pack(encoded[0])
-    assert len(packed.ids) < sum(len(c.ids) for c in encoded[0])  # "<s> the dog" is computed once
-    scores = score_groups(model, encoded, tokenizer.pad_token_id, max_tokens=64)
-    for group, got in zip(encoded, scores):
-        assert got == pytest.approx([reference_score(model, c) for c in group], abs=1e-4)
+    encoded = encode_candidates(tokenizer, [
+        ("the dog runs .", None), ("the dog", None), ("the dog runs fast .", None), ("the dog runs .", None),
+        ("the cat is big . the cat sleeps .", " the cat sleeps ."),
+        ("the cat is big . the cat runs .", " the cat runs ."),
+        ("dogs run .", None), ("a bird sings .", None), ("the farmer reads .", None)])
+    fed = int((encoded.lengths - 1).sum())
+    forest = plant(encoded, row_tokens=128)
+    assert len(forest.tokens) < fed - 10  # "<s> the dog", "<s> the cat is big . the cat" once each
+    assert len(forest.row_starts) == 2  # one row
+    many_rows = plant(encoded, row_tokens=4)  # every row as full as it can be, long ones alone
+    assert len(many_rows.row_starts) > 3 and len(many_rows.tokens) > len(forest.tokens)
+    reference = reference_scores(model, encoded)
+    for row_tokens, max_tokens in ((128, 4096), (4, 16), (1, 8)):
+        got = score(model, encoded, tokenizer.pad_token_id, max_tokens=max_tokens, row_tokens=row_tokens,
+                    chunk_cells=5 * encoded.ids.shape[1])
+        assert got == pytest.approx(reference, abs=1e-4)

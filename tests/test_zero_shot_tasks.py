@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from classit.evaluate.scoring import encode_candidate, load_model
+from classit.evaluate.scoring import encode_candidates, load_model
 from classit.evaluate.tasks.zero_shot import accuracies, read_task, score_items, wug_correlation
 from conftest import train_tiny_checkpoint
 
@@ -29,8 +29,8 @@ def test_ewok_scores_only_the_target_after_the_first_context(tmp_path, model_and
     items = read_task("ewok", tmp_path)
     text, completion = items[0].candidates[1]
     assert text == "the dog is big . the dog sleeps ." and completion == " the dog sleeps ."
-    scored = encode_candidate(tokenizer, text, completion)
-    assert tokenizer.decode([t for t, s in zip(scored.ids, scored.scored) if s]) == " the dog sleeps ."
+    ids, scored = encode_candidates(tokenizer, [(text, completion)]).candidate(0)
+    assert tokenizer.decode([t for t, s in zip(ids, scored) if s]) == " the dog sleeps ."
     result = accuracies("ewok", items, score_items(model, tokenizer, items))
     assert set(result) == {"UID", "context_type", "context_contrast", "target_contrast", "average"}
     assert result["average"]["accuracy"] in (0.0, 100.0)  # three identical items: all right or all wrong

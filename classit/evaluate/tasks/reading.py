@@ -48,10 +48,13 @@ def read_reading(data_dir: str | Path):
     return frame
 
 
-def encode_word(tokenizer, context: str, word: str) -> Encoded:
-    context_ids = tokenizer(context)["input_ids"]
-    word_ids = tokenizer(word, add_special_tokens=False)["input_ids"]
-    return Encoded(context_ids + word_ids, [False] * len(context_ids) + [True] * len(word_ids))
+def encode_words(tokenizer, pairs: list[tuple[str, str]]) -> Encoded:
+    """Each (context, word): the context with the tokenizer's special tokens, then the word
+    tokenized alone, its tokens scored."""
+    contexts = tokenizer([c for c, _ in pairs])["input_ids"] if pairs else []
+    words = tokenizer([w for _, w in pairs], add_special_tokens=False)["input_ids"] if pairs else []
+    return Encoded.from_lists([c + w for c, w in zip(contexts, words)],
+                              [[False] * len(c) + [True] * len(w) for c, w in zip(contexts, words)])
 
 
 def surprisals(model, tokenizer, frame) -> tuple[np.ndarray, np.ndarray]:
@@ -60,8 +63,7 @@ def surprisals(model, tokenizer, frame) -> tuple[np.ndarray, np.ndarray]:
     has_prev = [isinstance(item, str) for item in frame["prev_item"]]
     pairs += [(i, w) for i, w, ok in zip(frame["prev_item"], frame["prev_word"], has_prev) if ok]
     unique = list(dict.fromkeys(pairs))  # the previous word is usually another row's word: score once
-    logprob = dict(zip(unique, score(model, [encode_word(tokenizer, c, w) for c, w in unique],
-                                     tokenizer.pad_token_id)))
+    logprob = dict(zip(unique, score(model, encode_words(tokenizer, unique), tokenizer.pad_token_id)))
     pred = np.array([-logprob[p] for p in zip(frame["item"], frame["word"])])
     prev = np.array([-logprob[(i, w)] if ok else np.nan
                      for i, w, ok in zip(frame["prev_item"], frame["prev_word"], has_prev)])

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from classit.evaluate.scoring import choose, encode_candidates, score_groups
+from classit.evaluate.scoring import choose, encode_candidates, score
 
 ENTITY_TRACKING_SPLITS = ("regular", "ambiref", "move_contents")
 
@@ -134,10 +134,10 @@ def fast_subset(items: list[Item], per_uid: int, seed: int = 0) -> list[Item]:
 
 def score_items(model, tokenizer, items: list[Item], **batching) -> list[np.ndarray]:
     """Each item's candidate scores (summed log-probs of the scored tokens)."""
-    flat = encode_candidates(tokenizer, [c for item in items for c in item.candidates])
+    flat = score(model, encode_candidates(tokenizer, [c for item in items for c in item.candidates]),
+                 tokenizer.pad_token_id, **batching)
     bounds = np.cumsum([0] + [len(item.candidates) for item in items])
-    return score_groups(model, [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])], tokenizer.pad_token_id,
-                        **batching)
+    return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def accuracies(task: str, items: list[Item], scores: list[np.ndarray]) -> dict[str, dict[str, float]]:
