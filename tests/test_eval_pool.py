@@ -98,3 +98,20 @@ def test_export_writes_the_leaderboard_layout_and_collates_it(tmp_path):
         assert exported == pytest.approx(ours)
     collated = json.loads(export.collate(out, "m").read_text())
     assert set(collated) == {"blimp", "blimp_supplement"} and collated["blimp_supplement"] == supplement
+
+
+def test_a_task_is_read_and_tokenized_once_per_tokenizer(tmp_path):
+    from classit.evaluate.jobs import ModelCache, run_job
+
+    first = train_tiny_checkpoint(tmp_path / "train")
+    second = tmp_path / "copy"
+    shutil.copytree(first, second)  # another checkpoint of the same run: same tokenizer
+    data = make_data_dir(tmp_path)
+    cache = ModelCache("cpu")
+    rows = [run_job(EvalJob(str(path), "blimp", str(data)), cache) for path in (first, second)]
+    assert len(cache.tasks) == 1  # the second checkpoint reused the first one's tokenized items
+    fresh = run_job(EvalJob(str(second), "blimp", str(data)), ModelCache("cpu"))
+    values = lambda rs: [(r["subtask"], r["value"]) for r in rs]  # noqa: E731
+    assert values(rows[1]) == values(fresh) == values(rows[0]) and not any(r["error"] for r in fresh)
+    run_job(EvalJob(str(second), "blimp", str(data), fast=True), cache)
+    assert len(cache.tasks) == 2  # a different subset is another entry

@@ -5,6 +5,7 @@ Plain Python, so the same code runs in a test, in the CLI and inside a Ray evalu
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,13 +52,16 @@ def _export(job: EvalJob, predictions: dict, dataset: str = "") -> None:
         export.write_predictions(path, predictions)
 
 
-def run_zero_shot(job: EvalJob, model, tokenizer) -> list[dict]:
+def read_items(job: EvalJob) -> list[zero_shot.Item]:
+    items = zero_shot.TASKS[job.task].read(zero_shot.task_folder(job.task, job.data_dir))
+    return zero_shot.fast_subset(items, FAST_ITEMS_PER_SUBTASK) if job.fast else items
+
+
+def run_zero_shot(job: EvalJob, model, tokenizer, cache: ModelCache) -> list[dict]:
     start = time.perf_counter()
     folder = zero_shot.task_folder(job.task, job.data_dir)
-    items = zero_shot.TASKS[job.task].read(folder)
-    if job.fast:
-        items = zero_shot.fast_subset(items, FAST_ITEMS_PER_SUBTASK)
-    scores = zero_shot.score_items(model, tokenizer, items)
+    items, encoded = cache.prepared(job, tokenizer)
+    scores = zero_shot.score_items(model, tokenizer, items, encoded)
     seconds = time.perf_counter() - start
     is_wug = zero_shot.TASKS[job.task].metric == "spearman"
     _export(job, export.zero_shot_predictions(items, scores, with_prob=is_wug), folder.name)
@@ -97,10 +101,15 @@ def _count(items: list[zero_shot.Item], key: str, name: str) -> int:
 
 
 class ModelCache:
-    """Keeps the last checkpoint's model loaded, so consecutive tasks on it load it once."""
+    """An actor's state between jobs: the last checkpoint's model, so consecutive tasks on it load
+    it once, and the last few tasks read and tokenized: a sweep's checkpoints share one tokenizer,
+    so each task is tokenized once per actor rather than once per checkpoint."""
+
+    MAX_TASKS = 4
 
     def __init__(self, device: str | None = None):
         self.device, self.path, self.loaded = device, None, None
+        self.tasks: dict[tuple, tuple] = {}
 
     def get(self, path: str):
         if path != self.path:
@@ -110,6 +119,20 @@ class ModelCache:
             self.loaded = load_model(path, self.device)
             self.path = path
         return self.loaded
+
+    def prepared(self, job: EvalJob, tokenizer) -> tuple[list[zero_shot.Item], object]:
+        """The job's items and their encoded candidates, tokenized by this tokenizer."""
+        from classit.evaluate.scoring import encode_candidates
+
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        fingerprint = hashlib.sha256(backend.to_str().encode()).hexdigest() if backend is not None else id(tokenizer)
+        key = (job.task, job.data_dir, job.fast, fingerprint)
+        if key not in self.tasks:
+            items = read_items(job)
+            if len(self.tasks) >= self.MAX_TASKS:
+                self.tasks.pop(next(iter(self.tasks)))  # the oldest
+            self.tasks[key] = items, encode_candidates(tokenizer, [c for item in items for c in item.candidates])
+        return self.tasks[key]
 
 
 def run_job(job: EvalJob, cache: ModelCache) -> list[dict]:
@@ -121,8 +144,9 @@ def run_job(job: EvalJob, cache: ModelCache) -> list[dict]:
         if job.task in finetune.TASKS:  # trains its own copy: the cached scoring model stays as it is
             return run_finetune(job, cache.device)
         model, tokenizer = cache.get(job.checkpoint)
-        run = run_reading if job.task == "reading" else run_zero_shot
-        return run(job, model, tokenizer)
+        if job.task == "reading":
+            return run_reading(job, model, tokenizer)
+        return run_zero_shot(job, model, tokenizer, cache)
     except Exception as err:  # noqa: BLE001 - every failure must become a row, not stop the pool
         reason = f"{type(err).__name__}: {err}".splitlines()[0]
         return [result_row(job, "", "error", float("nan"), 0, time.perf_counter() - start, error=reason)]

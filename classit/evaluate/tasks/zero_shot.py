@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from classit.evaluate.scoring import choose, encode_candidates, score
+from classit.evaluate.scoring import Encoded, choose, encode_candidates, score
 
 ENTITY_TRACKING_SPLITS = ("regular", "ambiref", "move_contents")
 
@@ -132,10 +132,12 @@ def fast_subset(items: list[Item], per_uid: int, seed: int = 0) -> list[Item]:
     return [item for i, item in enumerate(items) if i in keep]
 
 
-def score_items(model, tokenizer, items: list[Item], **batching) -> list[np.ndarray]:
-    """Each item's candidate scores (summed log-probs of the scored tokens)."""
-    flat = score(model, encode_candidates(tokenizer, [c for item in items for c in item.candidates]),
-                 tokenizer.pad_token_id, **batching)
+def score_items(model, tokenizer, items: list[Item], encoded: Encoded | None = None, **batching) -> list[np.ndarray]:
+    """Each item's candidate scores (summed log-probs of the scored tokens); `encoded`: the items'
+    candidates already tokenized (`encode_candidates`), in order."""
+    if encoded is None:
+        encoded = encode_candidates(tokenizer, [c for item in items for c in item.candidates])
+    flat = score(model, encoded, tokenizer.pad_token_id, **batching)
     bounds = np.cumsum([0] + [len(item.candidates) for item in items])
     return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
