@@ -3,7 +3,7 @@
 Both train the same model preset from the same initial weights on the same packed blocks,
 with the same batch size, learning rate, clipping and precision, in this one process.
 Both are timed over the same steps (the first 10% left out as warm-up; evaluation and
-checkpointing excluded). Prints tokens/s for each and the ratio (target: classit / Trainer >= 1.0).
+checkpointing excluded), in alternating runs. Prints tokens/s for each and the ratio (target: classit / Trainer >= 1.0).
 
     python benchmarks/train_throughput.py [--preset tiny] [--steps 200] [--batch-size 8]
 """
@@ -28,8 +28,13 @@ from classit.tokenizer import load_tokenizer  # noqa: E402
 from classit.train.loop import Stage, collate_blocks, init_single_process, train_stage  # noqa: E402
 
 
+WORLD_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+_world_env: dict[str, str] = {}  # the single-process world's variables, set only while our loop runs
+
+
 def time_classit(preset, tokenizer, blocks, tcfg, dcfg, skip: int) -> float:
     """Steady-state tokens/s: the loop's own timed windows after the first `skip` steps."""
+    os.environ.update(_world_env)
     init_single_process()
     stage = Stage("bench", blocks, blocks.select(range(8)), tcfg, partial(collate_blocks, pad_id=tokenizer.pad_token_id))
     model = build_model(preset, tokenizer, seed=0)
@@ -40,7 +45,11 @@ def time_classit(preset, tokenizer, blocks, tcfg, dcfg, skip: int) -> float:
             tokens = metrics["tokens_seen"] - (windows[-1][2] if windows else 0)
             windows.append((tokens, tokens / metrics["tokens_per_s"], metrics["tokens_seen"], metrics["step"]))
 
-    train_stage(model, tokenizer, stage, dcfg, report=report, log=lambda _: None)
+    try:
+        train_stage(model, tokenizer, stage, dcfg, report=report, log=lambda _: None)
+    finally:  # the next Trainer must not see a distributed launch, or it would wrap its model in DDP
+        for key in WORLD_ENV:
+            _world_env[key] = os.environ.pop(key)
     steady = [w for w in windows if w[3] > skip]
     return sum(w[0] for w in steady) / sum(w[1] for w in steady)
 
@@ -70,7 +79,9 @@ def time_hf_trainer(preset, tokenizer, blocks, tcfg, bf16: bool, skip: int) -> f
         max_grad_norm=tcfg.max_grad_norm, weight_decay=tcfg.weight_decay, bf16=bf16, report_to=[],
         save_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
         remove_unused_columns=False, seed=tcfg.seed, use_cpu=not torch.cuda.is_available())
-    Trainer(model=model, args=args, train_dataset=blocks, data_collator=collator, callbacks=[Clock()]).train()
+    trainer = Trainer(model=model, args=args, train_dataset=blocks, data_collator=collator, callbacks=[Clock()])
+    trainer.train()
+    assert trainer.model_wrapped is model, "the Trainer wrapped its model (DDP?): not a plain Trainer"
     tokens = (tcfg.max_steps - skip) * tcfg.batch_size * len(blocks[0]["input_ids"])
     return tokens / (marks[tcfg.max_steps] - marks[skip])
 
@@ -83,7 +94,7 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--zero-stage", type=int, default=2)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="GPU bf16 dense peak (H100/H200 SXM: 989)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each; medians reported")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each, alternating; medians reported")
     args = parser.parse_args()
 
     cfg = parse_config({"model": {"preset": args.preset}, "corpus": {"block_size": args.block_size}})
@@ -96,18 +107,20 @@ def main() -> None:
     skip = args.steps // 10  # warm-up steps left out of both timings
     dcfg = DistributedConfig(num_workers=1, zero_stage=args.zero_stage, use_gpu=gpu)
 
-    # The Trainer runs first: once our loop has made a process group, the Trainer would wrap
-    # its model in DDP and be slowed by it.
-    hf = statistics.median(time_hf_trainer(args.preset, tokenizer, blocks, tcfg, bf16=gpu, skip=skip)
-                           for _ in range(args.repeats))
-    ours = statistics.median(time_classit(args.preset, tokenizer, blocks, tcfg, dcfg, skip=skip)
-                             for _ in range(args.repeats))
+    # Runs alternate (Trainer, classit, Trainer, ...) so that a drift in the machine's speed
+    # touches both alike; the ratio is the median of each adjacent pair's ratio.
+    runs = [(time_hf_trainer(args.preset, tokenizer, blocks, tcfg, bf16=gpu, skip=skip),
+             time_classit(args.preset, tokenizer, blocks, tcfg, dcfg, skip=skip)) for _ in range(args.repeats)]
+    hf = statistics.median(r[0] for r in runs)
+    ours = statistics.median(r[1] for r in runs)
+    ratio = statistics.median(r[1] / r[0] for r in runs)
     device = torch.cuda.get_device_name() if gpu else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     print(f"preset {args.preset}  steps {args.steps}  batch {args.batch_size}x{args.block_size}  "
           f"ZeRO-{args.zero_stage}  {'bf16' if gpu else 'fp32'}  on {device}")
     print(f"HF Trainer      {hf:12,.0f} tokens/s  (median of {args.repeats})")
     print(f"classit loop    {ours:12,.0f} tokens/s  (median of {args.repeats})")
-    print(f"ratio classit / Trainer = {ours / hf:.2f}  (target >= 1.0)")
+    print("pairs (Trainer, classit): " + ", ".join(f"({h:,.0f}, {o:,.0f})" for h, o in runs))
+    print(f"ratio classit / Trainer = {ratio:.2f}  (median of the {args.repeats} pairs' ratios; target >= 1.0)")
     if gpu:
         params = count_parameters(build_model(args.preset, tokenizer))
         peak = args.peak_tflops * 1e12
