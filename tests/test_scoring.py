@@ -72,6 +72,19 @@ def test_prefix_trees_score_each_candidate_as_if_alone(checkpoint):
     assert len(forest.row_starts) == 2  # one row
     many_rows = plant(encoded, row_tokens=4)  # every row as full as it can be, long ones alone
     assert len(many_rows.row_starts) > 3 and len(many_rows.tokens) > len(forest.tokens)
+    # In any order, every scored token is predicted by a node whose ancestors (j <= node < end[j])
+    # spell exactly the candidate's tokens before it, at positions equal to their depths.
+    for order in (np.arange(len(encoded)), np.arange(len(encoded))[::-1], np.lexsort(encoded.ids.T[::-1])):
+        for row_tokens in (128, 4):
+            trees = plant(encoded[order], row_tokens)
+            nodes = np.arange(len(trees.tokens))
+            for node, target, owner in zip(trees.predicting, trees.targets, trees.owners):
+                path = nodes[(nodes <= node) & (trees.end > node)]
+                ids, scored = encoded.candidate(order[owner])
+                k = len(path)  # the position of the target in its candidate
+                assert trees.tokens[path].tolist() == ids[:k] and trees.depth[path].tolist() == list(range(k))
+                assert target == ids[k] and scored[k]
+            assert len(trees.predicting) == int(encoded.scored.sum())  # each scored token once
     reference = reference_scores(model, encoded)
     for row_tokens, max_tokens in ((128, 4096), (4, 16), (1, 8)):
         got = score(model, encoded, tokenizer.pad_token_id, max_tokens=max_tokens, row_tokens=row_tokens,

@@ -96,9 +96,9 @@ def encode_candidates(tokenizer, candidates: list[tuple[str, str | None]]) -> En
 class Forest:
     """Candidates' fed tokens as prefix trees, one tree per row, nodes numbered in preorder.
 
-    A node is one fed token; candidates with a common prefix share its nodes. In preorder a node's
-    descendants are the nodes numbered after it up to its `end`, so node i sees node j (j is i or
-    one of its ancestors) when j <= i < end[j].
+    A node is one fed token; neighbouring candidates with a common prefix share its nodes. In
+    preorder a node's descendants are the nodes numbered after it up to its `end`, so node i sees
+    node j (j is i or one of its ancestors) when j <= i < end[j].
     """
 
     tokens: np.ndarray  # per node: its token id,
@@ -113,14 +113,14 @@ class Forest:
 def plant(encoded: Encoded, row_tokens: int = 128) -> Forest:
     """The prefix trees of the candidates, packed greedily into rows of about `row_tokens` nodes.
 
-    Sorted, candidates with a common prefix are neighbours, so each adds only the tokens after its
-    common prefix with the one before it (all of them when it opens a new row). A candidate's last
-    token is only ever a target, so it is not fed at all.
+    Each candidate adds only the tokens after its common prefix with the one before it (all of
+    them when it opens a new row), so any order is correct, and sorted candidates (as `score`
+    gives them) share every common prefix. A candidate's last token is only ever a target, so it
+    is not fed at all.
     """
     n, width = encoded.ids.shape
-    order = np.lexsort(encoded.ids.T[::-1])  # -1 padding sorts a prefix before its extensions
-    ids, scored = encoded.ids[order], encoded.scored[order]
-    fed_len = np.maximum((ids >= 0).sum(axis=1) - 1, 0)
+    ids, scored = encoded.ids, encoded.scored
+    fed_len = np.maximum(encoded.lengths - 1, 0)
     fed = np.where(np.arange(width) < fed_len[:, None], ids, -1)
 
     common = np.zeros(n, dtype=np.int64)  # fed tokens in common with the candidate before
@@ -149,7 +149,7 @@ def plant(encoded: Encoded, row_tokens: int = 128) -> Forest:
         tokens=fed[:, :-1][owned], depth=np.broadcast_to(depth, owned.shape)[owned],
         end=start[next_creator][owned], row_starts=np.append(start[row_first], start[-1]),
         predicting=node[predicts], targets=ids[:, 1:][predicts],
-        owners=np.broadcast_to(order[:, None], predicts.shape)[predicts])
+        owners=np.broadcast_to(np.arange(n)[:, None], predicts.shape)[predicts])
 
 
 def _batches_by_length(lengths: np.ndarray, max_tokens: int):
@@ -179,7 +179,7 @@ def score(model, encoded: Encoded, pad_id: int, max_tokens: int = 4096, row_toke
     device = next(model.parameters()).device
     transformer, head = model.base_model, model.get_output_embeddings()
     totals = torch.zeros(len(encoded), dtype=torch.float64)
-    order = np.lexsort(encoded.ids.T[::-1])
+    order = np.lexsort(encoded.ids.T[::-1])  # -1 padding sorts a prefix before its extensions
     chunk = max(1, chunk_cells // encoded.ids.shape[1])
     for first in range(0, len(order), chunk):
         part = order[first:first + chunk]
