@@ -3,7 +3,8 @@
 Both train the same model preset from the same initial weights on the same packed blocks,
 with the same batch size, learning rate, clipping and precision, in this one process.
 Both are timed over the same steps (the first 10% left out as warm-up; evaluation and
-checkpointing excluded), in alternating runs. Prints tokens/s for each and the ratio (target: classit / Trainer >= 1.0).
+checkpointing excluded), in alternating runs. Prints tokens/s for each and the ratio
+(target: classit / Trainer >= 1.0).
 
     python benchmarks/train_throughput.py [--preset tiny] [--steps 200] [--batch-size 8]
 """

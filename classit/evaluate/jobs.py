@@ -12,6 +12,7 @@ from pathlib import Path
 
 from classit.evaluate import export
 from classit.evaluate.catalog import TASKS
+from classit.evaluate.scoring import Encoded, encode_candidates, load_model
 from classit.evaluate.tasks import finetune, reading, zero_shot
 
 FAST_ITEMS_PER_SUBTASK = 100  # the fixed, seeded subset of `fast` mode, per UID
@@ -113,26 +114,27 @@ class ModelCache:
 
     def get(self, path: str):
         if path != self.path:
-            from classit.evaluate.scoring import load_model
-
             self.path, self.loaded = None, None  # a failed load leaves nothing stale behind
             self.loaded = load_model(path, self.device)
             self.path = path
         return self.loaded
 
-    def prepared(self, job: EvalJob, tokenizer) -> tuple[list[zero_shot.Item], object]:
-        """The job's items and their encoded candidates, tokenized by this tokenizer."""
-        from classit.evaluate.scoring import encode_candidates
-
+    def prepared(self, job: EvalJob, tokenizer) -> tuple[list[zero_shot.Item], Encoded]:
+        """The job's items and their candidates tokenized by this tokenizer."""
         backend = getattr(tokenizer, "backend_tokenizer", None)
-        fingerprint = hashlib.sha256(backend.to_str().encode()).hexdigest() if backend is not None else id(tokenizer)
-        key = (job.task, job.data_dir, job.fast, fingerprint)
-        if key not in self.tasks:
-            items = read_items(job)
+        # The whole tokenizer (vocabulary, merges, special tokens, post-processor) is the key; a
+        # tokenizer without one (a slow tokenizer) is never cached.
+        key = (job.task, job.data_dir, job.fast, hashlib.sha256(backend.to_str().encode()).hexdigest()) \
+            if backend is not None else None
+        if key in self.tasks:
+            return self.tasks[key]
+        items = read_items(job)
+        prepared = items, encode_candidates(tokenizer, [c for item in items for c in item.candidates])
+        if key is not None:
             if len(self.tasks) >= self.MAX_TASKS:
                 self.tasks.pop(next(iter(self.tasks)))  # the oldest
-            self.tasks[key] = items, encode_candidates(tokenizer, [c for item in items for c in item.candidates])
-        return self.tasks[key]
+            self.tasks[key] = prepared
+        return prepared
 
 
 def run_job(job: EvalJob, cache: ModelCache) -> list[dict]:

@@ -51,8 +51,10 @@ def read_reading(data_dir: str | Path):
 def encode_words(tokenizer, pairs: list[tuple[str, str]]) -> Encoded:
     """Each (context, word): the context with the tokenizer's special tokens, then the word
     tokenized alone, its tokens scored."""
-    contexts = tokenizer([c for c, _ in pairs])["input_ids"] if pairs else []
-    words = tokenizer([w for _, w in pairs], add_special_tokens=False)["input_ids"] if pairs else []
+    if not pairs:
+        return Encoded.from_lists([], [])
+    contexts = tokenizer([c for c, _ in pairs])["input_ids"]
+    words = tokenizer([w for _, w in pairs], add_special_tokens=False)["input_ids"]
     return Encoded.from_lists([c + w for c, w in zip(contexts, words)],
                               [[False] * len(c) + [True] * len(w) for c, w in zip(contexts, words)])
 
