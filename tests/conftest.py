@@ -43,6 +43,16 @@ def ray_local():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def actors(class_name: str, alive_only: bool = True) -> list:
+    """Actors of a class in the Ray cluster this process is connected to, asked by its address so
+    that another Ray instance on the machine cannot make the lookup ambiguous."""
+    import ray
+    from ray.util.state import list_actors
+
+    filters = [("class_name", "=", class_name)] + ([("state", "=", "ALIVE")] if alive_only else [])
+    return list_actors(address=ray.get_runtime_context().gcs_address, filters=filters)
+
+
 def train_tiny_checkpoint(tmp: Path, steps: int = 40) -> Path:
     """A tiny model trained in this process for a few dozen steps, saved as an HF checkpoint."""
     from functools import partial

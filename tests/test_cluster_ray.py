@@ -18,6 +18,7 @@ from classit.evaluate.actors import EvaluationPool
 from classit.evaluate.jobs import EvalJob
 from classit.results import read_table
 from classit.sweep.runner import run_sweep
+from conftest import actors
 from test_eval_pool import make_data_dir
 from test_sweep_ray import sweep_config
 
@@ -32,25 +33,26 @@ def cluster():
     for key, value in RAY_JOB_ENV.items():
         os.environ.setdefault(key, value)
     temp_dir = tempfile.mkdtemp(prefix="rc-", dir="/tmp")
-    c = None
+    # Ray keeps its sessions, and the cluster its address file, in $RAY_TMPDIR/ray (by default
+    # /tmp/ray, which a fresh machine lacks): here, inside this fixture's own folder.
+    previous_tmpdir = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = temp_dir
+    c = Cluster()  # the head is added inside the try, so a failed start is shut down too
     try:
         # The head holds no CPU (like cluster.yaml's): training and evaluation go to the workers.
-        c = Cluster(initialize_head=True, connect=True,
-                    head_node_args={"num_cpus": 0, "temp_dir": temp_dir, "include_dashboard": True})
+        c.add_node(num_cpus=0, include_dashboard=True)
+        c.connect()
         workers = [c.add_node(num_cpus=2, resources={"train_slot": 2, "eval_slot": 2}) for _ in range(2)]
         c.wait_for_nodes()
         yield c, workers
     finally:
         ray.shutdown()
-        if c is not None:
-            c.shutdown()
+        c.shutdown()
+        if previous_tmpdir is None:
+            os.environ.pop("RAY_TMPDIR")
+        else:
+            os.environ["RAY_TMPDIR"] = previous_tmpdir
         shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def alive(class_name: str) -> list:
-    from ray.util.state import list_actors
-
-    return list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])
 
 
 def test_sweep_survives_losing_the_node_a_trial_trains_on(cluster, tmp_path):
@@ -70,10 +72,10 @@ def test_sweep_survives_losing_the_node_a_trial_trains_on(cluster, tmp_path):
         # registered for certain. Then the node under the training workers goes.
         deadline = time.time() + 600
         while time.time() < deadline:
-            if metrics_dir.is_dir() and len(list(metrics_dir.glob("part-*.parquet"))) >= 2 and alive("RayTrainWorker"):
+            if metrics_dir.is_dir() and len(list(metrics_dir.glob("part-*.parquet"))) >= 2 and actors("RayTrainWorker"):
                 break
             time.sleep(0.2)
-        node_id = alive("RayTrainWorker")[0].node_id
+        node_id = actors("RayTrainWorker")[0].node_id
         victim = next(w for w in workers if w.node_id == node_id)
         killed["run"] = read_table(str(metrics_dir))["trial"].iloc[-1]
         c.remove_node(victim, allow_graceful=False)
@@ -116,7 +118,8 @@ def test_killed_evaluation_actor_job_is_retried_once(cluster, tmp_path):
     def kill_a_busy_actor():  # as soon as an actor is running a job
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
-            for task in list_tasks(filters=[("func_or_class_name", "=", "Evaluator.run"), ("state", "=", "RUNNING")]):
+            for task in list_tasks(address=cluster[0].address, filters=[("func_or_class_name", "=", "Evaluator.run"),
+                                                                        ("state", "=", "RUNNING")]):
                 if task.actor_id in original:
                     ray.kill(original[task.actor_id])
                     killed.append(task.actor_id)

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from classit.results import read_table, table_dir
 from classit.train.runner import run_pretraining
-from conftest import small_config
+from conftest import actors, small_config
 
 
 def metrics_of(cfg):
@@ -45,8 +45,6 @@ def test_pretrain_two_workers_zero2_learns_and_checkpoints_load(ray_local, tmp_p
 
 
 def test_killed_worker_resumes_from_newest_checkpoint(ray_local, tmp_path):
-    from ray.util.state import list_actors
-
     cfg = small_config(tmp_path, pretrain={"epochs": 3, "checkpoints": {"word_scale": 0.005}})
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.setdefault("result", run_pretraining(cfg)))
@@ -55,7 +53,7 @@ def test_killed_worker_resumes_from_newest_checkpoint(ray_local, tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and len(list(run_dir.glob("pretrain-step*"))) < 3:
         time.sleep(0.5)
-    workers = [a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])]
+    workers = actors("RayTrainWorker")
     assert len(workers) == 2, "training never reached its third checkpoint"
     os.kill(workers[1].pid, signal.SIGKILL)
     thread.join(timeout=600)
@@ -65,7 +63,7 @@ def test_killed_worker_resumes_from_newest_checkpoint(ray_local, tmp_path):
     rows = metrics_of(cfg)
     assert (rows["step"] == 0).sum() == 1  # never restarted from scratch
     assert rows["step"].max() == rows["total_steps"].iloc[0]
-    killed = [a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker")]) if a.pid == workers[1].pid]
+    killed = [a for a in actors("RayTrainWorker", alive_only=False) if a.pid == workers[1].pid]
     assert killed and killed[0].state == "DEAD"
 
 
