@@ -120,3 +120,19 @@ def test_nan_loss_stops_with_a_clear_error(corpus, tmp_path):
     with pytest.raises(NonFiniteLossError, match="non-finite loss .* at step 1"):
         train_stage(model, tokenizer, make_stage(corpus, max_steps=5), DistributedConfig(num_workers=1),
                     Recorder(tmp_path))
+
+
+def test_compiled_training_matches_eager_and_saves_plain_checkpoints(corpus, tmp_path):
+    prepared, tokenizer = corpus
+    losses = {}
+    for compile in (False, True):
+        stage = make_stage(corpus, max_steps=8, log_every_steps=1, eval_every_steps=1000)
+        stage.validation = prepared.load_blocks("validation").select(range(8))  # one shape to compile for
+        rec = Recorder(tmp_path / str(compile))
+        _, engine = train_stage(build_model("tiny", tokenizer), tokenizer, stage,
+                                DistributedConfig(num_workers=1, compile=compile), rec)
+        assert engine.is_compiled == compile
+        losses[compile] = [r["loss"] for r in rec.rows if "loss" in r]
+    assert len(losses[True]) == 8 and losses[True] == pytest.approx(losses[False], rel=1e-3)
+    _, info = AutoModelForCausalLM.from_pretrained(rec.checkpoints[-1], output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]  # no `_orig_mod.` prefixes

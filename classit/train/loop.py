@@ -228,6 +228,8 @@ def build_engine(model, stage: Stage, dcfg: DistributedConfig, total_steps: int)
                                            config=deepspeed_config(tcfg, effective(dcfg), bf16))
     if world()[1] == 1:
         engine.enable_backward_allreduce = False  # nothing to reduce across a world of one
+    if dcfg.compile:
+        engine.compile()  # in place: state-dict keys and checkpoints stay those of the plain model
     return engine
 
 
