@@ -61,7 +61,7 @@ def read_items(job: EvalJob) -> list[zero_shot.Item]:
 def run_zero_shot(job: EvalJob, model, tokenizer, cache: ModelCache) -> list[dict]:
     start = time.perf_counter()
     folder = zero_shot.task_folder(job.task, job.data_dir)
-    items, encoded = cache.prepared(job, tokenizer)
+    items, encoded = cache.prepared(job)
     scores = zero_shot.score_items(model, tokenizer, items, encoded)
     seconds = time.perf_counter() - start
     is_wug = zero_shot.TASKS[job.task].metric == "spearman"
@@ -109,32 +109,36 @@ class ModelCache:
     MAX_TASKS = 4
 
     def __init__(self, device: str | None = None):
-        self.device, self.path, self.loaded = device, None, None
+        self.device, self.path, self.loaded, self.fingerprint = device, None, None, None
         self.tasks: dict[tuple, tuple] = {}
 
     def get(self, path: str):
         if path != self.path:
             self.path, self.loaded = None, None  # a failed load leaves nothing stale behind
             self.loaded = load_model(path, self.device)
+            self.fingerprint = _fingerprint(self.loaded[1])  # once per checkpoint, not per job
             self.path = path
         return self.loaded
 
-    def prepared(self, job: EvalJob, tokenizer) -> tuple[list[zero_shot.Item], Encoded]:
-        """The job's items and their candidates tokenized by this tokenizer."""
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        # The whole tokenizer (vocabulary, merges, special tokens, post-processor) is the key; a
-        # tokenizer without one (a slow tokenizer) is never cached.
-        key = (job.task, job.data_dir, job.fast, hashlib.sha256(backend.to_str().encode()).hexdigest()) \
-            if backend is not None else None
+    def prepared(self, job: EvalJob) -> tuple[list[zero_shot.Item], Encoded]:
+        """The job's items and their candidates tokenized by the loaded checkpoint's tokenizer."""
+        key = (job.task, job.data_dir, job.fast, self.fingerprint) if self.fingerprint else None
         if key in self.tasks:
             return self.tasks[key]
         items = read_items(job)
-        prepared = items, encode_candidates(tokenizer, [c for item in items for c in item.candidates])
+        prepared = items, encode_candidates(self.loaded[1], [c for item in items for c in item.candidates])
         if key is not None:
             if len(self.tasks) >= self.MAX_TASKS:
                 self.tasks.pop(next(iter(self.tasks)))  # the oldest
             self.tasks[key] = prepared
         return prepared
+
+
+def _fingerprint(tokenizer) -> str | None:
+    """A hash of the whole tokenizer (vocabulary, merges, special tokens, post-processor); None for
+    a tokenizer that cannot be serialized whole (a slow one), whose tasks are never cached."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return hashlib.sha256(backend.to_str().encode()).hexdigest() if backend is not None else None
 
 
 def run_job(job: EvalJob, cache: ModelCache) -> list[dict]:
