@@ -40,7 +40,7 @@ def time_classit(preset, tokenizer, blocks, tcfg, dcfg, skip: int) -> tuple[floa
     started = time.perf_counter()
     os.environ.update(_world_env)
     init_single_process()
-    stage = Stage("bench", blocks, blocks.select(range(8)), tcfg, partial(collate_blocks, pad_id=tokenizer.pad_token_id))
+    stage = Stage("bench", blocks, {"": blocks.select(range(8))}, tcfg, partial(collate_blocks, pad_id=tokenizer.pad_token_id))
     model = build_model(preset, tokenizer, seed=0)
     windows = []  # (tokens, seconds) of each logged window
 

@@ -31,10 +31,11 @@ def _load(args) -> object:
 
 def cmd_pretrain(args) -> int:
     cfg = _load(args)
-    from classit.train.runner import ray_session, run_pretraining
+    from classit.train.runner import prepare_pretraining, ray_session, run_pretraining
 
+    prepared = prepare_pretraining(cfg)  # corpus and budget, before Ray starts
     with ray_session(args.address):
-        result = run_pretraining(cfg)
+        result = run_pretraining(cfg, prepared)
     return _finish(result)
 
 
@@ -47,11 +48,12 @@ def cmd_instruct(args) -> int:
     base = Path(args.base)
     if not (base / "config.json").is_file():
         raise ConfigError(f"--base {base}: not a Hugging Face checkpoint folder (no config.json)")
-    from classit.train.instruct import run_instruct
+    from classit.train.instruct import prepare_instruct, train_instruct
     from classit.train.runner import ray_session
 
+    job = prepare_instruct(cfg, base)  # data checks, plan and budget, before Ray starts
     with ray_session(args.address):
-        result = run_instruct(cfg, base)
+        result = train_instruct(job)
     return _finish(result)
 
 
@@ -70,7 +72,7 @@ def cmd_evaluate(args) -> int:
 
     export_dir = str(Path(args.export).resolve()) if args.export else ""
     jobs = [EvalJob(str(Path(m).resolve()), t, str(Path(args.data_dir).resolve()), trial=Path(m).name,
-                    fast=args.fast, export_dir=export_dir) for m in args.model for t in tasks]
+                    fast=args.fast, export_dir=export_dir, pooling=args.pooling) for m in args.model for t in tasks]
     with ray_session(args.address):
         rows = EvaluationPool(num_actors=args.actors, num_gpus=args.gpus_per_actor).run(jobs, results_dir=args.output)
     print(f"{'model':<28} {'task':<18} {'subtask':<18} {'metric':<11} {'value':>8} {'n':>7}")
@@ -94,13 +96,18 @@ def cmd_sweep(args) -> int:
     for flag, key in (("name", "sweep.name"),):
         if getattr(args, flag) is not None:
             args.overrides.append(f"{key}={getattr(args, flag)}")
-    from classit.sweep.runner import describe_plan, run_sweep, validate
+    from classit.sweep.runner import describe_plan, failed_evaluations, run_sweep, validate
 
     cfg = validate(_load(args))
     if args.dry_run:
         print(describe_plan(cfg))
         return 0
     board = run_sweep(cfg, address=args.address, resume=args.resume)
+    failed = failed_evaluations(board)
+    if failed:
+        print(f"classit: error: evaluation failed for trial(s) {', '.join(failed)} (status eval_failed; "
+              f"their error rows are in eval_scores)", file=sys.stderr)
+        return 1
     return 0 if not board.empty else 1
 
 
@@ -147,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                           "entity_tracking, wug_adj, wug_past, reading, boolq, multirc, rte, wsc, mrpc, qqp, mnli")
     evaluate.add_argument("--data-dir", required=True, help="folder holding one sub-folder per task")
     evaluate.add_argument("--fast", action="store_true", help="a fixed, seeded subset of each subtask")
+    evaluate.add_argument("--pooling", choices=("final", "official"), default="final",
+                          help="(Super)GLUE head input: final = the last real token; official = right padding and "
+                               "the first position, as the official pipeline (for leaderboard-comparable numbers)")
     evaluate.add_argument("--actors", type=int, default=2, help="evaluation actors")
     evaluate.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPU fraction per actor")
     evaluate.add_argument("--output", default="runs/eval/results/eval_scores", help="Parquet folder for the rows")

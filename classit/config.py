@@ -74,10 +74,11 @@ class CorpusConfig(Section):
 
 
 class CheckpointConfig(Section):
-    """Checkpoints at the BabyLM word marks (1M..10M by 1M, 10M..100M by 10M, 100M..1B by 100M).
+    """Checkpoints at the BabyLM word marks of total exposure (1M..10M by 1M, 10M..100M by 10M,
+    100M..1B by 100M), the base model's words included, plus one at the end of every stage.
 
-    `word_scale` multiplies every mark so a small run gets the same shape of schedule;
-    None scales the 1B-word schedule down to the run's planned exposure.
+    `word_scale` (unset: the marks exactly) multiplies every mark, so a small run (a demo, a test)
+    gets the same shape of schedule.
     """
 
     schedule: Literal["babylm", "final"] = "babylm"
@@ -89,8 +90,11 @@ class TrainConfig(Section):
     """Optimisation of one training stage; pretraining and instruction-tuning stages share it."""
 
     learning_rate: PositiveFloat = 2e-4
-    batch_size: PositiveInt = Field(8, description="micro-batch per worker")
+    batch_size: PositiveInt = Field(8, description="micro-batch per worker (with global_batch_size: the largest)")
     gradient_accumulation_steps: PositiveInt = 1
+    global_batch_size: PositiveInt | None = Field(
+        None, description="rows per optimizer step over all workers, whatever their number: split at load into "
+                          "the largest per-worker micro-batch up to batch_size that divides it, times accumulation")
     epochs: PositiveInt = 8
     max_steps: PositiveInt | None = Field(None, description="stop after this many optimizer steps")
     warmup_steps: NonNegativeInt = 5000
@@ -133,7 +137,6 @@ class InstructTrainConfig(TrainConfig):
     epochs: PositiveInt = 10
     warmup_steps: NonNegativeInt = 500
     schedule: Literal["linear", "cosine_with_restarts", "constant"] = "cosine_with_restarts"
-    checkpoints: CheckpointConfig = CheckpointConfig(schedule="final")  # one at each stage boundary
 
 
 class InstructDataset(Section):
@@ -186,7 +189,9 @@ class StageConfig(Section):
 
 
 class WordBudgetConfig(Section):
-    """The BabyLM limits: words of input data, and words of exposure counting repeats."""
+    """The BabyLM limits, checked for pretraining and every planned trial before anything runs:
+    words of input data (pretraining corpus and instruction records, teacher-written ones
+    included) and words of exposure (counting repeated epochs)."""
 
     max_input_words: PositiveInt = 100_000_000
     max_exposure_words: PositiveInt = 1_000_000_000
@@ -214,7 +219,6 @@ class InstructConfig(Section):
     validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     split_seed: int = 0
     template: TemplateConfig = TemplateConfig()
-    budget: WordBudgetConfig = WordBudgetConfig()
 
     @model_validator(mode="after")
     def _stages_name_known_datasets(self) -> InstructConfig:
@@ -238,6 +242,9 @@ class EvaluationConfig(Section):
     """What each trial's checkpoints are scored on, by the pool of Ray evaluation actors."""
 
     tasks: list[str] = Field(default_factory=lambda: ["blimp"], min_length=1)
+    finetune_pooling: Literal["final", "official"] = Field(
+        "final", description="(Super)GLUE head input: final = the last real token (sees the whole input); official = "
+                             "right padding and the first position, as the official pipeline runs it")
     data_dir: Path | None = Field(None, description="the official evaluation_data layout; None: probe sets "
                                                     "generated from the synthetic grammar")
     fast: bool = True
@@ -327,9 +334,28 @@ class ClassitConfig(Section):
     pretrain: TrainConfig = TrainConfig()
     instruct: InstructConfig = InstructConfig()
     distributed: DistributedConfig = DistributedConfig()
+    budget: WordBudgetConfig = WordBudgetConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     sweep: SweepConfig | None = None
     run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _split_global_batches(self) -> ClassitConfig:
+        """A global batch becomes a per-worker micro-batch and accumulation for this worker count."""
+        workers = self.distributed.num_workers
+        for path, section in (("pretrain", self), ("instruct.train", self.instruct)):
+            name = path.split(".")[-1]
+            tcfg = getattr(section, name)
+            if tcfg.global_batch_size is None:
+                continue
+            per_worker, rest = divmod(tcfg.global_batch_size, workers)
+            if rest or not per_worker:
+                raise ValueError(f"{path}.global_batch_size: {tcfg.global_batch_size} rows do not split evenly over "
+                                 f"{workers} workers (distributed.num_workers)")
+            micro = max(d for d in range(1, min(tcfg.batch_size, per_worker) + 1) if per_worker % d == 0)
+            object.__setattr__(section, name, tcfg.model_copy(
+                update={"batch_size": micro, "gradient_accumulation_steps": per_worker // micro}))
+        return self
 
 
 def _is_branch_tag(part) -> bool:

@@ -1,34 +1,51 @@
-"""Results store: versioned Parquet tables of part files, written then renamed.
+"""Results store: versioned Parquet tables of part files, written then renamed, each with a declared schema.
 
-Layout: `<storage>/<run or sweep>/results/<table>/part-<uuid>.parquet`. A table is a folder of part
+Layout: `<storage>/<run or sweep>/results/<table>/part-<name>.parquet`. A table is a folder of part
 files, so any number of writers (training workers, trials, evaluation actors, on any node) add
 to it at once without coordination; each part is written under a hidden temporary name and
-renamed when complete, so a crash never leaves a half-written part where readers look.
+renamed when complete, so a crash never leaves a half-written part where readers look. A part
+named by its key (one evaluation job, one trial) replaces the earlier part of that key: a re-run
+never leaves a second copy of a row.
 
-Tables and their columns (schema version 2; every row also carries `schema_version`):
+Every part is written with its table's declared Arrow schema: a field a row lacks is null, a key
+the schema does not know is an error, and every part of a table has the same columns and types,
+so a table reads whole with `pyarrow.dataset`, a plain DuckDB glob
+(`read_parquet('<table>/*.parquet')`) and pandas. Tables and their columns (schema version 3;
+every row also carries `schema_version`):
 
-- `trials`: one row per finished trial: `sweep`, `trial` (key of its parameters), `run`,
-  `status`, `error`, `params` (JSON) and `param.<name>` per swept parameter (`param.seed`,
-  `param.curriculum`, ...), the whole config flattened as `config.<section>.<field>` (and whole as
-  JSON in `config`), `val_loss`, `input_words`, `exposure_words`, `checkpoint`, every headline
-  score as `<task>:<subtask>:<metric>`, `start`, `end`, `seconds`, `gpu_hours`, `versions`
-  (JSON: classit, torch, transformers, ray, deepspeed, optuna) and `git_commit`.
-- `train_metrics`: one row per logged step: `trial` (run name), `stage`, `stage_index`, `step`,
-  `total_steps`, `words_seen`, `input_words`, `exposure_words`, `loss`, `val_loss`, `lr`,
-  `tokens_per_s`, `time` (some only on evaluation steps), and the run's whole config (`config`, JSON).
-- `eval_scores`: one row per (checkpoint, task, subtask, metric): `trial`, `checkpoint`,
-  `words_seen`, `task`, `subtask`, `metric`, `value`, `n_items`, `seconds`, `error` (an error row
-  has metric `error` and the reason), plus the job's `data_dir`, `fast`, `revision` and the trial's
-  whole config (`config`, JSON; empty for a `classit evaluate` of a bare checkpoint).
+- `trials` (`trials_schema`): one row per trial: `sweep`, `trial` (key of its parameters), `run`,
+  `status` (`finished`, `eval_failed`, `stopped`, `error`), `error`, `params` (JSON) and
+  `param.<name>` per swept parameter and `param.seed` (empty where a curriculum does not use it),
+  `val_loss` (on the sweep's one validation set: the union of every instruction dataset's
+  validation split) and `val_loss:<dataset>` per instruction dataset, `validation_records` (a hash
+  of that set's records, equal across trials), `base_val_loss` (the base model's pretraining
+  validation loss), `input_words`, `exposure_words`, `checkpoint`, every headline score of the
+  evaluated tasks as `<task>:<subtask>:<metric>`, `start`, `end`, `seconds`, `gpu_hours`,
+  `versions` (JSON: classit, torch, transformers, ray, deepspeed, optuna), `git_commit`, the whole
+  config as `config.<section>.<field>` columns (nested sections as further dots, maps and lists as
+  JSON) and whole as JSON in `config`.
+- `train_metrics` (`train_metrics_schema`): one row per logged step: `trial` (run name), `stage`,
+  `stage_index`, `step`, `total_steps`, `epoch`, `words_seen`, `tokens_seen`, `input_words`,
+  `exposure_words`, `loss`, `lr`, `tokens_per_s` (every logged training step), `val_loss` and
+  `val_loss:<dataset>` (every evaluation), `curriculum`, `mix_ratio`, `validation_records`, `time`
+  and the run's whole config (`config`, JSON).
+- `eval_scores` (`EVAL_SCORES_SCHEMA`): one row per (trial, checkpoint, task, subtask, metric):
+  `trial`, `checkpoint`, `words_seen`, `task`, `subtask`, `metric`, `value`, `n_items`, `seconds`,
+  `error` (an error row has metric `error` and the reason), the job's `data_dir`, `fast`,
+  `revision`, `pooling` (fine-tuning: `final` or `official`) and the trial's whole config
+  (`config`, JSON; empty for a `classit evaluate` of a bare checkpoint).
 
-Readers accept older versions: version 1 rows (before `gpu_hours`, `versions`, `git_commit`,
-`revision`, `config` outside `trials`) read with those columns empty. A part file that cannot be read is reported by name
-(a warning, and in `frame.attrs["skipped"]`) and skipped, never silently dropped from totals.
+Readers accept older versions: version 1 and 2 rows read with the columns added since empty
+(`read_table`). A part file that cannot be read is reported by name (a warning, and in
+`frame.attrs["skipped"]`) and skipped, never silently dropped from totals.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import types
+import typing
 import uuid
 import warnings
 from pathlib import Path
@@ -38,9 +55,111 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 2
-ADDED_IN_V2 = {"trials": ("gpu_hours", "versions", "git_commit"), "train_metrics": ("config",),
-               "eval_scores": ("revision", "config")}
+SCHEMA_VERSION = 3
+ADDED_SINCE_V1 = {"trials": ("gpu_hours", "versions", "git_commit"), "train_metrics": ("config",),
+                  "eval_scores": ("revision", "config")}
+
+EVAL_SCORES_SCHEMA = pa.schema([
+    ("checkpoint", pa.string()), ("task", pa.string()), ("data_dir", pa.string()), ("trial", pa.string()),
+    ("words_seen", pa.int64()), ("fast", pa.bool_()), ("export_dir", pa.string()), ("revision", pa.string()),
+    ("pooling", pa.string()), ("config", pa.string()), ("subtask", pa.string()), ("metric", pa.string()),
+    ("value", pa.float64()), ("n_items", pa.int64()), ("seconds", pa.float64()), ("error", pa.string()),
+    ("schema_version", pa.int64()),
+])
+
+
+def train_metrics_schema(validation_sets: list[str] = ()) -> pa.Schema:
+    """Columns of `train_metrics`; one `val_loss:<name>` per named validation set."""
+    return pa.schema([
+        ("trial", pa.string()), ("stage", pa.string()), ("stage_index", pa.int64()), ("step", pa.int64()),
+        ("total_steps", pa.int64()), ("epoch", pa.int64()), ("words_seen", pa.int64()),
+        ("tokens_seen", pa.int64()), ("input_words", pa.int64()), ("exposure_words", pa.int64()),
+        ("loss", pa.float64()), ("lr", pa.float64()), ("tokens_per_s", pa.float64()), ("val_loss", pa.float64()),
+        *[(f"val_loss:{name}", pa.float64()) for name in validation_sets],
+        ("curriculum", pa.string()), ("mix_ratio", pa.float64()), ("validation_records", pa.string()),
+        ("time", pa.float64()), ("config", pa.string()), ("schema_version", pa.int64()),
+    ])
+
+
+def trials_schema(cfg) -> pa.Schema:
+    """Columns of a sweep's `trials` table, derived from its config: parameters, datasets, tasks, config."""
+    from classit.config import ClassitConfig
+    from classit.evaluate.jobs import headline_keys
+
+    sweep = cfg.sweep
+    params = [(f"param.{name}", _choice_type(dim.choice) if dim.choice is not None else
+               pa.int64() if dim.integer is not None else pa.float64()) for name, dim in sweep.space.items()]
+    return pa.schema([
+        ("sweep", pa.string()), ("trial", pa.string()), ("run", pa.string()), ("status", pa.string()),
+        ("error", pa.string()), ("params", pa.string()), *params, ("param.seed", pa.int64()),
+        ("val_loss", pa.float64()), *[(f"val_loss:{name}", pa.float64()) for name in cfg.instruct.datasets],
+        ("validation_records", pa.string()), ("base_val_loss", pa.float64()), ("input_words", pa.int64()),
+        ("exposure_words", pa.int64()), ("checkpoint", pa.string()),
+        *[(key, pa.float64()) for task in cfg.evaluation.tasks for key in headline_keys(task)],
+        ("start", pa.float64()), ("end", pa.float64()), ("seconds", pa.float64()), ("gpu_hours", pa.float64()),
+        ("versions", pa.string()), ("git_commit", pa.string()),
+        *_config_fields(ClassitConfig, "config", exclude={"sweep"}), ("config", pa.string()),
+        ("schema_version", pa.int64()),
+    ])
+
+
+def _choice_type(values: list) -> pa.DataType:
+    if all(isinstance(v, bool) for v in values):
+        return pa.bool_()
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return pa.int64()
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return pa.float64()
+    return pa.string()  # strings, and lists (explicit stage orders) as JSON
+
+
+def _section(annotation):
+    """The pydantic section class an annotation holds (`X` or `X | None`), else None."""
+    from pydantic import BaseModel
+
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] \
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType) else [annotation]
+    return args[0] if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], BaseModel) else None
+
+
+def _scalar_type(annotation) -> pa.DataType:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _scalar_type(args[0]) if len(args) == 1 else pa.string()
+    if origin is typing.Annotated:
+        return _scalar_type(typing.get_args(annotation)[0])
+    if origin is typing.Literal:
+        return _choice_type(list(typing.get_args(annotation)))
+    return {bool: pa.bool_(), int: pa.int64(), float: pa.float64()}.get(annotation, pa.string())
+
+
+def _config_fields(model, prefix: str, exclude=frozenset()) -> list[tuple[str, pa.DataType]]:
+    fields = []
+    for name, info in model.model_fields.items():
+        if name in exclude:
+            continue
+        section = _section(info.annotation)
+        fields += (_config_fields(section, f"{prefix}.{name}") if section is not None
+                   else [(f"{prefix}.{name}", _scalar_type(info.annotation))])
+    return fields
+
+
+def config_columns(cfg, prefix: str = "config", exclude=frozenset({"sweep"})) -> dict[str, Any]:
+    """A config as `config.<section>.<field>` columns, matching `trials_schema` (maps and lists as JSON)."""
+    out = {}
+    for name in type(cfg).model_fields:
+        if name in exclude:
+            continue
+        value, column = getattr(cfg, name), f"{prefix}.{name}"
+        section = _section(type(cfg).model_fields[name].annotation)
+        if section is not None:
+            out.update(config_columns(value, column, frozenset()) if value is not None else
+                       {c: None for c, _ in _config_fields(section, column)})
+        else:
+            dumped = cfg.model_dump(mode="json", include={name})[name]
+            out[column] = json.dumps(dumped, sort_keys=True) if isinstance(dumped, (list, dict)) else dumped
+    return out
 
 
 def storage_uri(storage_path: str) -> str:
@@ -56,17 +175,31 @@ def table_dir(storage_path: str, run_name: str, table: str) -> str:
     return f"{storage_path.rstrip('/')}/{run_name}/results/{table}"
 
 
-def write_rows(folder: str, rows: list[dict[str, Any]]) -> str | None:
-    """Write rows as one new part file (atomically: temporary name, then rename)."""
+def write_rows(folder: str, rows: list[dict[str, Any]], schema: pa.Schema | None = None,
+               key: str | None = None) -> str | None:
+    """Write rows as one new part file (atomically: temporary name, then rename).
+
+    With a `schema` every row is written in its columns (a missing field is null; an unknown key
+    is an error). Without one, the columns are every key of every row, typed from all their
+    values. With a `key` the part is named by it and replaces an earlier part of the same key.
+    """
     if not rows:
         return None
+    rows = [{**row, "schema_version": SCHEMA_VERSION} for row in rows]
+    if schema is None:
+        names = list(dict.fromkeys(k for row in rows for k in row))
+        table = pa.Table.from_pydict({n: [row.get(n) for row in rows] for n in names})
+    else:
+        unknown = sorted({k for row in rows for k in row} - set(schema.names))
+        if unknown:
+            raise ValueError(f"results table {folder}: rows carry columns its schema does not declare: {unknown}")
+        table = pa.Table.from_pylist(rows, schema=schema)
     fs, path = _filesystem(folder)
     fs.create_dir(path, recursive=True)
-    table = pa.Table.from_pylist([{**row, "schema_version": SCHEMA_VERSION} for row in rows])
-    name = f"part-{uuid.uuid4().hex}.parquet"
-    tmp = f"{path}/.{name}.tmp"
+    name = f"part-{hashlib.sha256(key.encode()).hexdigest()[:32] if key else uuid.uuid4().hex}.parquet"
+    tmp = f"{path}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
     pq.write_table(table, tmp, filesystem=fs)
-    fs.move(tmp, f"{path}/{name}")
+    fs.move(tmp, f"{path}/{name}")  # a rename: replaces a part of the same key whole
     return f"{path}/{name}"
 
 
@@ -79,7 +212,7 @@ def part_files(folder: str) -> list[str]:
 
 def upgrade(frame, table: str):
     """Rows of older schema versions, with the columns later versions added (empty)."""
-    for column in ADDED_IN_V2.get(table, ()):
+    for column in ADDED_SINCE_V1.get(table, ()):
         if column not in frame:
             frame[column] = None
     return frame
@@ -105,18 +238,6 @@ def read_table(folder: str):
     frame = upgrade(frame, Path(folder).name) if frames else frame
     frame.attrs["skipped"] = skipped
     return frame
-
-
-def flatten(config: dict, prefix: str = "config") -> dict[str, Any]:
-    """A nested config as `config.<section>.<field>` columns (lists and maps as JSON)."""
-    out = {}
-    for key, value in config.items():
-        name = f"{prefix}.{key}"
-        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
-            out.update(flatten(value, name))
-        else:
-            out[name] = json.dumps(value) if isinstance(value, (list, dict)) else value
-    return out
 
 
 def provenance() -> dict[str, Any]:

@@ -68,7 +68,7 @@ def train_tiny_checkpoint(tmp: Path, steps: int = 40) -> Path:
     tokenizer = load_tokenizer(corpus.tokenizer_path)
     tcfg = TrainConfig(learning_rate=2e-3, batch_size=8, max_steps=steps, warmup_steps=5, eval_every_steps=1000,
                        checkpoints={"schedule": "final"})
-    stage = Stage("pretrain", corpus.load_blocks("train"), corpus.load_blocks("validation").select(range(8)),
+    stage = Stage("pretrain", corpus.load_blocks("train"), {"": corpus.load_blocks("validation").select(range(8))},
                   tcfg, partial(collate_blocks, pad_id=tokenizer.pad_token_id))
     saved = tmp / "final"
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from classit.config import ConfigError, InstructConfig, TemplateConfig, parse_config
+from classit.budget import BudgetError
+from classit.config import ConfigError, InstructConfig, TemplateConfig, WordBudgetConfig, parse_config
 from classit.data.corpus import prepare_corpus
-from classit.data.curriculum import (BudgetError, expand_curriculum, plan_curriculum, sample_mixture,
-                                     split_records)
+from classit.data.curriculum import expand_curriculum, plan_curriculum, sample_mixture, split_records
 from classit.data.instruct import (IGNORE, MaskError, check_instruct_batch, collate_instruct, encode_record,
                                    load_records, record_words, switchboard_pairs)
 from classit.models import build_model
@@ -140,18 +140,19 @@ def test_plan_counts_words_and_over_budget_fails_with_counts():
     icfg = InstructConfig(curriculum="switch_wiki", train={"epochs": 2, "batch_size": 4})
     records = {name: load_records(name, icfg.datasets[name]) for name in ("switch", "wiki")}
     train, _ = split_records(records, icfg)
-    plan = plan_curriculum(icfg, train, world_size=2, base_input_words=1000, base_exposure_words=5000)
+    plan = plan_curriculum(icfg, train, world_size=2, base_input_words=1000, base_exposure_words=5000,
+                           budget=WordBudgetConfig())
     switch_words = sum(map(record_words, train["switch"]))
     assert plan.stages[0].input_words == switch_words
     assert plan.stages[0].steps == len(train["switch"]) // 8 * 2
     assert plan.input_words == 1000 + switch_words + sum(map(record_words, train["wiki"]))
-    tight = icfg.model_copy(update={"budget": icfg.budget.model_copy(update={"max_exposure_words": 6000})})
+    tight = WordBudgetConfig(max_exposure_words=6000)
     with pytest.raises(BudgetError) as err:
-        plan_curriculum(tight, train, 2, 1000, 5000)
+        plan_curriculum(icfg, train, 2, 1000, 5000, tight)
     message = str(err.value)
     assert "\n" not in message and "exposure" in message and f"{plan.exposure_words:,}" in message
-    allowed = tight.model_copy(update={"budget": tight.budget.model_copy(update={"allow_over_budget": True})})
-    assert plan_curriculum(allowed, train, 2, 1000, 5000).exposure_words == plan.exposure_words
+    allowed = tight.model_copy(update={"allow_over_budget": True})
+    assert plan_curriculum(icfg, train, 2, 1000, 5000, allowed).exposure_words == plan.exposure_words
 
 
 @pytest.mark.parametrize("instruct, message", [
@@ -172,5 +173,5 @@ def test_records_missing_a_reply_are_named(tmp_path):
     path = tmp_path / "qa.jsonl"
     path.write_text(json.dumps({"prompt": "a ?", "reply": "b ."}) + "\n" + json.dumps({"prompt": "c ?"}) + "\n")
     cfg = parse_config({"instruct": {"datasets": {"qa": {"path": str(path)}}, "curriculum": [{"datasets": ["qa"]}]}})
-    with pytest.raises(ValueError, match="instruct.datasets.qa: record 1 .* has no 'reply'"):
+    with pytest.raises(ConfigError, match=r"qa.jsonl:2: instruct.datasets.qa: record has no 'reply'"):
         load_records("qa", cfg.instruct.datasets["qa"])

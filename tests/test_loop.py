@@ -29,7 +29,7 @@ def make_stage(corpus, **train):
     prepared, tokenizer = corpus
     tcfg = TrainConfig(**{"learning_rate": 2e-3, "batch_size": 8, "epochs": 1, "warmup_steps": 5,
                           "eval_every_steps": 10, "log_every_steps": 5, **train})
-    return Stage("pretrain", prepared.load_blocks("train"), prepared.load_blocks("validation"), tcfg,
+    return Stage("pretrain", prepared.load_blocks("train"), {"": prepared.load_blocks("validation")}, tcfg,
                  partial(collate_blocks, pad_id=tokenizer.pad_token_id))
 
 
@@ -56,13 +56,14 @@ def test_lr_schedules():
     assert lr_factor(60, 10, 110, "cosine_with_restarts", restarts=2) == pytest.approx(1.0)
 
 
-def test_checkpoint_marks_follow_babylm_and_scale():
-    marks = checkpoint_marks(1_000_000_001, word_scale=1.0)
+def test_checkpoint_marks_are_the_babylm_marks_unless_scaled():
+    marks = checkpoint_marks(0, word_scale=None)  # exact by default: 1M..10M, 10M..100M, 100M..1B
     assert marks[:3] == [1_000_000, 2_000_000, 3_000_000] and 10_000_000 in marks and 20_000_000 in marks
-    assert 100_000_000 in marks and 1_000_000_000 in marks and 11_000_000 not in marks
+    assert 100_000_000 in marks and marks[-1] == 1_000_000_000 and 11_000_000 not in marks
     assert len(marks) == 28
-    small = checkpoint_marks(500_000, word_scale=None)  # the 1B schedule shrunk to 500k words
-    assert small[:2] == [500, 1_000] and small[-1] == 450_000 and len(small) == 27
+    # A stage that starts where the base left off continues the schedule past its exposure.
+    assert checkpoint_marks(5_500_000, None)[:2] == [6_000_000, 7_000_000]
+    assert checkpoint_marks(0, word_scale=0.01)[:2] == [10_000, 20_000]  # only where a config asks
 
 
 def test_loop_loss_is_token_cross_entropy_and_needs_no_mask(corpus):
@@ -127,7 +128,7 @@ def test_compiled_training_matches_eager_and_saves_plain_checkpoints(corpus, tmp
     losses = {}
     for compile in (False, True):
         stage = make_stage(corpus, max_steps=8, log_every_steps=1, eval_every_steps=1000)
-        stage.validation = prepared.load_blocks("validation").select(range(8))  # one shape to compile for
+        stage.validation = {"": prepared.load_blocks("validation").select(range(8))}  # one shape to compile for
         rec = Recorder(tmp_path / str(compile))
         _, engine = train_stage(build_model("tiny", tokenizer), tokenizer, stage,
                                 DistributedConfig(num_workers=1, compile=compile), rec)

@@ -88,7 +88,7 @@ def test_dry_run_prints_trials_budgets_and_cost(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "sweeps" / "curriculum_sweep.py"), "--config", str(path),
                            "--dry-run"], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "6 trials" in proc.stdout and "GPU-h" in proc.stdout and "switch_wiki (tiny)" in proc.stdout
+    assert "6 trials" in proc.stdout and "GPU-h" in proc.stdout and "curriculum=switch_wiki (tiny): " in proc.stdout and "within budget" in proc.stdout
     assert not (tmp_path / "runs").exists()  # nothing ran
 
 

@@ -10,13 +10,10 @@ import math
 import random
 from dataclasses import dataclass
 
-from classit.config import ConfigError, InstructConfig, InstructTrainConfig, StageConfig
+from classit.budget import check_budget
+from classit.config import ConfigError, InstructConfig, InstructTrainConfig, StageConfig, WordBudgetConfig
 from classit.data.corpus import split_train_validation
 from classit.data.instruct import record_words
-
-
-class BudgetError(ConfigError):
-    """The plan exceeds the BabyLM word limits and the config does not allow it."""
 
 
 def expand_curriculum(icfg: InstructConfig) -> list[StageConfig]:
@@ -105,7 +102,7 @@ def split_records(records: dict[str, list[dict]], icfg: InstructConfig):
 
 
 def plan_curriculum(icfg: InstructConfig, train_records: dict[str, list[dict]], world_size: int,
-                    base_input_words: int, base_exposure_words: int) -> CurriculumPlan:
+                    base_input_words: int, base_exposure_words: int, budget: WordBudgetConfig) -> CurriculumPlan:
     """Stages with their sampled items, step counts and word counts; checks the word budget."""
     sizes = {name: len(recs) for name, recs in train_records.items()}
     used: set[tuple[str, int]] = set()
@@ -133,17 +130,10 @@ def plan_curriculum(icfg: InstructConfig, train_records: dict[str, list[dict]], 
                                                                           for d, i in new),
                                 exposure_words=round(steps * rows_per_step * mean_words)))
     plan = CurriculumPlan(stages, base_input_words, base_exposure_words)
-    check_budget(plan, icfg)
+    check_budget(plan.input_words, plan.exposure_words, budget, f"curriculum {curriculum_name(icfg)} ({plan.summary()})")
     return plan
 
 
-def check_budget(plan: CurriculumPlan, icfg: InstructConfig) -> None:
-    budget = icfg.budget
-    over = []
-    if plan.input_words > budget.max_input_words:
-        over.append(f"input {plan.input_words:,} > {budget.max_input_words:,}")
-    if plan.exposure_words > budget.max_exposure_words:
-        over.append(f"exposure {plan.exposure_words:,} > {budget.max_exposure_words:,}")
-    if over and not budget.allow_over_budget:
-        raise BudgetError(f"instruct.budget: over the BabyLM word limits ({'; '.join(over)} words); "
-                          f"{plan.summary()}; set instruct.budget.allow_over_budget: true to run anyway")
+def curriculum_name(icfg: InstructConfig) -> str:
+    return icfg.curriculum if isinstance(icfg.curriculum, str) else ">".join("+".join(s.datasets)
+                                                                             for s in icfg.curriculum)

@@ -12,11 +12,15 @@ from pathlib import Path
 
 import torch
 
-from classit.config import InstructDataset, TemplateConfig
+from classit.config import ConfigError, InstructDataset, TemplateConfig
 from classit.data.corpus import clean_text, count_words, split_speaker
 from classit.tokenizer import reply_token_id
 
 IGNORE = -100
+
+
+class DataError(ConfigError):
+    """Malformed instruction data; the message names the file and line (or record)."""
 
 
 class MaskError(ValueError):
@@ -48,18 +52,43 @@ def switchboard_pairs(lines: list[str]) -> list[dict]:
             for turns in dialogues for a, b in zip(turns, turns[1:])]
 
 
-def _read_file(path: Path) -> list[dict]:
+def _read_text(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text "
+                        f"(byte {raw[err.start]:#04x} at offset {err.start})") from None
+
+
+def _read_file(path: Path) -> list[tuple[str, object]]:
+    """(where, record) pairs: `where` is the file and line (JSONL) or the file and record number."""
     if path.is_dir():
         import datasets
 
-        return datasets.load_from_disk(str(path)).to_list()
+        return [(f"{path}: row {i}", r) for i, r in enumerate(datasets.load_from_disk(str(path)).to_list())]
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
+        return [(f"{path}: row {i}", r) for i, r in enumerate(pq.read_table(path).to_pylist())]
+    text = _read_text(path)
     if path.suffix == ".json":
-        return json.loads(path.read_text())
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
+        if not isinstance(records, list):
+            raise DataError(f"{path}: expected a JSON list of records")
+        return [(f"{path}: record {i}", r) for i, r in enumerate(records)]
+    out = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                out.append((f"{path}:{number}", json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{number}: not valid JSON: {err.msg}") from None
+    return out
 
 
 def load_records(name: str, spec: InstructDataset, seed: int = 0) -> list[dict]:
@@ -68,21 +97,25 @@ def load_records(name: str, spec: InstructDataset, seed: int = 0) -> list[dict]:
         from classit.data.synthetic import conversation_pairs, qa_pairs
 
         make = conversation_pairs if spec.synthetic == "conversation" else qa_pairs
-        records = make(spec.max_records or 3000, seed)
+        located = [(f"synthetic {spec.synthetic}: record {i}", r)
+                   for i, r in enumerate(make(spec.max_records or 3000, seed))]
     elif spec.switchboard is not None:
-        records = switchboard_pairs(spec.switchboard.read_text(encoding="utf-8").splitlines())
+        pairs = switchboard_pairs(_read_text(spec.switchboard).splitlines())
+        located = [(f"{spec.switchboard}: pair {i}", r) for i, r in enumerate(pairs)]
     elif spec.path is not None:
-        records = _read_file(spec.path)
+        located = _read_file(spec.path)
     else:
         import datasets
 
-        records = datasets.load_dataset(spec.hf_dataset, split=spec.hf_split).to_list()
-    where = spec.path or spec.switchboard or spec.hf_dataset or "synthetic"
-    for i, record in enumerate(records):
+        rows = datasets.load_dataset(spec.hf_dataset, split=spec.hf_split).to_list()
+        located = [(f"{spec.hf_dataset}: row {i}", r) for i, r in enumerate(rows)]
+    for where, record in located:
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: instruct.datasets.{name}: a record must be a JSON object with prompt and reply")
         for field in ("prompt", "reply"):
             if not isinstance(record.get(field), str) or not record[field].strip():
-                raise ValueError(f"instruct.datasets.{name}: record {i} of {where} has no {field!r} text")
-    records = [{"prompt": r["prompt"], "reply": r["reply"], "source": r.get("source") or name} for r in records]
+                raise DataError(f"{where}: instruct.datasets.{name}: record has no {field!r} text")
+    records = [{"prompt": r["prompt"], "reply": r["reply"], "source": r.get("source") or name} for _, r in located]
     if spec.max_records is not None and len(records) > spec.max_records:
         records = random.Random(seed).sample(records, spec.max_records)
     return records

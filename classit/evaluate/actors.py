@@ -1,7 +1,8 @@
 """A pool of Ray evaluation actors, each holding one model on CPU or a GPU fraction.
 
 Jobs from any number of trials go in; each finished job's rows are written as one Parquet part
-file, so every row lands exactly once. A job whose actor dies is retried on a fresh actor.
+file named by the job's (trial, checkpoint, task), so every row lands exactly once: a retried,
+resumed or re-run job replaces its part. A job whose actor dies is retried on a fresh actor.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Callable, Iterable
 import ray
 
 from classit.evaluate.jobs import EvalJob, ModelCache, result_row, run_job
-from classit.results import write_rows
+from classit.results import EVAL_SCORES_SCHEMA, write_rows
 
 
 @ray.remote
@@ -67,7 +68,7 @@ class EvaluationPool:
                     continue
             idle.append(index)
             if results_dir:
-                write_rows(results_dir, job_rows)
+                write_rows(results_dir, job_rows, EVAL_SCORES_SCHEMA, key=job.row_key)
             if on_rows:
                 on_rows(job_rows)
             rows += job_rows

@@ -42,8 +42,10 @@ def reading_predictions(pred: np.ndarray, prev_pred: np.ndarray) -> dict:
         for i, (p, q) in enumerate(zip(pred, prev_pred))]}}
 
 
-def finetune_predictions(task: str, preds: list[int]) -> dict:
-    return {task: {"predictions": [{"id": f"{task}_{i}", "pred": int(p)} for i, p in enumerate(preds)]}}
+def finetune_predictions(task: str, preds: list[int], pooling: str) -> dict:
+    """The official layout, plus `pooling` (which position fed the head: `final` or `official`)."""
+    return {task: {"predictions": [{"id": f"{task}_{i}", "pred": int(p)} for i, p in enumerate(preds)],
+                   "pooling": pooling}}
 
 
 def prediction_path(root: str | Path, model: str, revision: str, task: str, dataset: str = "") -> Path:

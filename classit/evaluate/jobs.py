@@ -21,6 +21,15 @@ HEADLINE_SUBTASKS = ("average", "eye_tracking", "self_paced_reading", "validatio
 assert set(TASKS) == {*zero_shot.TASKS, "reading", *finetune.TASKS}, "catalog.py lists every task module's tasks"
 
 
+def headline_keys(task: str) -> list[str]:
+    """A task's headline scores as `task:subtask:metric`: the columns a trial row gets for it."""
+    if task in finetune.TASKS:
+        return [f"{task}:validation:{m}" for m in (*finetune.TASKS[task].metrics, "best_epoch")]
+    if task == "reading":
+        return [f"reading:{s}:r2_gain_pct" for s in ("eye_tracking", "self_paced_reading")]
+    return [f"{task}:average:{zero_shot.TASKS[task].metric}"]
+
+
 @dataclass(frozen=True)
 class EvalJob:
     checkpoint: str
@@ -31,11 +40,17 @@ class EvalJob:
     fast: bool = False
     export_dir: str = ""  # when set, predictions go there in the leaderboard layout
     revision: str = "main"  # the leaderboard's name for this checkpoint (e.g. chck_10M)
+    pooling: str = "final"  # fine-tuning head input: final (last real token) or official (first position)
     config: str = ""  # the trial's whole config (JSON), carried into every result row
 
     @property
     def key(self) -> tuple[str, str]:
         return self.checkpoint, self.task
+
+    @property
+    def row_key(self) -> str:
+        """What identifies this job's rows in eval_scores: a re-run replaces them."""
+        return "\x1f".join((self.trial, self.checkpoint, self.task))
 
     @property
     def model_name(self) -> str:
@@ -88,8 +103,9 @@ def run_reading(job: EvalJob, model, tokenizer) -> list[dict]:
 
 def run_finetune(job: EvalJob, device: str | None) -> list[dict]:
     start = time.perf_counter()
-    scores, preds, best_epoch = finetune.finetune(job.checkpoint, job.task, job.data_dir, device=device)
-    _export(job, export.finetune_predictions(job.task, preds))
+    scores, preds, best_epoch = finetune.finetune(job.checkpoint, job.task, job.data_dir, device=device,
+                                                  pooling=job.pooling)
+    _export(job, export.finetune_predictions(job.task, preds, job.pooling))
     seconds = time.perf_counter() - start
     rows = [result_row(job, "validation", metric, value, len(preds), seconds) for metric, value in scores.items()]
     return rows + [result_row(job, "validation", "best_epoch", best_epoch, len(preds), seconds)]

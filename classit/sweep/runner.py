@@ -14,13 +14,15 @@ from pathlib import Path
 
 from classit.config import ClassitConfig, ConfigError, config_hash
 from classit.sweep.space import (
-    CONDITIONAL,
-    check_space,
     DefineByRun,
+    applies,
+    check_space,
     format_count,
     gpu_hours,
     grid_trials,
+    is_conditional,
     planned_trial_count,
+    trial_curriculum,
 )
 from classit.sweep.trial import EVAL_SCORES, TRIALS, objective_key
 
@@ -57,63 +59,110 @@ def experiment_dir(cfg: ClassitConfig) -> Path:
     return Path(cfg.run.storage_path).expanduser().resolve() / cfg.sweep.name
 
 
-def describe_plan(cfg: ClassitConfig) -> str:
-    """The expanded plan: trials, word budgets per curriculum and the GPU-hours estimate."""
+def budget_candidates(cfg: ClassitConfig) -> list[dict]:
+    """Parameters whose plans bound every trial's word counts: each grid trial, or for a search
+    every combination of the choices and the ends of every range (conditional parameters only
+    where they apply)."""
+    sweep = cfg.sweep
+    if sweep.search == "grid":
+        return grid_trials(cfg)
+    import itertools
+
+    corners = {n: d.choice if d.choice is not None else list(d.uniform or d.loguniform or d.integer)
+               for n, d in sweep.space.items()}
+    names = [n for n in corners if not is_conditional(n)]
+    out = []
+    for values in itertools.product(*(corners[n] for n in names)):
+        params = dict(zip(names, values))
+        options = [{}]
+        for cond in (n for n in corners if is_conditional(n)):
+            if applies(cond, trial_curriculum(cfg, params)):
+                options = [{**o, cond: v} for o in options for v in corners[cond]]
+        out += [{**params, **o, "seed": sweep.seeds[0]} for o in options]
+    return out
+
+
+def plan_trials(cfg: ClassitConfig) -> tuple[list[tuple[dict, object]], dict]:
+    """Every budget candidate's curriculum plan (base words included), each checked against the
+    budget, and the bases (per model preset) with their planned words. Reads and cleans the
+    corpus and the instruction data; tokenizes nothing and needs no Ray."""
+    from classit.budget import check_budget, pretraining_exposure
     from classit.data.corpus import corpus_train_words
-    from classit.models import parameter_count
     from classit.sweep.space import apply_params
-    from classit.train.instruct import plan_instruct
+    from classit.train.instruct import load_instruct_data, plan_instruct
+
+    words_of, data_of, bases, plans = {}, {}, {}, []
+    for params in budget_candidates(cfg):
+        trial_cfg = apply_params(cfg, params)
+        corpus_key = config_hash(trial_cfg.corpus, trial_cfg.run.cache_dir)
+        if corpus_key not in words_of:
+            words_of[corpus_key] = corpus_train_words(trial_cfg)
+        words = words_of[corpus_key]
+        exposure = pretraining_exposure(trial_cfg.pretrain, words, None, trial_cfg.distributed.num_workers)
+        preset = trial_cfg.model.preset
+        if preset not in bases:
+            check_budget(words, exposure, trial_cfg.budget, f"the {preset} base's pretraining "
+                                                            f"({words:,} input words, {exposure:,} of exposure)")
+            bases[preset] = (words, exposure)
+        data_key = config_hash(trial_cfg.instruct.datasets, trial_cfg.instruct.split_seed,
+                               trial_cfg.instruct.validation_fraction)
+        if data_key not in data_of:
+            data_of[data_key] = load_instruct_data(trial_cfg)
+        try:
+            plan = plan_instruct(trial_cfg, words, exposure, data_of[data_key])[0]
+        except ConfigError as err:
+            shown = ", ".join(f"{k}={v}" for k, v in params.items() if k != "seed")
+            raise type(err)(f"sweep trial {shown}: {err}") from None
+        plans.append((params, plan))
+    return plans, bases
+
+
+def batch_line(cfg: ClassitConfig, section: str, tcfg) -> str:
+    workers = cfg.distributed.num_workers
+    rows = tcfg.batch_size * workers * tcfg.gradient_accumulation_steps
+    return (f"{section}: {rows} rows per optimizer step ({tcfg.batch_size} per worker x {workers} workers x "
+            f"{tcfg.gradient_accumulation_steps} accumulation)")
+
+
+def describe_plan(cfg: ClassitConfig) -> str:
+    """The expanded plan: trials, batches, every trial's word budget with the base, and the GPU-hours."""
+    from classit.models import parameter_count
 
     sweep = cfg.sweep
     lines = [f"sweep {sweep.name}: {sweep.search} search, {planned_trial_count(cfg)} trials "
              f"({len(sweep.seeds)} seed(s) each), objective {', '.join(map(objective_key, sweep.metrics))} "
              f"({', '.join(sweep.modes)}), at most {sweep.max_concurrent_trials} at once"]
     if sweep.search == "grid":
-        candidates = grid_trials(cfg)
-        lines += [f"  trial {i + 1}: {p}" for i, p in enumerate(candidates)]
+        lines += [f"  trial {i + 1}: {p}" for i, p in enumerate(grid_trials(cfg))]
     else:
         lines += [f"  {name}: {dim.model_dump(exclude_none=True, by_alias=True)}" for name, dim in sweep.space.items()]
-        typical = {n: d.choice[0] if d.choice else _middle(d) for n, d in sweep.space.items() if n not in CONDITIONAL}
-        curricula = sweep.space["curriculum"].choice if "curriculum" in sweep.space else [None]
-        candidates = []
-        for curriculum in curricula:
-            params = {**typical, "seed": sweep.seeds[0], **({"curriculum": curriculum} if curriculum else {})}
-            for cond, (parent, when) in CONDITIONAL.items():
-                if cond in sweep.space and params.get(parent) == when:
-                    dim = sweep.space[cond]
-                    params[cond] = dim.choice[0] if dim.choice else _middle(dim)
-            candidates.append(params)
-    bases, total_hours = {}, 0.0
-    lines.append("  word budgets (instruction tuning, per trial):")
-    seen = set()
-    for params in candidates:
-        trial_cfg = apply_params(cfg, params)
-        preset = trial_cfg.model.preset
-        if preset not in bases:
-            words = corpus_train_words(trial_cfg)
-            exposure = words * trial_cfg.pretrain.epochs
-            bases[preset] = (words, exposure, gpu_hours(parameter_count(preset), exposure))
-        label = (params.get("curriculum"), preset, params.get("epochs"))
-        if label in seen:
-            continue
-        seen.add(label)
-        plan = plan_instruct(trial_cfg, bases[preset][0], bases[preset][1])[0]
-        hours = gpu_hours(parameter_count(preset), plan.exposure_words - bases[preset][1])
-        lines.append(f"    {label[0] or 'curriculum'} ({preset}): {plan.summary()}; ~{hours:.3g} GPU-h")
-        total_hours = max(total_hours, hours)
-    for preset, (words, exposure, hours) in bases.items():
+    lines += [f"  batch, {batch_line(cfg, 'pretraining', cfg.pretrain)}",
+              f"  batch, {batch_line(cfg, 'instruction tuning', cfg.instruct.train)}"]
+    plans, bases = plan_trials(cfg)
+    budget = cfg.budget
+    lines.append(f"  word budgets (base included; limits {format_count(budget.max_input_words)} input, "
+                 f"{format_count(budget.max_exposure_words)} exposure)"
+                 + (":" if sweep.search == "grid" else ", at every corner of the search space:"))
+    groups: dict[tuple, list] = {}  # candidates whose plans are the same (they differ by lr, seed, ...)
+    for params, plan in plans:
+        groups.setdefault((params.get("model_preset", cfg.model.preset), plan.summary()), []).append((params, plan))
+    most_hours = 0.0
+    for (preset, summary), members in groups.items():
+        common = {k: v for k, v in members[0][0].items() if k != "seed" and all(p.get(k) == v for p, _ in members)}
+        shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in common.items())
+        plan = members[0][1]
+        hours = gpu_hours(parameter_count(preset), plan.exposure_words - plan.base_exposure_words)
+        most_hours = max(most_hours, hours)
+        lines.append(f"    {shown or 'every trial'} ({preset}): {format_count(plan.input_words)} input / "
+                     f"{format_count(plan.exposure_words)} exposure words, within budget; ~{hours:.3g} GPU-h")
+        lines.append(f"      {summary}")
+    for preset, (words, exposure) in bases.items():
         lines.append(f"  base {preset}: pretraining on {format_count(words)} words, {format_count(exposure)} of "
-                     f"exposure, ~{hours:.3g} GPU-h, once (cached)")
-    estimate = sum(h for *_, h in bases.values()) + total_hours * planned_trial_count(cfg)
+                     f"exposure, ~{gpu_hours(parameter_count(preset), exposure):.3g} GPU-h, once (cached)")
+    estimate = sum(gpu_hours(parameter_count(p), e) for p, (_, e) in bases.items()) + \
+        most_hours * planned_trial_count(cfg)
     lines.append(f"  estimate: at most ~{estimate:.3g} GPU-hours in all (A100 bf16 at 40% utilisation)")
     return "\n".join(lines)
-
-
-def _middle(dim) -> float:
-    if dim.loguniform:
-        return math.sqrt(dim.loguniform[0] * dim.loguniform[1])
-    low, high = dim.uniform or dim.integer
-    return type(low)((low + high) / 2)
 
 
 def _tune_setup(cfg: ClassitConfig):
@@ -136,7 +185,8 @@ def _tune_setup(cfg: ClassitConfig):
     sampler = (optuna.samplers.TPESampler(seed=sweep.search_seed, multivariate=True) if sweep.search == "tpe"
                else optuna.samplers.RandomSampler(seed=sweep.search_seed))
     single = len(objectives) == 1
-    search = OptunaSearch(DefineByRun(sweep.space), metric=objectives[0] if single else objectives,
+    curriculum = cfg.instruct.curriculum if isinstance(cfg.instruct.curriculum, str) else "custom"
+    search = OptunaSearch(DefineByRun(sweep.space, curriculum), metric=objectives[0] if single else objectives,
                           mode=sweep.modes[0] if single else list(sweep.modes), sampler=sampler)
     if len(sweep.seeds) > 1:  # the searcher sees the mean over seeds of each draw
         search = _seed_repeater(search, len(sweep.seeds))
@@ -214,6 +264,7 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
 
     cfg = validate(cfg)
     sweep = cfg.sweep
+    plan_trials(cfg)  # every planned trial within the word budget, before Ray starts
     experiment = experiment_dir(cfg)
     if resume and not (experiment / STATE_FILE).exists():
         raise ConfigError(f"--resume: no sweep to resume at {experiment}")
@@ -251,44 +302,52 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
         grid = tuner.fit()
         for actor in services:
             ray.kill(actor)
-    record_unfinished(grid, sweep, results_root)
+    record_unfinished(grid, cfg, results_root)
     board = leaderboard(read_table(f"{results_root}/{TRIALS}"), objectives, sweep.modes)
     log(format_leaderboard(board, objectives))
     log(f"results: {results_root}/{{{TRIALS},train_metrics,{EVAL_SCORES}}}")
     return board
 
 
-def record_unfinished(grid, sweep, results_root: str) -> None:
-    """Trials that ended without a finished row (stopped by ASHA, failed past their retries) get
-    a row too, with their status and error, so the trials table accounts for every trial."""
-    from classit.results import read_table, write_rows
+def record_unfinished(grid, cfg: ClassitConfig, results_root: str) -> None:
+    """Trials that ended without a row of their own (stopped by ASHA, failed past their retries)
+    get one, with their status and error, so the trials table accounts for every trial."""
+    from classit.results import read_table, trials_schema, write_rows
     from classit.sweep.trial import trial_key, trial_params, unfinished_row
 
+    sweep = cfg.sweep
     done = read_table(f"{results_root}/{TRIALS}")
     known = set(done["trial"]) if not done.empty else set()
-    rows = []
     for result in grid:
         params = trial_params(result.config, sweep.seeds)
         if trial_key(params) not in known:
-            rows.append(unfinished_row(sweep.name, params, result.error))
-    write_rows(f"{results_root}/{TRIALS}", rows)
+            write_rows(f"{results_root}/{TRIALS}", [unfinished_row(sweep.name, params, result.error)],
+                       trials_schema(cfg), key=trial_key(params))
 
 
 def pareto_front(board, objectives: list[str], modes: list[str]):
-    """Rows no other row beats on every objective (and strictly on one)."""
+    """Rows no other row beats on every objective (and strictly on one); a row missing an
+    objective (its evaluation failed) is never on the front."""
     import numpy as np
 
     from classit.analysis.stats import pareto_mask
 
-    return list(pareto_mask(np.column_stack([board[o].to_numpy(float) * (1 if m == "max" else -1)
-                                             for o, m in zip(objectives, modes)])))
+    points = np.column_stack([board[o].to_numpy(float) * (1 if m == "max" else -1) for o, m in zip(objectives, modes)])
+    complete = ~np.isnan(points).any(axis=1)
+    front = np.zeros(len(points), dtype=bool)
+    front[complete] = pareto_mask(points[complete])
+    return list(front)
+
+
+SCORED = ("finished", "eval_failed")  # trials that trained to the end, whatever their evaluation gave
 
 
 def leaderboard(trials, objectives: list[str], modes: list[str]):
-    """One row per finished trial, best first by the first objective; the Pareto front marked."""
+    """One row per trial that trained to the end (`eval_failed` ones too, with their status),
+    best first by the first objective; the Pareto front marked."""
     if trials.empty:
         return trials
-    board = trials[trials["status"] == "finished"].drop_duplicates("trial").copy()
+    board = trials[trials["status"].isin(SCORED)].drop_duplicates("trial").copy()
     for o in objectives:
         if o not in board:
             board[o] = float("nan")
@@ -303,17 +362,24 @@ def format_leaderboard(board, objectives: list[str]) -> str:
     params = [c for c in board.columns if c.startswith("param.")]
     scores = [c for c in board.columns if c.count(":") == 2]
     scores = [o for o in objectives if o in scores] + [c for c in scores if c not in objectives]
-    header = ["trial", *[p.removeprefix("param.") for p in params], "val_loss", *scores]
+    header = ["trial", "status", *[p.removeprefix("param.") for p in params], "val_loss", *scores]
     rows = [header]
     for _, r in board.iterrows():
-        cells = [("* " if r.get("pareto") else "") + r["trial"]]
+        cells = [("* " if r.get("pareto") else "") + r["trial"], r["status"]]
         cells += ["-" if _missing(r[p]) else (f"{r[p]:.3g}" if isinstance(r[p], float) else str(r[p])) for p in params]
         cells += [f"{r['val_loss']:.4f}", *[f"{r[s]:.4g}" if not _missing(r[s]) else "-" for s in scores]]
         rows.append(cells)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
     note = "\n(* on the Pareto front of the objectives)" if "pareto" in board else ""
+    failed = board.loc[board["status"] == "eval_failed", "trial"].tolist()
+    if failed:
+        note += f"\nevaluation failed for trial(s) {', '.join(failed)}: see the error rows of eval_scores"
     return f"leaderboard ({len(board)} trials, best first by {objectives[0]}):\n{text}{note}"
+
+
+def failed_evaluations(board) -> list[str]:
+    return [] if board.empty else board.loc[board["status"] == "eval_failed", "trial"].tolist()
 
 
 def _missing(value) -> bool:

@@ -11,6 +11,11 @@ Parameters are short names for the study's knobs, or any dotted config path:
     warmup_steps   instruct.train.warmup_steps
     epochs         instruct.train.epochs (per stage)
     model_preset   model.preset (each preset gets its own base model)
+
+Parameters are conditional on the curriculum: `mix_ratio` is drawn only for `merged`, and every
+instruction-tuning parameter (`instruct.train.*`: learning rate, warm-up, epochs, ...) for every
+curriculum but `pt`, which does not train. A parameter not drawn is absent from the trial's
+parameters (and empty on the leaderboard), so two `pt` trials never differ by an unused value.
 """
 
 from __future__ import annotations
@@ -30,8 +35,25 @@ ALIASES = {
     "model_preset": "model.preset",
 }
 SEED_PATH = "instruct.train.seed"
-CONDITIONAL = {"mix_ratio": ("curriculum", "merged")}  # drawn only when curriculum == merged
 ORDER_SEPARATOR = ">"
+
+
+def is_conditional(name: str) -> bool:
+    """Whether a parameter depends on the curriculum (see `applies`)."""
+    return name == "mix_ratio" or config_path(name).startswith("instruct.train.")
+
+
+def applies(name: str, curriculum: Any) -> bool:
+    """Whether a parameter is drawn for a trial of this curriculum."""
+    if name == "mix_ratio":
+        return curriculum == "merged"
+    if config_path(name).startswith("instruct.train."):
+        return curriculum != "pt"
+    return True
+
+
+def trial_curriculum(base: ClassitConfig, params: dict[str, Any]) -> Any:
+    return params.get("curriculum", base.instruct.curriculum)
 
 
 def config_path(name: str) -> str:
@@ -70,9 +92,7 @@ def check_space(base: ClassitConfig) -> None:
     for name, dim in sweep.space.items():
         _check_field_exists(base, name, config_path(name))
         for value in _corner_values(dim):
-            params = {name: value}
-            if name in CONDITIONAL:
-                params[CONDITIONAL[name][0]] = CONDITIONAL[name][1]
+            params = {name: value, **({"curriculum": "merged"} if name == "mix_ratio" else {})}
             try:
                 apply_params(base, params)
             except ConfigError as err:
@@ -100,13 +120,14 @@ def _corner_values(dim: Dimension) -> list[Any]:
 def grid_trials(base: ClassitConfig) -> list[dict[str, Any]]:
     """Every combination of the choices, conditional parameters only where they apply, x seeds."""
     sweep = base.sweep
-    names = [n for n in sweep.space if n not in CONDITIONAL]
+    names = [n for n in sweep.space if not is_conditional(n)]
+    conditional = [n for n in sweep.space if is_conditional(n)]
     combos = []
     for values in itertools.product(*(sweep.space[n].choice for n in names)):
         params = dict(zip(names, values))
         options = [{}]
-        for cond, (parent, when) in CONDITIONAL.items():
-            if cond in sweep.space and params.get(parent) == when:
+        for cond in conditional:
+            if applies(cond, trial_curriculum(base, params)):
                 options = [{**o, cond: v} for o in options for v in sweep.space[cond].choice]
         combos += [{**params, **o} for o in options]
     return [{**params, "seed": seed} for params in combos for seed in sweep.seeds]
@@ -118,8 +139,9 @@ class DefineByRun:
     A class, not a closure, because Tune pickles the searcher into the sweep's saved state.
     """
 
-    def __init__(self, space: dict[str, Dimension]):
+    def __init__(self, space: dict[str, Dimension], curriculum: Any = None):
         self.space = space
+        self.curriculum = curriculum  # the config's, where the curriculum is not swept
 
     @staticmethod
     def suggest(trial, name: str, dim: Dimension):
@@ -132,10 +154,10 @@ class DefineByRun:
         return trial.suggest_int(name, *dim.integer)
 
     def __call__(self, trial) -> None:
-        drawn = {name: self.suggest(trial, name, dim) for name, dim in self.space.items() if name not in CONDITIONAL}
-        for cond, (parent, when) in CONDITIONAL.items():
-            if cond in self.space and drawn.get(parent, when) == when:
-                self.suggest(trial, cond, self.space[cond])
+        drawn = {name: self.suggest(trial, name, dim) for name, dim in self.space.items() if not is_conditional(name)}
+        for name, dim in self.space.items():
+            if is_conditional(name) and applies(name, drawn.get("curriculum", self.curriculum)):
+                self.suggest(trial, name, dim)
 
 
 def planned_trial_count(base: ClassitConfig) -> int:

@@ -40,10 +40,11 @@ def objective_key(spec: str) -> str:
 
 def scores_of(rows: list[dict], checkpoint: str) -> dict[str, float]:
     """The headline scores of one checkpoint's evaluation rows, keyed task:subtask:metric."""
-    from classit.evaluate.jobs import HEADLINE_SUBTASKS
+    from classit.evaluate.jobs import headline_keys
 
-    return {f"{r['task']}:{r['subtask']}:{r['metric']}": float(r["value"]) for r in rows
-            if r["checkpoint"] == checkpoint and r["subtask"] in HEADLINE_SUBTASKS and not r["error"]}
+    scores = {f"{r['task']}:{r['subtask']}:{r['metric']}": float(r["value"]) for r in rows
+              if r["checkpoint"] == checkpoint and not r["error"]}
+    return {k: v for k, v in scores.items() if k in headline_keys(k.split(":")[0])}
 
 
 def trial_params(config: dict, seeds: list[int]) -> dict[str, Any]:
@@ -72,6 +73,14 @@ def trial_key(params: dict[str, Any]) -> str:
     return config_hash(json.dumps(params, sort_keys=True))[:10]
 
 
+def base_val_loss(cfg: ClassitConfig) -> float | None:
+    """The base model's pretraining validation loss, as its cache record keeps it."""
+    from classit.sweep.services import base_record
+
+    record = base_record(cfg)
+    return json.loads(record.read_text()).get("val_loss") if record.is_file() else None
+
+
 def finished_row(results_root: str, key: str) -> dict | None:
     from classit.results import read_table
 
@@ -88,11 +97,10 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from classit.evaluate.jobs import EvalJob
-    from classit.results import flatten, provenance, write_rows
+    from classit.results import config_columns, provenance, trials_schema, write_rows
     from classit.sweep.services import ensure_base
     from classit.sweep.space import apply_params
-    from classit.train.instruct import instruct_worker, prepare_instruct
-    from classit.train.runner import make_trainer
+    from classit.train.instruct import prepare_instruct, train_instruct
 
     import datasets
 
@@ -113,9 +121,9 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
     base = ensure_base(cfg)
     run_name = f"{sweep.name}-{key}"
     cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": run_name})})
-    _, _, loop_config = prepare_instruct(cfg, base)
-    loop_config["metrics_dir"] = f"{results_root}/{TRAIN_METRICS}"
-    result = make_trainer(cfg, instruct_worker, loop_config, callbacks=[TuneReportCallback()]).fit()
+    job = prepare_instruct(cfg, base)
+    job.loop_config["metrics_dir"] = f"{results_root}/{TRAIN_METRICS}"
+    result = train_instruct(job, log=lambda _: None, callbacks=[TuneReportCallback()])
 
     ecfg = cfg.evaluation
     final = result.checkpoint
@@ -124,20 +132,21 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
         checkpoints = [(c, m) for c, m in result.best_checkpoints if c.path != final.path] + checkpoints
     config_json = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
     jobs = [EvalJob(c.path, task, data_dir, trial=key, words_seen=int(m.get("exposure_words", -1)), fast=ecfg.fast,
-                    config=config_json) for c, m in checkpoints for task in ecfg.tasks]
+                    pooling=ecfg.finetune_pooling, config=config_json) for c, m in checkpoints for task in ecfg.tasks]
     rows = ray.get(ray.get_actor(service_name).evaluate.remote(jobs))
     scores = scores_of(rows, final.path)
     errors = sorted({r["error"] for r in rows if r["error"]})
 
     metrics = result.metrics
-    row = {"sweep": sweep.name, "trial": key, "run": run_name, "status": "finished",
+    row = {"sweep": sweep.name, "trial": key, "run": run_name, "status": "eval_failed" if errors else "finished",
            "error": "; ".join(errors), **param_columns(params),
-           "val_loss": metrics.get("val_loss"), "input_words": metrics.get("input_words"),
-           "exposure_words": metrics.get("exposure_words"), "checkpoint": final.path, **scores,
+           **{k: v for k, v in metrics.items() if k.startswith("val_loss")},
+           "validation_records": metrics.get("validation_records"), "base_val_loss": base_val_loss(cfg),
+           "input_words": metrics.get("input_words"), "exposure_words": metrics.get("exposure_words"),
+           "checkpoint": final.path, **scores,
            "start": start, "end": time.time(), "seconds": time.time() - start,
            "gpu_hours": (time.time() - start) * cfg.distributed.num_workers * cfg.distributed.use_gpu / 3600,
-           **provenance(), **flatten(cfg.model_dump(mode="json", exclude={"sweep"})),
-           "config": config_json}
-    write_rows(f"{results_root}/{TRIALS}", [row])
+           **provenance(), **config_columns(cfg), "config": config_json}
+    write_rows(f"{results_root}/{TRIALS}", [row], trials_schema(sweep_cfg), key=key)
     ray.tune.report({"val_loss": row["val_loss"], **scores, "stage": metrics.get("stage"),
                      "words_seen": row["exposure_words"], "done": True})

@@ -1,13 +1,16 @@
 """Instruction tuning on Ray Train: every curriculum stage in one job, each from the last one's weights.
 
-The driver loads, splits, plans (word budget included) and encodes the data; the workers run
-`loop.train_stage` once per stage.
+The driver loads, splits, plans (word budget included) and encodes the data before Ray is needed
+(`prepare_instruct`); the workers run `loop.train_stage` once per stage. Every instruction
+dataset of the config is loaded and split whatever the curriculum uses, so every run of a sweep
+is validated on the same records: the union of every dataset's validation split.
 """
 
 from __future__ import annotations
 
 import os
 from contextlib import nullcontext
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -35,12 +38,11 @@ def _evaluate_base_only(cfg: ClassitConfig, base: Path, tokenizer, validation, c
     """The `pt` curriculum: no training; the base is scored and recorded as this run's checkpoint."""
     import tempfile
 
-    from classit.train.loop import device, save_tokenizer_and_model, validation_loss
+    from classit.train.loop import device, save_tokenizer_and_model, validation_losses
 
     model = _model_with(base, None).to(device())
-    loss = validation_loss(model, validation, collate, cfg.instruct.train.batch_size)
-    metrics = {"stage": "pt", "stage_index": 0, "step": 0, "total_steps": 0, "words_seen": 0, "val_loss": loss,
-               **words}
+    losses = validation_losses(model, validation, collate, cfg.instruct.train.batch_size)
+    metrics = {"stage": "pt", "stage_index": 0, "step": 0, "total_steps": 0, "words_seen": 0, **losses, **words}
     with tempfile.TemporaryDirectory(prefix="classit-ckpt-") as tmp:
         if report.rank == 0:
             save_tokenizer_and_model(model, tokenizer, Path(tmp))
@@ -61,11 +63,14 @@ def instruct_worker(loop_config: dict) -> None:
     cfg = ClassitConfig.model_validate(loop_config["config"])
     base, data_root = Path(loop_config["base"]), Path(loop_config["data_root"])
     tokenizer = load_tokenizer(base)
-    validation = datasets.load_from_disk(str(data_root / "validation"))
+    validation = {name: datasets.load_from_disk(str(data_root / f"validation-{name}"))
+                  for name in loop_config["validation_sets"]}
     collate = partial(collate_instruct, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id)
-    report = RayReporter(cfg, trial=cfg.run.name, metrics_dir=loop_config.get("metrics_dir"))
+    report = RayReporter(cfg, trial=cfg.run.name, metrics_dir=loop_config.get("metrics_dir"),
+                         validation_sets=list(validation))
     prior_input, prior_exposure = loop_config["base_input_words"], loop_config["base_exposure_words"]
-    extra = {"curriculum": loop_config["curriculum"], "mix_ratio": cfg.instruct.mix_ratio}
+    extra = {"curriculum": loop_config["curriculum"], "mix_ratio": cfg.instruct.mix_ratio,
+             "validation_records": loop_config["validation_records"]}
     if not loop_config["stages"]:
         _evaluate_base_only(cfg, base, tokenizer, validation, collate, report,
                             {"input_words": prior_input, "exposure_words": prior_exposure, **extra})
@@ -102,30 +107,55 @@ def base_word_counts(base: Path) -> tuple[int, int]:
     return state.total_input_words, state.total_exposure_words
 
 
-def plan_instruct(cfg: ClassitConfig, base_input: int, base_exposure: int):
-    """Load and split the curriculum's datasets and plan its stages (with the word-budget check)."""
-    from classit.data.curriculum import expand_curriculum, plan_curriculum, split_records
+def load_instruct_data(cfg: ClassitConfig) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+    """Every instruction dataset of the config, loaded and split into train and validation records."""
+    from classit.data.curriculum import split_records
     from classit.data.instruct import load_records
 
     icfg = cfg.instruct
-    stages = expand_curriculum(icfg)
-    used = sorted({d for s in stages for d in s.datasets} or icfg.datasets)
-    records = {name: load_records(name, icfg.datasets[name], seed=icfg.split_seed) for name in used}
-    train, valid = split_records(records, icfg)
-    return plan_curriculum(icfg, train, cfg.distributed.num_workers, base_input, base_exposure), train, valid, used
+    records = {name: load_records(name, spec, seed=icfg.split_seed) for name, spec in icfg.datasets.items()}
+    return split_records(records, icfg)
 
 
-def prepare_instruct(cfg: ClassitConfig, base: Path):
-    """On the driver: load, split, plan (with the budget check), encode and save every stage's data."""
+def validation_fingerprint(valid: dict[str, list[dict]]) -> str:
+    """A hash of the validation records: equal for every run that is validated on the same ones."""
+    from classit.config import config_hash
+
+    return config_hash([[name, r["prompt"], r["reply"]] for name in sorted(valid) for r in valid[name]])
+
+
+def plan_instruct(cfg: ClassitConfig, base_input: int, base_exposure: int, data=None):
+    """The curriculum's stages with their word counts, checked against the budget (data loaded if not given)."""
+    from classit.data.curriculum import plan_curriculum
+
+    train, valid = data or load_instruct_data(cfg)
+    plan = plan_curriculum(cfg.instruct, train, cfg.distributed.num_workers, base_input, base_exposure, cfg.budget)
+    return plan, train, valid
+
+
+@dataclass
+class InstructJob:
+    """What the driver prepared for one instruction-tuning run: its named config, plan and encoded data."""
+
+    cfg: ClassitConfig
+    plan: object  # CurriculumPlan
+    counts: dict
+    loop_config: dict
+
+
+def prepare_instruct(cfg: ClassitConfig, base: Path) -> InstructJob:
+    """On the driver, no Ray needed: load, split, plan (with the budget check), encode and save
+    every stage's data and the validation sets. Bad data or an over-budget plan fails here."""
     import datasets
 
     from classit.config import config_hash
     from classit.data.instruct import encode_record
     from classit.tokenizer import load_tokenizer
 
+    cfg = named(cfg, instruct_kind(cfg), str(base.resolve()))
     icfg = cfg.instruct
     base_input, base_exposure = base_word_counts(base)
-    plan, train, valid, used = plan_instruct(cfg, base_input, base_exposure)
+    plan, train, valid = plan_instruct(cfg, base_input, base_exposure)
 
     tokenizer = load_tokenizer(base)
     root = Path(cfg.run.cache_dir) / f"instruct-{config_hash(icfg, cfg.distributed.num_workers, str(base.resolve()))}"
@@ -138,26 +168,31 @@ def prepare_instruct(cfg: ClassitConfig, base: Path):
         counts["truncated"] += sum(r["truncated"] for r in kept)
         return datasets.Dataset.from_dict({k: [r[k] for r in kept] for k in ("input_ids", "labels", "num_words")})
 
-    encode([r for name in used for r in valid[name]]).save_to_disk(str(root / "validation"))
+    for name in sorted(valid):
+        encode(valid[name]).save_to_disk(str(root / f"validation-{name}"))
     for index, stage in enumerate(plan.stages):
         encode([train[d][i] for d, i in stage.items]).save_to_disk(str(root / f"stage-{index}"))
     loop_config = {
         "base": str(base.resolve()), "data_root": str(root.resolve()),
         "curriculum": icfg.curriculum if isinstance(icfg.curriculum, str) else "custom",
         "base_input_words": base_input, "base_exposure_words": base_exposure,
+        "validation_sets": sorted(valid), "validation_records": validation_fingerprint(valid),
         "stages": [{"name": s.name, "train": s.train.model_dump(mode="json"), "input_words": s.input_words}
                    for s in plan.stages],
     }
-    return plan, counts, loop_config
+    return InstructJob(cfg, plan, counts, loop_config)
+
+
+def train_instruct(job: InstructJob, log=print, **trainer_options):
+    """Run a prepared job on Ray Train workers; returns Ray's Result."""
+    log(f"plan: {job.plan.summary()}")
+    if job.counts["dropped_too_long"] or job.counts["truncated"]:
+        log(f"records longer than instruct.max_length={job.cfg.instruct.max_length}: {job.counts['truncated']} had "
+            f"their prompt cut from the left, {job.counts['dropped_too_long']} dropped (reply alone too long)")
+    return make_trainer(job.cfg, instruct_worker, job.loop_config, **trainer_options).fit()
 
 
 def run_instruct(cfg: ClassitConfig, base: Path, log=print):
     """Instruction-tune `base` (an HF checkpoint folder) through the configured curriculum."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    cfg = named(cfg, instruct_kind(cfg), str(base.resolve()))
-    plan, counts, loop_config = prepare_instruct(cfg, base)
-    log(f"plan: {plan.summary()}")
-    if counts["dropped_too_long"] or counts["truncated"]:
-        log(f"records longer than instruct.max_length={cfg.instruct.max_length}: {counts['truncated']} had their "
-            f"prompt cut from the left, {counts['dropped_too_long']} dropped (reply alone too long)")
-    return make_trainer(cfg, instruct_worker, loop_config).fit()
+    return train_instruct(prepare_instruct(cfg, base), log)

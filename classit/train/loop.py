@@ -36,11 +36,15 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-def checkpoint_marks(planned_words: int, word_scale: float | None) -> list[int]:
-    """BabyLM checkpoint word marks, scaled; by default so the 1B-word schedule spans the run."""
-    scale = word_scale if word_scale is not None else planned_words / 1_000_000_000
-    marks = sorted({max(1, round(m * scale)) for m in BABYLM_WORD_MARKS})
-    return [m for m in marks if m < planned_words]
+def checkpoint_marks(prior_exposure_words: int, word_scale: float | None) -> list[int]:
+    """The BabyLM word marks still ahead of a stage that starts at `prior_exposure_words` of exposure.
+
+    Marks count total exposure, the base model's included, so instruction tuning continues the
+    schedule pretraining began. `word_scale` (None: 1, the BabyLM marks exactly) shrinks the
+    schedule for small runs.
+    """
+    scale = 1.0 if word_scale is None else word_scale
+    return [m for m in sorted({max(1, round(m * scale)) for m in BABYLM_WORD_MARKS}) if m > prior_exposure_words]
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str, restarts: int = 1) -> float:
@@ -125,7 +129,7 @@ class Stage:
 
     name: str
     train: object  # a map-style dataset of rows
-    validation: object
+    validation: dict[str, object]  # named validation sets ("" for one unnamed set); val_loss is on their union
     config: TrainConfig
     collate: Callable[[dict[str, list]], dict[str, torch.Tensor]]  # column-wise rows -> tensors
     index: int = 0
@@ -181,32 +185,45 @@ def planned_steps(n_rows: int, tcfg: TrainConfig, world_size: int) -> int:
     return min(total, tcfg.max_steps) if tcfg.max_steps else total
 
 
-def _batches(dataset, epoch: int, seed: int, skip: int, batch_size: int, collate):
-    """This rank's micro-batches for an epoch: a seeded shuffle, sharded, whole batches only."""
+def _batches(dataset, epoch: int, seed: int, skip: int, tcfg: TrainConfig, collate):
+    """This rank's micro-batches for an epoch: a seeded shuffle, sharded, whole optimizer steps only.
+
+    Rows that do not fill a whole step (batch x workers x accumulation) are left for later epochs'
+    shuffles: a leftover micro-batch would otherwise add its gradient to the next epoch's first step.
+    """
     rank, world_size = world()
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-    per_rank = len(order) // world_size // batch_size * batch_size
+    per_rank = steps_per_epoch(len(dataset), tcfg, world_size) * tcfg.gradient_accumulation_steps * tcfg.batch_size
     mine = order[rank * per_rank:(rank + 1) * per_rank]
-    for start in range(skip * batch_size, per_rank, batch_size):
-        yield collate(dataset[mine[start:start + batch_size]])
+    for start in range(skip * tcfg.batch_size, per_rank, tcfg.batch_size):
+        yield collate(dataset[mine[start:start + tcfg.batch_size]])
 
 
 @torch.no_grad()  # not inference_mode: ZeRO-3 keeps parameters it gathers here, and training needs them
-def validation_loss(model, dataset, collate, batch_size: int) -> float:
-    """Mean token loss over the whole validation set, sharded across ranks without overlap."""
+def validation_losses(model, sets: dict[str, object], collate, batch_size: int) -> dict[str, float]:
+    """Mean token loss over the union of the validation sets (`val_loss`), and over each named one
+    (`val_loss:<name>`; an unnamed set, "", adds no column). Each set is sharded across ranks
+    without overlap; sums and counts are reduced exactly across workers."""
     rank, world_size = world()
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
     dev = next(model.parameters()).device
-    for start in range(rank * batch_size, len(dataset), world_size * batch_size):
-        batch = collate(dataset[start:start + batch_size])
-        logits = model(input_ids=batch["input_ids"].to(dev), use_cache=False).logits  # right-padded: no mask needed
-        loss_sum, n = token_loss(logits, batch["labels"].to(dev))
-        total, count = total + loss_sum.item(), count + int(n)
+    sums = []
+    for dataset in sets.values():
+        total, count = 0.0, 0
+        for start in range(rank * batch_size, len(dataset), world_size * batch_size):
+            batch = collate(dataset[start:start + batch_size])
+            logits = model(input_ids=batch["input_ids"].to(dev), use_cache=False).logits  # right-padded: no mask
+            loss_sum, n = token_loss(logits, batch["labels"].to(dev))
+            total, count = total + loss_sum.item(), count + int(n)
+        sums += [total, count]
     model.train(was_training)
-    total, count = _all_sum([total, count])
-    return total / max(count, 1)
+    sums = _all_sum(sums)
+    losses = {"val_loss": sum(sums[0::2]) / max(sum(sums[1::2]), 1)}
+    for name, total, count in zip(sets, sums[0::2], sums[1::2]):
+        if name:
+            losses[f"val_loss:{name}"] = total / max(count, 1)
+    return losses
 
 
 def build_engine(model, stage: Stage, dcfg: DistributedConfig, total_steps: int):
@@ -285,9 +302,7 @@ def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report:
         raise ValueError(f"stage {stage.name}: {len(stage.train)} rows are too few for one step "
                          f"of {tcfg.batch_size} x {world_size} workers x {tcfg.gradient_accumulation_steps} accumulation")
     per_epoch = steps_per_epoch(len(stage.train), tcfg, world_size)
-    rows_per_step = tcfg.batch_size * world_size * tcfg.gradient_accumulation_steps
-    words_per_row = sum(stage.train["num_words"]) / len(stage.train)
-    marks = checkpoint_marks(int(total_steps * rows_per_step * words_per_row), tcfg.checkpoints.word_scale) \
+    marks = checkpoint_marks(stage.prior_exposure_words, tcfg.checkpoints.word_scale) \
         if tcfg.checkpoints.schedule == "babylm" else []
 
     state = stage.fresh_state()
@@ -308,8 +323,8 @@ def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report:
             save_checkpoint(engine, tokenizer, state, Path(tmp), tcfg.checkpoints.resumable)
             report(metrics, checkpoint_dir=tmp, name=name)
 
-    def evaluate() -> float:
-        return validation_loss(engine.module, stage.validation, stage.collate, tcfg.batch_size)
+    def evaluate() -> dict[str, float]:
+        return validation_losses(engine.module, stage.validation, stage.collate, tcfg.batch_size)
 
     base = {"stage": stage.name, "stage_index": stage.index, "total_steps": total_steps, **stage.extra_metrics}
 
@@ -317,8 +332,10 @@ def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report:
         return {"input_words": state.total_input_words, "exposure_words": state.total_exposure_words}
 
     if state.initial_val_loss is None:
-        state.initial_val_loss = evaluate()
-        report({**base, "step": 0, "words_seen": 0, **word_counts(), "val_loss": state.initial_val_loss})
+        losses = evaluate()
+        state.initial_val_loss = losses["val_loss"]
+        report({**base, "step": 0, "epoch": 0, "words_seen": 0, "tokens_seen": 0, **word_counts(),
+                "lr": engine.get_lr()[0], **losses})
         if rank == 0:
             log(f"[{stage.name}] step 0/{total_steps} val_loss {state.initial_val_loss:.4f}")
 
@@ -327,8 +344,8 @@ def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report:
     epoch, skip = divmod(state.step, per_epoch)
     dev = engine.device
     while state.step < total_steps:
-        batches = _batches(stage.train, epoch, tcfg.seed, skip * tcfg.gradient_accumulation_steps,
-                           tcfg.batch_size, stage.collate)
+        batches = _batches(stage.train, epoch, tcfg.seed, skip * tcfg.gradient_accumulation_steps, tcfg,
+                           stage.collate)
         skip = 0
         micro = 0
         acc = [0.0, 0.0, 0.0, 0.0]  # loss sum, target tokens, words, input tokens
@@ -358,21 +375,22 @@ def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report:
             metrics = {**base, "step": state.step, "words_seen": state.words_seen, "tokens_seen": state.tokens_seen,
                        **word_counts(), "loss": loss, "lr": engine.get_lr()[0], "epoch": epoch}
             done = state.step >= total_steps
-            crossed = state.next_mark < len(marks) and state.words_seen >= marks[state.next_mark]
+            crossed = state.next_mark < len(marks) and state.total_exposure_words >= marks[state.next_mark]
             evaluating = state.step % tcfg.eval_every_steps == 0 or done
             if state.step % tcfg.log_every_steps == 0 or evaluating or crossed:
                 # Throughput of training alone: the window closes before evaluation and checkpointing.
                 metrics["tokens_per_s"] = window_tokens / max(time.perf_counter() - window_start, 1e-9)
                 if evaluating:
-                    metrics["val_loss"] = evaluate()
+                    metrics.update(evaluate())
                 if rank == 0:
                     val = f" val_loss {metrics['val_loss']:.4f}" if "val_loss" in metrics else ""
                     log(f"[{stage.name}] step {state.step}/{total_steps} loss {loss:.4f}{val} "
                         f"lr {metrics['lr']:.2e} {metrics['tokens_per_s']:,.0f} tok/s {state.words_seen:,} words")
                 if crossed or done:
-                    while state.next_mark < len(marks) and state.words_seen >= marks[state.next_mark]:
+                    while state.next_mark < len(marks) and state.total_exposure_words >= marks[state.next_mark]:
                         state.next_mark += 1
-                    checkpoint(metrics, f"{stage.name}-step{state.step:07d}-words{state.words_seen:012d}")
+                    # Named by total exposure, the BabyLM checkpoint's word count.
+                    checkpoint(metrics, f"{stage.name}-step{state.step:07d}-words{state.total_exposure_words:012d}")
                 else:
                     report(metrics)
                 window_tokens, window_start = 0, time.perf_counter()

@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 
 from classit.config import ClassitConfig
-from classit.results import storage_uri, table_dir, write_rows
+from classit.results import storage_uri, table_dir, train_metrics_schema, write_rows
 
 # Workers print their own progress lines; Ray's print patch would log each one twice.
 WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
@@ -67,7 +67,7 @@ class RayReporter:
     health-check tick: reporting every log line would throttle training to that tick.
     """
 
-    def __init__(self, cfg: ClassitConfig, trial: str, metrics_dir: str | None = None):
+    def __init__(self, cfg: ClassitConfig, trial: str, metrics_dir: str | None = None, validation_sets=()):
         import ray.train
 
         self.train = ray.train
@@ -76,6 +76,7 @@ class RayReporter:
         self.metrics_dir = metrics_dir or table_dir(cfg.run.storage_path, cfg.run.name, "train_metrics")
         self.trial = trial
         self.config = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)  # whole, in every row
+        self.schema = train_metrics_schema([name for name in validation_sets if name])
         self.rows: list[dict] = []
 
     def __call__(self, metrics: dict, checkpoint_dir: str | None = None, name: str | None = None) -> None:
@@ -89,7 +90,7 @@ class RayReporter:
             self.flush()
 
     def flush(self) -> None:
-        write_rows(self.metrics_dir, self.rows)
+        write_rows(self.metrics_dir, self.rows, self.schema)
         self.rows = []
 
 
@@ -107,7 +108,7 @@ def pretrain_worker(loop_config: dict) -> None:
     corpus = PreparedCorpus.load(Path(loop_config["corpus_root"]))
     tokenizer = load_tokenizer(corpus.tokenizer_path)
     model = build_model(cfg.model.preset, tokenizer, seed=cfg.pretrain.seed)
-    stage = Stage("pretrain", corpus.load_blocks("train"), corpus.load_blocks("validation"), cfg.pretrain,
+    stage = Stage("pretrain", corpus.load_blocks("train"), {"": corpus.load_blocks("validation")}, cfg.pretrain,
                   partial(collate_blocks, pad_id=tokenizer.pad_token_id), input_words=corpus.stats["train"]["words"])
     report = RayReporter(cfg, trial=cfg.run.name, metrics_dir=loop_config.get("metrics_dir"))
     checkpoint = ray.train.get_checkpoint()
@@ -119,6 +120,7 @@ def pretrain_worker(loop_config: dict) -> None:
 
 
 def make_trainer(cfg: ClassitConfig, worker_fn, loop_config: dict, callbacks: list = ()):
+    """A TorchTrainer running `worker_fn` on the configured workers (each gets the whole config)."""
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -151,12 +153,23 @@ def named(cfg: ClassitConfig, kind: str, *key) -> ClassitConfig:
     return cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": name})})
 
 
-def run_pretraining(cfg: ClassitConfig):
-    """Prepare the corpus on the driver (cached), then train on Ray workers; returns Ray's Result."""
+def prepare_pretraining(cfg: ClassitConfig):
+    """On the driver, no Ray needed: the named config and its prepared corpus (cached), with the
+    planned words checked against the budget before any worker starts."""
+    from classit.budget import check_budget, pretraining_exposure
     from classit.data.corpus import prepare_corpus
 
     cfg = named(cfg, "pretrain")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     corpus = prepare_corpus(cfg)
+    words = corpus.stats["train"]["words"]
+    exposure = pretraining_exposure(cfg.pretrain, words, corpus.stats["train"]["blocks"], cfg.distributed.num_workers)
+    check_budget(words, exposure, cfg.budget, f"pretraining ({words:,} input words, {exposure:,} of exposure)")
+    return cfg, corpus
+
+
+def run_pretraining(cfg: ClassitConfig, prepared=None):
+    """Train on Ray workers from the prepared corpus (prepared now if not given); returns Ray's Result."""
+    cfg, corpus = prepared or prepare_pretraining(cfg)
     trainer = make_trainer(cfg, pretrain_worker, {"corpus_root": str(corpus.root.resolve())})
     return trainer.fit()

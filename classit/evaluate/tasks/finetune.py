@@ -4,14 +4,21 @@ Data: `glue_filtered/<task>.train.jsonl` and `<task>.valid.jsonl` (the official 
 line holds the task's text fields and an integer (or boolean) `label`, which is the class index
 as is: label k is logit k, and for F1 the positive class is 1 (sklearn's default, as the pipeline).
 
-Model and training follow the pipeline's `finetune` package with the flags of its
-`eval_finetuning.sh` for causal models (`--padding_side left --take_final`):
+Model and training follow the pipeline's `finetune` package (`finetune/run.py`, `trainer.py`,
+`classifier_model.py`), in fp32 whatever dtype the checkpoint was saved in:
 
 - inputs are the tokenizer's pair encoding of the task's two texts (templated for MultiRC and
-  WSC), left-padded, truncated to 512 tokens;
-- the base transformer (what `AutoModel` loads) feeds its last position's hidden state to a head
+  WSC), truncated to 512 tokens;
+- the base transformer (what `AutoModel` loads) feeds one position's hidden state to a head
   LayerNorm -> Linear -> GELU -> LayerNorm -> Dropout(0.1) -> Linear (layer norms without
-  affine parameters);
+  affine parameters). Which position is the `pooling` setting:
+  - `final` (classit's default): the last real token, the one position of a causal LM that sees
+    the whole input (left padding, so it is the last position of every row);
+  - `official`: right padding and the first position (`encoding[:, 0]`), as the official
+    `eval_finetuning.sh` runs (it passes neither `--padding_side` nor `--take_final`, so the
+    defaults `right` and first position hold). With a tokenizer that prepends BOS, as BabyLM
+    tokenizers do, that position sees only BOS: the head learns the label prior. Use it for
+    numbers comparable with the leaderboard's;
 - AdamW (lr 3e-5, betas 0.9/0.999, eps 1e-8, weight decay 0.01 on every parameter), cosine
   schedule with 6% linear warm-up decaying to 0.1 x the peak, batch 32 (16 for BoolQ and
   MultiRC), 10 epochs (30 for WSC), shuffled batches with the last partial one dropped, seed 42;
@@ -25,6 +32,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,20 +110,33 @@ def task_files(task: str, data_dir: str | Path) -> tuple[Path, Path]:
     return files
 
 
-class Classifier(nn.Module):
-    """A causal LM's transformer with a classification head on its last position."""
+POOLINGS = ("final", "official")
+PADDING_SIDE = {"final": "left", "official": "right"}  # official: the pipeline's default --padding_side
 
-    def __init__(self, transformer: nn.Module, num_labels: int, dropout: float):
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """The hidden state the head reads per row: the last real token (`final`, either padding
+    side), or the first position (`official`, as the pipeline's `encoding[:, 0]`)."""
+    if pooling == "official":
+        return hidden[:, 0]
+    last = attention_mask.shape[1] - 1 - attention_mask.flip(1).argmax(1)
+    return hidden[torch.arange(len(hidden), device=hidden.device), last]
+
+
+class Classifier(nn.Module):
+    """A causal LM's transformer with a classification head on one position (see `pool`)."""
+
+    def __init__(self, transformer: nn.Module, num_labels: int, dropout: float, pooling: str = "final"):
         super().__init__()
         hidden = transformer.config.hidden_size
-        self.transformer = transformer
+        self.transformer, self.pooling = transformer, pooling
         self.head = nn.Sequential(
             nn.LayerNorm(hidden, 1e-5, elementwise_affine=False), nn.Linear(hidden, hidden), nn.GELU(),
             nn.LayerNorm(hidden, 1e-5, elementwise_affine=False), nn.Dropout(dropout), nn.Linear(hidden, num_labels))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.head(hidden[:, -1])  # left padding: the last position is every row's last token
+        return self.head(pool(hidden, attention_mask, self.pooling))
 
 
 def classification_metrics(labels: list[int], predictions: list[int], names: tuple[str, ...]) -> dict[str, float]:
@@ -152,11 +173,27 @@ def predict(model: Classifier, tokenizer, texts, settings: FinetuneSettings) -> 
     return preds
 
 
-def finetune(checkpoint: str | Path, task: str, data_dir: str | Path,
-             settings: FinetuneSettings = FinetuneSettings(), device: str | None = None) -> tuple[dict[str, float], list[int], int]:
-    """Fine-tune on the task's train file; the best epoch's validation metrics and predictions, and its epoch."""
+def load_for_finetuning(checkpoint: str | Path, pooling: str):
+    """Tokenizer (padded on the pooling's side) and the LM's transformer in fp32, as the pipeline
+    (transformers 4.51 loads fp32 by default) fine-tunes whatever dtype the checkpoint was saved in."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling {pooling!r}: expected one of {', '.join(POOLINGS)}")
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, padding_side=PADDING_SIDE[pooling])
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if pooling == "official" and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        warnings.warn(f"{checkpoint}: pooling official with a tokenizer that prepends BOS: the first position, "
+                      f"which the head reads, sees no input", stacklevel=2)
+    # The LM's transformer without its LM head: the weights the pipeline's AutoModel loads.
+    return tokenizer, AutoModelForCausalLM.from_pretrained(checkpoint).base_model.float()  # bf16 -> fp32 is exact
+
+
+def finetune(checkpoint: str | Path, task: str, data_dir: str | Path,
+             settings: FinetuneSettings = FinetuneSettings(), device: str | None = None,
+             pooling: str = "final") -> tuple[dict[str, float], list[int], int]:
+    """Fine-tune on the task's train file; the best epoch's validation metrics and predictions, and its epoch."""
     spec = TASKS[task]
     train_file, valid_file = task_files(task, data_dir)
     train_texts, train_labels = read_examples(train_file, task)
@@ -167,12 +204,8 @@ def finetune(checkpoint: str | Path, task: str, data_dir: str | Path,
 
     torch.manual_seed(settings.seed)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint, padding_side="left")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    # The LM's transformer without its LM head: the weights the pipeline's AutoModel loads.
-    transformer = AutoModelForCausalLM.from_pretrained(checkpoint).base_model
-    model = Classifier(transformer, spec.num_labels, settings.dropout).to(device)
+    tokenizer, transformer = load_for_finetuning(checkpoint, pooling)
+    model = Classifier(transformer, spec.num_labels, settings.dropout, pooling).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     total = spec.epochs * steps_per_epoch
     warmup = int(settings.warmup_proportion * total)
