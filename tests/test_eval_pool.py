@@ -48,13 +48,14 @@ def test_pool_runs_checkpoints_by_tasks_and_turns_failures_into_rows(ray_local, 
     pool = EvaluationPool(num_actors=2)
     try:
         rows = pool.run(jobs, results_dir=results_dir)
+        again = pool.run(jobs[:3], results_dir=results_dir)  # a resumed trial evaluates some jobs again
     finally:
         pool.shutdown()
 
     table = read_table(results_dir)
-    assert len(table) == len(rows)
-    key = ["trial", "task", "subtask", "metric"]
-    assert not table.duplicated(key).any()  # every row exactly once
+    assert len(table) == len(rows) and len(again) > 0
+    key = ["trial", "checkpoint", "task", "subtask", "metric"]
+    assert not table.duplicated(key).any()  # every row exactly once, re-runs included
     errors = table[table["metric"] == "error"]
     assert set(errors["trial"]) == {"corrupt"} and len(errors) == 2
     assert all(errors["error"].str.len() > 0)

@@ -68,3 +68,26 @@ def test_over_budget_fails_before_training(base):
     with pytest.raises(BudgetError, match="exposure .* > 1,000"):
         run_instruct(cfg, checkpoint)
     assert not (Path(cfg.run.storage_path) / cfg.run.name).exists()
+
+
+def test_instruction_tuning_continues_the_checkpoint_schedule_past_the_base(base):
+    from classit.train.loop import checkpoint_marks, load_trainer_state
+
+    tmp, checkpoint = base
+    base_exposure = load_trainer_state(checkpoint).total_exposure_words
+    scale = base_exposure / 3_500_000  # the base sits half way between the 3M and 4M marks
+    cfg = instruct_config(tmp, "switch_wiki", "marks", train={
+        "learning_rate": 2e-3, "epochs": 4, "warmup_steps": 4, "batch_size": 8, "eval_every_steps": 10,
+        "log_every_steps": 1, "checkpoints": {"word_scale": scale}})
+    result = run_instruct(cfg, checkpoint)
+    assert result.error is None
+    words = sorted(int(Path(c.path).name.split("words")[1]) for c, _ in result.best_checkpoints)
+    assert words[0] > base_exposure  # checkpoints are named by total exposure, the base's words included
+    rows = read_table(table_dir(cfg.run.storage_path, cfg.run.name, "train_metrics"))
+    ends = set(rows.groupby("stage")["exposure_words"].max())  # each stage's last step is saved too
+    per_step = rows.sort_values(["stage_index", "step"])["exposure_words"].diff().max()
+    marks = [m for m in checkpoint_marks(base_exposure, scale) if m <= words[-1]]
+    assert len(marks) >= 2  # the schedule went on from the base's exposure: its "4M", "5M", ...
+    for mark in marks:
+        assert any(mark <= w < mark + per_step for w in words)  # saved at the first step at or past it
+    assert all(w in ends or any(m <= w < m + per_step for m in marks) for w in words)

@@ -137,3 +137,49 @@ def test_compiled_training_matches_eager_and_saves_plain_checkpoints(corpus, tmp
     assert len(losses[True]) == 8 and losses[True] == pytest.approx(losses[False], rel=1e-3)
     _, info = AutoModelForCausalLM.from_pretrained(rec.checkpoints[-1], output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]  # no `_orig_mod.` prefixes
+
+
+def micro_model(tokenizer):
+    """A LLaMA far smaller than the tiny preset: a few million words of exposure in seconds on CPU."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                        num_hidden_layers=1, num_attention_heads=1, max_position_embeddings=64,
+                                        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                                        eos_token_id=tokenizer.eos_token_id))
+
+
+def test_unscaled_checkpoints_fall_on_the_babylm_marks_of_a_multi_million_word_run(corpus, tmp_path):
+    prepared, tokenizer = corpus
+    stage = make_stage(corpus, batch_size=256, epochs=1000, max_steps=10**6, eval_every_steps=10**6,
+                       log_every_steps=10**6, checkpoints={"resumable": False})  # word_scale unset: exact marks
+    stage.validation = {"": prepared.load_blocks("validation").select(range(8))}
+    words_per_step = sum(stage.train["num_words"]) / len(stage.train) * 256
+    stage.config = stage.config.model_copy(update={"max_steps": int(3_300_000 / words_per_step)})
+    rec = Recorder(tmp_path)
+    state, _ = train_stage(micro_model(tokenizer), tokenizer, stage, DistributedConfig(num_workers=1), rec,
+                           log=lambda _: None)
+    assert state.words_seen > 3_000_000
+    words = [load_trainer_state(c).total_exposure_words for c in rec.checkpoints]
+    marks = [1_000_000, 2_000_000, 3_000_000]
+    assert len(words) == 4 and words[-1] == state.words_seen  # three marks, then the stage's end
+    for mark, seen in zip(marks, words):
+        assert mark <= seen < mark + words_per_step * 1.5  # the first step at or past the mark
+    assert [c.name.endswith(f"words{w:012d}") for c, w in zip(rec.checkpoints, words)] == [True] * 4
+
+
+def test_accumulation_trains_whole_steps_and_counts_every_word_it_trained_on(corpus, tmp_path):
+    prepared, tokenizer = corpus
+    # 66 rows in micro-batches of 4: 16 per epoch, 5 steps of 3 and one leftover micro-batch (+2 rows).
+    stage = make_stage(corpus, batch_size=4, gradient_accumulation_steps=3, epochs=2, eval_every_steps=1000,
+                       checkpoints={"schedule": "final", "resumable": False})
+    stage.train = prepared.load_blocks("train").select(range(66))
+    state, engine = train_stage(build_model("tiny", tokenizer), tokenizer, stage, DistributedConfig(num_workers=1),
+                                Recorder(tmp_path), log=lambda _: None)
+    words = stage.train["num_words"]
+    trained = [i for epoch in range(2)
+               for i in torch.randperm(66, generator=torch.Generator().manual_seed(stage.config.seed + epoch))[:60]]
+    assert state.step == 10 and engine.global_steps == 10  # no leftover gradient leaks into another step
+    assert engine.micro_steps == 30  # the leftover micro-batch of each epoch is not trained ...
+    assert state.words_seen == sum(words[int(i)] for i in trained)  # ... and every trained line's words count

@@ -163,3 +163,45 @@ def test_each_finetuning_task_runs_end_to_end_with_pipeline_defaults(tmp_path, c
     saved = json.loads(export.prediction_path(tmp_path / "out", "m", "main", task).read_text())
     assert [p["id"] for p in saved[task]["predictions"]] == [f"{task}_{i}" for i in range(10)]
     assert {p["pred"] for p in saved[task]["predictions"]} <= set(range(spec.num_labels))
+
+
+def test_pooling_reads_the_last_real_token_or_the_official_first_position(checkpoint):
+    import torch
+
+    hidden = torch.arange(2 * 5, dtype=torch.float).reshape(2, 5, 1)  # each position's value is its index
+    left = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    right = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert finetune.pool(hidden, left, "final").flatten().tolist() == [4, 9]  # the last real token
+    assert finetune.pool(hidden, right, "final").flatten().tolist() == [2, 9]
+    assert finetune.pool(hidden, right, "official").flatten().tolist() == [0, 5]  # encoding[:, 0]
+    # The official rule end to end: right padding (the pipeline's default --padding_side) and a
+    # first position that, with this BOS-prepending tokenizer, holds BOS for every row: no input seen.
+    with pytest.warns(UserWarning, match="first position, which the head reads, sees no input"):
+        tokenizer, _ = finetune.load_for_finetuning(checkpoint, "official")
+    batch = tokenizer(["the dog runs .", "a cat"], ["it runs .", "a cat sleeps on the mat ."], padding=True,
+                      return_tensors="pt")
+    assert tokenizer.padding_side == "right" and (batch["attention_mask"][:, 0] == 1).all()
+    assert (batch["input_ids"][:, 0] == tokenizer.bos_token_id).all()
+    assert batch["attention_mask"][0, -1] == 0  # the shorter pair is padded at its end
+    final_tokenizer, transformer = finetune.load_for_finetuning(checkpoint, "final")
+    assert final_tokenizer.padding_side == "left" and next(transformer.parameters()).dtype == torch.float32
+
+
+def test_a_bf16_checkpoint_fine_tunes_in_fp32_and_rows_carry_the_pooling(tmp_path, checkpoint):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    bf16 = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(checkpoint).to(torch.bfloat16).save_pretrained(bf16)
+    AutoTokenizer.from_pretrained(checkpoint).save_pretrained(bf16)
+    assert json.loads((bf16 / "config.json").read_text())["dtype"] == "bfloat16"
+    rng = random.Random(1)
+    write_glue(tmp_path / "data", "rte", [rng.randrange(2) for _ in range(64)], [rng.randrange(2) for _ in range(10)])
+    for pooling in ("final", "official"):
+        job = EvalJob(str(bf16), "rte", str(tmp_path / "data"), trial="m", pooling=pooling,
+                      export_dir=str(tmp_path / "out"))
+        rows = run_job(job, ModelCache("cpu"))
+        assert all(not r["error"] for r in rows), rows
+        assert {r["pooling"] for r in rows} == {pooling} and {r["metric"] for r in rows} >= {"accuracy", "f1"}
+        saved = json.loads(export.prediction_path(tmp_path / "out", "m", "main", "rte").read_text())
+        assert saved["rte"]["pooling"] == pooling

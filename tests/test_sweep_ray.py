@@ -48,7 +48,15 @@ def test_six_trials_share_one_base_built_once_and_all_get_scores(ray_local, tmp_
     assert set(board["trial"]) == planned and len(board) == 6
     assert set(board["param.curriculum"]) == set(CURRICULA)
     assert board["val_loss"].notna().all() and board["blimp:average:accuracy"].between(0, 100).all()
-    assert (board["param.learning_rate"] == 2e-3).all()
+    assert (board["status"] == "finished").all()
+    # The learning rate is drawn for every curriculum that trains, never for pt.
+    trains = board["param.curriculum"] != "pt"
+    assert (board.loc[trains, "param.learning_rate"] == 2e-3).all() and board.loc[~trains, "param.learning_rate"].isna().all()
+    # One validation set for the sweep: every trial, pt included, scored on the same records,
+    # with one loss per instruction dataset and the base's own pretraining loss.
+    assert board["validation_records"].nunique() == 1 and board["validation_records"].notna().all()
+    assert board[["val_loss:switch", "val_loss:wiki", "base_val_loss"]].notna().all().all()
+    assert board["base_val_loss"].nunique() == 1
     # Every trial's config is written whole into its row.
     assert all(json.loads(c)["instruct"]["train"]["learning_rate"] == 2e-3 for c in board["config"])
 
@@ -62,6 +70,11 @@ def test_six_trials_share_one_base_built_once_and_all_get_scores(ray_local, tmp_
     trained = metrics[metrics["stage"] != "pt"]
     assert trained["trial"].nunique() == 5  # every curriculum but pt trained, each in its own run
     assert (trained.groupby(["trial", "stage"])["step"].apply(lambda s: (s == 0).sum()) == 1).all()
+    logged = trained[trained["step"] > 0]  # every logged step of every trial keeps loss and lr
+    assert len(logged) > 0 and logged["loss"].notna().all() and logged["lr"].notna().all()
+    assert (metrics["validation_records"] == board["validation_records"].iloc[0]).all()
+    evaluations = metrics[(metrics["step"] == 0) | (metrics["step"] % 5 == 0) | (metrics["step"] == metrics["total_steps"])]
+    assert evaluations["val_loss"].notna().all()  # eval_every_steps 5, and each stage's start and end
 
 
 def test_tpe_multi_objective_with_seeds_repeats_each_draw(ray_local, tmp_path):

@@ -73,5 +73,35 @@ def run_kill_and_resume(config: dict, tmp_path: Path, ray_tmp: Path) -> None:
         runs = metrics[metrics["trial"] == f"resumable-{key}"]
         assert (runs.groupby("stage")["step"].apply(lambda s: (s == 0).sum()) == 1).all()
     assert len(finished_before) >= 1 and not ray_processes(str(ray_tmp))
+    scores = read_table(str(tmp_path / "runs" / "resumable" / "results" / "eval_scores"))
+    assert set(scores["trial"]) == planned  # every trial scored, each row once, re-run evaluations included
+    assert not scores.duplicated(["trial", "checkpoint", "task", "subtask", "metric"]).any()
     again = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "already finished" in again.stdout  # a finished sweep is not rerun
+
+
+def test_a_corrupt_final_checkpoint_ends_eval_failed_and_the_sweep_exits_non_zero(tmp_path):
+    config = sweep_config(tmp_path, name="broken", space={"curriculum": {"choice": ["switch"]}})
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(config))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rb-", dir="/tmp"))
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
+    command = [sys.executable, str(REPO / "sweeps" / "curriculum_sweep.py"), "--config", str(path)]
+    try:
+        first = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        key = trial_key(grid_trials(parse_config(config))[0])
+        # The trial's training run stays; its final checkpoint's weights are damaged, and the sweep
+        # is started afresh: the trial finds its run finished and hands that checkpoint to evaluation.
+        final = max((tmp_path / "runs" / f"broken-{key}").glob("switch-step*"))
+        (final / "model.safetensors").write_bytes(b"not a safetensors file")
+        shutil.rmtree(tmp_path / "runs" / "broken")
+        second = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert second.returncode == 1, second.stdout[-3000:] + second.stderr[-3000:]
+    last_line = second.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("classit: error: evaluation failed for trial(s)") and key in last_line
+    trials = read_table(str(tmp_path / "runs" / "broken" / "results" / "trials"))
+    assert trials["status"].tolist() == ["eval_failed"] and trials["error"].iloc[0]  # the reason, from the error rows
+    assert f"{key}  eval_failed" in second.stdout  # on the leaderboard too

@@ -28,8 +28,16 @@ def test_pretrain_two_workers_zero2_learns_and_checkpoints_load(ray_local, tmp_p
     rows = metrics_of(cfg)
     evals = rows.dropna(subset=["val_loss"]).sort_values("step")
     assert evals.iloc[-1]["val_loss"] <= 0.7 * evals.iloc[0]["val_loss"]  # fell by at least 30%
-    assert rows["step"].max() == rows["total_steps"].iloc[0]
+    total = rows["total_steps"].iloc[0]
+    assert rows["step"].max() == total
     assert (rows.groupby("step").size() == 1).all()  # one row per reported step, none lost or doubled
+    # Every logged training step keeps loss, lr, tokens/s and the counts; every evaluation its val_loss.
+    logged = rows[rows["step"] > 0]
+    assert len(logged) == logged["loss"].notna().sum() == logged["lr"].notna().sum() == logged["tokens_per_s"].notna().sum()
+    assert logged[["epoch", "words_seen", "tokens_seen", "exposure_words"]].notna().all().all()
+    assert {*range(10, total + 1, 10), total} <= set(logged["step"])  # log_every_steps 10
+    evaluations = {0, *range(20, total + 1, 20), total}  # eval_every_steps 20, and the end
+    assert set(rows.loc[rows["val_loss"].notna(), "step"]) == evaluations
 
     final = Path(result.checkpoint.path)
     model = AutoModelForCausalLM.from_pretrained(final)
@@ -78,9 +86,9 @@ def test_zero3_across_two_workers_gathers_a_whole_checkpoint(ray_local, tmp_path
     rows = metrics_of(cfg).dropna(subset=["val_loss"]).sort_values("step")
     # The saved weights are the trained ones: they score validation as the run did at its end.
     from classit.data.corpus import prepare_corpus
-    from classit.train.loop import collate_blocks, validation_loss
+    from classit.train.loop import collate_blocks, validation_losses
 
     corpus = prepare_corpus(cfg)
-    loss = validation_loss(model, corpus.load_blocks("validation"),
-                           partial(collate_blocks, pad_id=tokenizer.pad_token_id), 8)
+    loss = validation_losses(model, {"": corpus.load_blocks("validation")},
+                             partial(collate_blocks, pad_id=tokenizer.pad_token_id), 8)["val_loss"]
     assert loss == pytest.approx(rows.iloc[-1]["val_loss"], rel=1e-4)

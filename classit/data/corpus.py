@@ -227,6 +227,10 @@ def prepare_corpus(cfg: ClassitConfig) -> PreparedCorpus:
     train, valid, source_stats = clean_and_split(raw, corpus.validation_fraction, corpus.split_seed)
     if not train or not valid:
         raise ValueError(f"corpus: too few lines after cleaning ({len(train)} train, {len(valid)} validation)")
+    from classit.budget import check_budget
+
+    words = sum(s["train_words"] for s in source_stats.values())  # the input limit, before any tokenizing
+    check_budget(words, 0, cfg.budget, f"the pretraining corpus ({words:,} input words)")
     tok_path = tok_root / "tokenizer"
     if not (tok_path / "tokenizer_config.json").exists():
         tmp = tok_root / "tokenizer.tmp"

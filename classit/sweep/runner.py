@@ -153,7 +153,8 @@ def describe_plan(cfg: ClassitConfig) -> str:
         plan = members[0][1]
         hours = gpu_hours(parameter_count(preset), plan.exposure_words - plan.base_exposure_words)
         most_hours = max(most_hours, hours)
-        lines.append(f"    {shown or 'every trial'} ({preset}): {format_count(plan.input_words)} input / "
+        label = (shown or "every trial") + ("" if "model_preset" in common else f" ({preset})")
+        lines.append(f"    {label}: {format_count(plan.input_words)} input / "
                      f"{format_count(plan.exposure_words)} exposure words, within budget; ~{hours:.3g} GPU-h")
         lines.append(f"      {summary}")
     for preset, (words, exposure) in bases.items():
