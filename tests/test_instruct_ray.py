@@ -62,8 +62,11 @@ def test_switch_wiki_lowers_reply_loss_below_the_base(base):
 
 def test_over_budget_fails_before_training(base):
     tmp, checkpoint = base
-    cfg = instruct_config(tmp, "switch_wiki", "over-budget", budget={"max_exposure_words": 1000})
-    from classit.data.curriculum import BudgetError
+    from classit.budget import BudgetError
+    from classit.config import WordBudgetConfig
+
+    cfg = instruct_config(tmp, "switch_wiki", "over-budget")
+    cfg = cfg.model_copy(update={"budget": WordBudgetConfig(max_exposure_words=1000)})
 
     with pytest.raises(BudgetError, match="exposure .* > 1,000"):
         run_instruct(cfg, checkpoint)

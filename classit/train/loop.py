@@ -211,11 +211,15 @@ def validation_losses(model, sets: dict[str, object], collate, batch_size: int) 
     sums = []
     for dataset in sets.values():
         total, count = 0.0, 0
-        for start in range(rank * batch_size, len(dataset), world_size * batch_size):
-            batch = collate(dataset[start:start + batch_size])
+        # Every rank runs as many forward passes (ZeRO-3 gathers parameters in each, collectively);
+        # a rank past the end of the set runs one on its first row and counts nothing.
+        for k in range(-(-len(dataset) // (world_size * batch_size))):
+            start = (k * world_size + rank) * batch_size
+            batch = collate(dataset[start:start + batch_size] if start < len(dataset) else dataset[:1])
             logits = model(input_ids=batch["input_ids"].to(dev), use_cache=False).logits  # right-padded: no mask
             loss_sum, n = token_loss(logits, batch["labels"].to(dev))
-            total, count = total + loss_sum.item(), count + int(n)
+            if start < len(dataset):
+                total, count = total + loss_sum.item(), count + int(n)
         sums += [total, count]
     model.train(was_training)
     sums = _all_sum(sums)
