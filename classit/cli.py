@@ -29,8 +29,19 @@ def _load(args) -> object:
     return load_config(args.config, overrides)
 
 
+def _quiet_progress_bars() -> None:
+    """The driver's corpus and data preparation prints its own lines; library progress bars
+    would bury them (and a one-line error) on stderr."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def cmd_pretrain(args) -> int:
     cfg = _load(args)
+    _quiet_progress_bars()
     from classit.train.runner import prepare_pretraining, ray_session, run_pretraining
 
     prepared = prepare_pretraining(cfg)  # corpus and budget, before Ray starts
@@ -48,6 +59,7 @@ def cmd_instruct(args) -> int:
     base = Path(args.base)
     if not (base / "config.json").is_file():
         raise ConfigError(f"--base {base}: not a Hugging Face checkpoint folder (no config.json)")
+    _quiet_progress_bars()
     from classit.train.instruct import prepare_instruct, train_instruct
     from classit.train.runner import ray_session
 
@@ -99,6 +111,7 @@ def cmd_sweep(args) -> int:
     from classit.sweep.runner import describe_plan, failed_evaluations, run_sweep, validate
 
     cfg = validate(_load(args))
+    _quiet_progress_bars()
     if args.dry_run:
         print(describe_plan(cfg))
         return 0

@@ -55,8 +55,11 @@ def test_curriculum_exposure_over_budget(tmp_path, base):
 
 
 def test_sweep_trial_over_budget(tmp_path):
+    # The demo's base is 35,010 words of exposure at this size: within; its trials add more.
+    line = run_cli(tmp_path, "sweep", *small(tmp_path), "--set", "budget.max_exposure_words=40000")
+    assert line.startswith("classit: error: sweep trial curriculum=") and "exposure" in line and "> 40,000" in line
     line = run_cli(tmp_path, "sweep", *small(tmp_path), "--set", "budget.max_exposure_words=30000")
-    assert line.startswith("classit: error: sweep trial curriculum=") and "exposure" in line and "> 30,000" in line
+    assert "budget: the tiny base's pretraining (11,670 input words, 35,010 of exposure)" in line
 
 
 @pytest.mark.parametrize("content, message", [

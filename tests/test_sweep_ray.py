@@ -32,12 +32,18 @@ def sweep_config(tmp: Path, **sweep) -> dict:
     }
 
 
-def test_six_trials_share_one_base_built_once_and_all_get_scores(ray_local, tmp_path):
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One storage and cache folder for the module's sweeps (each its own name): one base for all."""
+    return tmp_path_factory.mktemp("sweeps")
+
+
+def test_six_trials_share_one_base_built_once_and_all_get_scores(ray_local, shared):
     # Two trials at a time: the first two both find the base missing and must not both build it.
-    cfg = parse_config(sweep_config(tmp_path, max_concurrent_trials=2))
+    cfg = parse_config(sweep_config(shared, max_concurrent_trials=2))
     board = run_sweep(cfg, log=lambda _: None)
 
-    storage = tmp_path / "runs"
+    storage = shared / "runs"
     assert len(list((storage / "bases").glob("*.json"))) == 1
     base_runs = [p for p in storage.iterdir() if p.name.startswith("base-")]
     assert len(base_runs) == 1
@@ -77,9 +83,9 @@ def test_six_trials_share_one_base_built_once_and_all_get_scores(ray_local, tmp_
     assert evaluations["val_loss"].notna().all()  # eval_every_steps 5, and each stage's start and end
 
 
-def test_tpe_multi_objective_with_seeds_repeats_each_draw(ray_local, tmp_path):
+def test_tpe_multi_objective_with_seeds_repeats_each_draw(ray_local, shared):
     """Optuna TPE over curriculum x mix ratio x learning rate, two objectives, two seeds per draw."""
-    config = sweep_config(tmp_path, name="tpe", search="tpe", num_samples=2, seeds=[0, 1],
+    config = sweep_config(shared, name="tpe", search="tpe", num_samples=2, seeds=[0, 1],
                           metrics=["val_loss", "blimp"], modes=["min", "max"],
                           space={"curriculum": {"choice": ["merged", "switch_wiki"]},
                                  "mix_ratio": {"uniform": [0.2, 0.8]},

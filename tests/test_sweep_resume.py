@@ -15,7 +15,7 @@ from classit.config import parse_config
 from classit.results import read_table
 from classit.sweep.space import grid_trials
 from classit.sweep.trial import trial_key
-from test_sweep_ray import sweep_config
+from test_sweep_ray import shared, sweep_config  # noqa: F401 - shared is a fixture: one base for the module
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,22 +25,22 @@ def ray_processes(marker: str) -> list[str]:
     return [line for line in out.splitlines() if "pgrep" not in line]
 
 
-def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
-    config = sweep_config(tmp_path, name="resumable", space={"curriculum": {"choice": ["switch", "wiki", "merged"]}})
+def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, shared):
+    config = sweep_config(shared, name="resumable", space={"curriculum": {"choice": ["switch", "wiki", "merged"]}})
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
     # This test's own Ray session folders (short: socket paths are limited), so its processes can be found.
     ray_tmp = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))
     try:
-        run_kill_and_resume(config, tmp_path, ray_tmp)
+        run_kill_and_resume(config, tmp_path, shared / "runs", ray_tmp)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def run_kill_and_resume(config: dict, tmp_path: Path, ray_tmp: Path) -> None:
+def run_kill_and_resume(config: dict, tmp_path: Path, runs: Path, ray_tmp: Path) -> None:
     path = tmp_path / "sweep.yaml"
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
     command = [sys.executable, str(REPO / "sweeps" / "curriculum_sweep.py"), "--config", str(path)]
-    trials_dir = str(tmp_path / "runs" / "resumable" / "results" / "trials")
+    trials_dir = str(runs / "resumable" / "results" / "trials")
 
     driver = subprocess.Popen(command, env=env, cwd=tmp_path, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -68,20 +68,20 @@ def run_kill_and_resume(config: dict, tmp_path: Path, ray_tmp: Path) -> None:
     trials = read_table(trials_dir)
     planned = {trial_key(p) for p in grid_trials(parse_config(config))}
     assert set(trials["trial"]) == planned and len(trials) == len(planned)  # each finished once
-    metrics = read_table(str(tmp_path / "runs" / "resumable" / "results" / "train_metrics"))
+    metrics = read_table(str(runs / "resumable" / "results" / "train_metrics"))
     for key in finished_before:  # a trial finished before the kill never trained again
         runs = metrics[metrics["trial"] == f"resumable-{key}"]
         assert (runs.groupby("stage")["step"].apply(lambda s: (s == 0).sum()) == 1).all()
     assert len(finished_before) >= 1 and not ray_processes(str(ray_tmp))
-    scores = read_table(str(tmp_path / "runs" / "resumable" / "results" / "eval_scores"))
+    scores = read_table(str(runs / "resumable" / "results" / "eval_scores"))
     assert set(scores["trial"]) == planned  # every trial scored, each row once, re-run evaluations included
     assert not scores.duplicated(["trial", "checkpoint", "task", "subtask", "metric"]).any()
     again = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "already finished" in again.stdout  # a finished sweep is not rerun
 
 
-def test_a_corrupt_final_checkpoint_ends_eval_failed_and_the_sweep_exits_non_zero(tmp_path):
-    config = sweep_config(tmp_path, name="broken", space={"curriculum": {"choice": ["switch"]}})
+def test_a_corrupt_final_checkpoint_ends_eval_failed_and_the_sweep_exits_non_zero(tmp_path, shared):
+    config = sweep_config(shared, name="broken", space={"curriculum": {"choice": ["switch"]}})
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(config))
     ray_tmp = Path(tempfile.mkdtemp(prefix="rb-", dir="/tmp"))
@@ -93,15 +93,15 @@ def test_a_corrupt_final_checkpoint_ends_eval_failed_and_the_sweep_exits_non_zer
         key = trial_key(grid_trials(parse_config(config))[0])
         # The trial's training run stays; its final checkpoint's weights are damaged, and the sweep
         # is started afresh: the trial finds its run finished and hands that checkpoint to evaluation.
-        final = max((tmp_path / "runs" / f"broken-{key}").glob("switch-step*"))
+        final = max((shared / "runs" / f"broken-{key}").glob("switch-step*"))
         (final / "model.safetensors").write_bytes(b"not a safetensors file")
-        shutil.rmtree(tmp_path / "runs" / "broken")
+        shutil.rmtree(shared / "runs" / "broken")
         second = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert second.returncode == 1, second.stdout[-3000:] + second.stderr[-3000:]
     last_line = second.stderr.strip().splitlines()[-1]
     assert last_line.startswith("classit: error: evaluation failed for trial(s)") and key in last_line
-    trials = read_table(str(tmp_path / "runs" / "broken" / "results" / "trials"))
+    trials = read_table(str(shared / "runs" / "broken" / "results" / "trials"))
     assert trials["status"].tolist() == ["eval_failed"] and trials["error"].iloc[0]  # the reason, from the error rows
     assert f"{key}  eval_failed" in second.stdout  # on the leaderboard too
