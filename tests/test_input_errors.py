@@ -1,10 +1,7 @@
-"""Bad input through the real entry points: over-budget plans and malformed instruction data end in
-one line on stderr and exit 2, before Ray starts (its temp folder stays empty)."""
+"""Bad input through the command line: over-budget plans and malformed instruction data end in one
+line on stderr and exit 2, before Ray starts."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,24 +9,29 @@ import yaml
 
 from conftest import train_tiny_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     return train_tiny_checkpoint(tmp_path_factory.mktemp("base"))
 
 
-def run_cli(tmp: Path, *args: str) -> str:
-    """Runs `classit ...`; asserts exit 2, one stderr line and no Ray; returns that line."""
-    ray_tmp = tmp / "ray"
-    ray_tmp.mkdir(exist_ok=True)
-    proc = subprocess.run([sys.executable, "-m", "classit.cli", *args], capture_output=True, text=True, cwd=tmp,
-                          env={**os.environ, "RAY_TMPDIR": str(ray_tmp)}, timeout=600)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr.strip().count("\n") == 0, proc.stderr
-    assert list(ray_tmp.iterdir()) == []  # Ray never started
-    return proc.stderr.strip()
+def run_cli(*args: str) -> str:
+    """Runs `classit ...` (the CLI's main, in this process); asserts exit 2, one stderr line and
+    that Ray never started; returns that line."""
+    import contextlib
+    import io
+
+    import ray
+
+    from classit.cli import main
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        code = main(list(args))
+    assert code == 2, stderr.getvalue()[-3000:]
+    assert stderr.getvalue().strip().count("\n") == 0, stderr.getvalue()
+    assert not ray.is_initialized()  # the error came before Ray
+    return stderr.getvalue().strip()
 
 
 def small(tmp: Path) -> list[str]:
@@ -38,27 +40,27 @@ def small(tmp: Path) -> list[str]:
 
 
 def test_pretraining_input_over_budget(tmp_path):
-    line = run_cli(tmp_path, "pretrain", *small(tmp_path), "--set", "budget.max_input_words=5000")
+    line = run_cli("pretrain", *small(tmp_path), "--set", "budget.max_input_words=5000")
     assert "budget: the pretraining corpus" in line and "input" in line and "> 5,000 words" in line
 
 
 def test_pretraining_exposure_over_budget(tmp_path):
-    line = run_cli(tmp_path, "pretrain", *small(tmp_path), "--set", "budget.max_exposure_words=20000")
+    line = run_cli("pretrain", *small(tmp_path), "--set", "budget.max_exposure_words=20000")
     words = json.loads(next((tmp_path / "cache").glob("corpus-*/blocks-*/stats.json")).read_text())["train"]["words"]
     assert f"exposure {words * 8:,} > 20,000 words" in line and f"pretraining ({words:,} input words" in line
 
 
 def test_curriculum_exposure_over_budget(tmp_path, base):
-    line = run_cli(tmp_path, "instruct", "--base", str(base), "--curriculum", "switch_wiki", *small(tmp_path),
+    line = run_cli("instruct", "--base", str(base), "--curriculum", "switch_wiki", *small(tmp_path),
                    "--set", "budget.max_exposure_words=20000")
     assert "budget: curriculum switch_wiki" in line and "> 20,000 words" in line and "total" in line
 
 
 def test_sweep_trial_over_budget(tmp_path):
     # The demo's base is 35,010 words of exposure at this size: within; its trials add more.
-    line = run_cli(tmp_path, "sweep", *small(tmp_path), "--set", "budget.max_exposure_words=40000")
+    line = run_cli("sweep", *small(tmp_path), "--set", "budget.max_exposure_words=40000")
     assert line.startswith("classit: error: sweep trial curriculum=") and "exposure" in line and "> 40,000" in line
-    line = run_cli(tmp_path, "sweep", *small(tmp_path), "--set", "budget.max_exposure_words=30000")
+    line = run_cli("sweep", *small(tmp_path), "--set", "budget.max_exposure_words=30000")
     assert "budget: the tiny base's pretraining (11,670 input words, 35,010 of exposure)" in line
 
 
@@ -73,5 +75,5 @@ def test_malformed_instruction_data_is_named_by_file_and_line(tmp_path, base, co
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"instruct": {"datasets": {"qa": {"path": str(tmp_path / "qa.jsonl")}},
                                                    "curriculum": [{"datasets": ["qa"]}]}}))
-    line = run_cli(tmp_path, "instruct", "--base", str(base), "--config", str(config), *small(tmp_path))
+    line = run_cli("instruct", "--base", str(base), "--config", str(config), *small(tmp_path))
     assert message in line

@@ -36,11 +36,11 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, share
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def run_kill_and_resume(config: dict, tmp_path: Path, runs: Path, ray_tmp: Path) -> None:
+def run_kill_and_resume(config: dict, tmp_path: Path, storage: Path, ray_tmp: Path) -> None:
     path = tmp_path / "sweep.yaml"
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
     command = [sys.executable, str(REPO / "sweeps" / "curriculum_sweep.py"), "--config", str(path)]
-    trials_dir = str(runs / "resumable" / "results" / "trials")
+    trials_dir = str(storage / "resumable" / "results" / "trials")
 
     driver = subprocess.Popen(command, env=env, cwd=tmp_path, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -68,12 +68,12 @@ def run_kill_and_resume(config: dict, tmp_path: Path, runs: Path, ray_tmp: Path)
     trials = read_table(trials_dir)
     planned = {trial_key(p) for p in grid_trials(parse_config(config))}
     assert set(trials["trial"]) == planned and len(trials) == len(planned)  # each finished once
-    metrics = read_table(str(runs / "resumable" / "results" / "train_metrics"))
+    metrics = read_table(str(storage / "resumable" / "results" / "train_metrics"))
     for key in finished_before:  # a trial finished before the kill never trained again
         runs = metrics[metrics["trial"] == f"resumable-{key}"]
         assert (runs.groupby("stage")["step"].apply(lambda s: (s == 0).sum()) == 1).all()
     assert len(finished_before) >= 1 and not ray_processes(str(ray_tmp))
-    scores = read_table(str(runs / "resumable" / "results" / "eval_scores"))
+    scores = read_table(str(storage / "resumable" / "results" / "eval_scores"))
     assert set(scores["trial"]) == planned  # every trial scored, each row once, re-run evaluations included
     assert not scores.duplicated(["trial", "checkpoint", "task", "subtask", "metric"]).any()
     again = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
