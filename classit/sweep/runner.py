@@ -15,14 +15,12 @@ from pathlib import Path
 from classit.config import ClassitConfig, ConfigError, config_hash
 from classit.sweep.space import (
     DefineByRun,
-    applies,
     check_space,
+    corner_trials,
     format_count,
     gpu_hours,
     grid_trials,
-    is_conditional,
     planned_trial_count,
-    trial_curriculum,
 )
 from classit.sweep.trial import EVAL_SCORES, TRIALS, objective_key
 
@@ -63,23 +61,7 @@ def budget_candidates(cfg: ClassitConfig) -> list[dict]:
     """Parameters whose plans bound every trial's word counts: each grid trial, or for a search
     every combination of the choices and the ends of every range (conditional parameters only
     where they apply)."""
-    sweep = cfg.sweep
-    if sweep.search == "grid":
-        return grid_trials(cfg)
-    import itertools
-
-    corners = {n: d.choice if d.choice is not None else list(d.uniform or d.loguniform or d.integer)
-               for n, d in sweep.space.items()}
-    names = [n for n in corners if not is_conditional(n)]
-    out = []
-    for values in itertools.product(*(corners[n] for n in names)):
-        params = dict(zip(names, values))
-        options = [{}]
-        for cond in (n for n in corners if is_conditional(n)):
-            if applies(cond, trial_curriculum(cfg, params)):
-                options = [{**o, cond: v} for o in options for v in corners[cond]]
-        out += [{**params, **o, "seed": sweep.seeds[0]} for o in options]
-    return out
+    return grid_trials(cfg) if cfg.sweep.search == "grid" else corner_trials(cfg)
 
 
 def plan_trials(cfg: ClassitConfig) -> tuple[list[tuple[dict, object]], dict]:

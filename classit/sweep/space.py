@@ -117,20 +117,33 @@ def _corner_values(dim: Dimension) -> list[Any]:
     return list(dim.uniform or dim.loguniform or dim.integer)
 
 
+def combinations(base: ClassitConfig, values: dict[str, list]) -> list[dict[str, Any]]:
+    """Every combination of each parameter's values, conditional parameters only where they apply."""
+    names = [n for n in values if not is_conditional(n)]
+    combos = []
+    for drawn in itertools.product(*(values[n] for n in names)):
+        params = dict(zip(names, drawn))
+        options = [{}]
+        for cond in (n for n in values if is_conditional(n)):
+            if applies(cond, trial_curriculum(base, params)):
+                options = [{**o, cond: v} for o in options for v in values[cond]]
+        combos += [{**params, **o} for o in options]
+    return combos
+
+
 def grid_trials(base: ClassitConfig) -> list[dict[str, Any]]:
     """Every combination of the choices, conditional parameters only where they apply, x seeds."""
     sweep = base.sweep
-    names = [n for n in sweep.space if not is_conditional(n)]
-    conditional = [n for n in sweep.space if is_conditional(n)]
-    combos = []
-    for values in itertools.product(*(sweep.space[n].choice for n in names)):
-        params = dict(zip(names, values))
-        options = [{}]
-        for cond in conditional:
-            if applies(cond, trial_curriculum(base, params)):
-                options = [{**o, cond: v} for o in options for v in sweep.space[cond].choice]
-        combos += [{**params, **o} for o in options]
+    combos = combinations(base, {n: d.choice for n, d in sweep.space.items()})
     return [{**params, "seed": seed} for params in combos for seed in sweep.seeds]
+
+
+def corner_trials(base: ClassitConfig) -> list[dict[str, Any]]:
+    """Every combination of the choices and the ends of every range (the first seed): the
+    parameters that bound a search space's trials."""
+    sweep = base.sweep
+    combos = combinations(base, {n: _corner_values(d) for n, d in sweep.space.items()})
+    return [{**params, "seed": sweep.seeds[0]} for params in combos]
 
 
 class DefineByRun:
