@@ -61,3 +61,62 @@ def test_wug_correlates_first_candidate_probability_with_human_ratio(tmp_path, m
     assert rho == pytest.approx(1.0)  # model probabilities in the same order as the human ratios
     model, tokenizer = model_and_tokenizer
     assert -1.0 <= wug_correlation(items, score_items(model, tokenizer, items)) <= 1.0
+
+
+COMPS_FILES = {"comps_base": "base", "comps_wugs": "wugs", "comps_wugs_dist-before": "wugs_dist_before",
+               "comps_wugs_dist-in-between": "wugs_dist_in_between"}
+
+
+def write_comps(folder):
+    rows = [{"prefix_acceptable": "the dog", "prefix_unacceptable": "the box", "property_phrase": "can run ."},
+            {"prefix_acceptable": "a cat", "prefix_unacceptable": "a rock", "property_phrase": "eats food ."},
+            # the same prefix twice: a tie, which goes to the acceptable one, as the pipeline's argmax does
+            {"prefix_acceptable": "the wug", "prefix_unacceptable": "the wug", "property_phrase": "is big ."}]
+    for stem in COMPS_FILES:
+        write_jsonl(folder / "comps" / f"{stem}.jsonl", rows)
+
+
+def test_comps_scores_the_property_after_each_prefix_as_the_pipeline_does(tmp_path, model_and_tokenizer):
+    from classit.evaluate.export import zero_shot_predictions
+    from classit.evaluate.scoring import reference_scores
+
+    model, tokenizer = model_and_tokenizer
+    write_comps(tmp_path)
+    items = read_task("comps", tmp_path)
+    assert len(items) == 12 and {i.meta["UID"] for i in items} == set(COMPS_FILES.values())
+    # The pipeline's joining: prefix + " " + property phrase, the phrase (no leading space) scored.
+    assert items[0].candidates == [("the dog can run .", "can run ."), ("the box can run .", "can run .")]
+    ids, scored = encode_candidates(tokenizer, [items[0].candidates[1]]).candidate(0)
+    assert tokenizer.decode([t for t, s in zip(ids, scored) if s]).strip() == "can run ."
+    # The engine's scores equal the one-candidate-at-a-time reference.
+    scores = score_items(model, tokenizer, items)
+    reference = reference_scores(model, encode_candidates(tokenizer, [c for i in items for c in i.candidates]))
+    np.testing.assert_allclose(np.concatenate(scores), reference, atol=1e-4)
+    assert scores[2][0] == scores[2][1]  # the tie
+    result = accuracies("comps", items, scores)
+    # Accuracy per subset; the task score is the mean of the four (each file holds the same rows).
+    assert set(result["UID"]) == set(COMPS_FILES.values()) and len(set(result["UID"].values())) == 1
+    assert result["average"]["accuracy"] == pytest.approx(sum(result["UID"].values()) / 4)
+    hand = 100 * (int(scores[0][0] > scores[0][1]) + int(scores[1][0] > scores[1][1]) + 1) / 3
+    assert result["average"]["accuracy"] == pytest.approx(hand)
+    # Predictions name the whole chosen sentence, with the pipeline's ids.
+    preds = zero_shot_predictions(items, scores, with_prob=False, whole_sentence=True)
+    assert preds["base"]["predictions"][2] == {"id": "base_2", "pred": "the wug is big ."}
+    assert preds["base"]["predictions"][0]["pred"] in ("the dog can run .", "the box can run .")
+
+
+def test_comps_rows_and_export_in_the_official_layout(tmp_path, model_and_tokenizer):
+    from classit.evaluate.jobs import EvalJob, ModelCache, run_job
+
+    write_comps(tmp_path / "data")
+    model, tokenizer = model_and_tokenizer
+    checkpoint = tmp_path / "ckpt"
+    model.save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+    job = EvalJob(str(checkpoint), "comps", str(tmp_path / "data"), export_dir=str(tmp_path / "out"))
+    rows = {(r["subtask"], r["metric"]): r for r in run_job(job, ModelCache("cpu"))}
+    assert rows[("average", "accuracy")]["n_items"] == 12 and rows[("average", "accuracy")]["error"] == ""
+    assert {s for s, _ in rows} == {"average", *(f"UID:{name}" for name in COMPS_FILES.values())}
+    exported = json.loads((tmp_path / "out" / "ckpt" / "main" / "zero_shot" / "causal" / "comps" / "comps"
+                           / "predictions.json").read_text())
+    assert set(exported) == set(COMPS_FILES.values()) and len(exported["wugs"]["predictions"]) == 3

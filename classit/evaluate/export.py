@@ -5,7 +5,7 @@ Each task writes the official pipeline's `predictions.json` in its results layou
 `.../zero_shot/causal/reading/predictions.json`, fine-tuning: `.../finetune/<task>/predictions.json`),
 so the official `collate_preds.py` reads them as its own. `collate` gathers those present into
 `<root>/<model>/all_full_preds_and_fast_scores_causal.json`, the file the leaderboard takes
-(the official collation also expects AoA and COMPS predictions, which classit does not compute).
+(the official collation also expects AoA surprisals, which classit does not compute yet).
 """
 
 from __future__ import annotations
@@ -19,17 +19,20 @@ import numpy as np
 
 # Our task name -> the pipeline's task folder inside zero_shot/causal/.
 ZERO_SHOT_FOLDERS = {"blimp": "blimp", "blimp_supplement": "blimp", "ewok": "ewok",
-                     "entity_tracking": "entity_tracking", "wug_adj": "wug_adj", "wug_past": "wug_past"}
+                     "entity_tracking": "entity_tracking", "wug_adj": "wug_adj", "wug_past": "wug_past",
+                     "comps": "comps"}
 GLUE_TASKS = ("boolq", "mnli", "mrpc", "multirc", "qqp", "rte", "wsc")
 
 
-def zero_shot_predictions(items, scores: list[np.ndarray], with_prob: bool) -> dict:
-    """{UID: {"predictions": [{"id": "<UID>_<n>", "pred": chosen completion (, "prob")}]}}."""
+def zero_shot_predictions(items, scores: list[np.ndarray], with_prob: bool, whole_sentence: bool = False) -> dict:
+    """{UID: {"predictions": [{"id": "<UID>_<n>", "pred": chosen completion (, "prob")}]}}; with
+    `whole_sentence` (COMPS, as the pipeline writes it) the chosen candidate's whole text."""
     by_uid: dict[str, list[dict]] = defaultdict(list)
     for item, item_scores in zip(items, scores):
         uid = item.meta["UID"]
         text, completion = item.candidates[int(np.argmax(item_scores))]
-        prediction = {"id": f"{uid}_{len(by_uid[uid])}", "pred": completion if completion is not None else text}
+        chosen = text if whole_sentence or completion is None else completion
+        prediction = {"id": f"{uid}_{len(by_uid[uid])}", "pred": chosen}
         if with_prob:  # WUG: the softmax probability of the first candidate
             prediction["prob"] = float(np.exp(item_scores[0] - np.logaddexp.reduce(item_scores)))
         by_uid[uid].append(prediction)
@@ -76,7 +79,8 @@ def collate(root: str | Path, model: str, revision: str = "main") -> Path:
                                   ("ewok", "ewok", ("ewok_filtered", "ewok", "ewok_fast")),
                                   ("entity_tracking", "entity_tracking", ("entity_tracking", "entity_tracking_fast")),
                                   ("wug_adj", "wug_adj", ("wug_adj_nominalization", "wug_adj")),
-                                  ("wug_past", "wug_past", ("wug_past_tense", "wug_past"))):
+                                  ("wug_past", "wug_past", ("wug_past_tense", "wug_past")),
+                                  ("comps", "comps", ("comps",))):
         found = [zero_shot / folder / d / "predictions.json" for d in datasets
                  if (zero_shot / folder / d / "predictions.json").is_file()]
         if found:

@@ -79,8 +79,10 @@ def run_zero_shot(job: EvalJob, model, tokenizer, cache: ModelCache) -> list[dic
     items, encoded = cache.prepared(job)
     scores = zero_shot.score_items(model, tokenizer, items, encoded)
     seconds = time.perf_counter() - start
-    is_wug = zero_shot.TASKS[job.task].metric == "spearman"
-    _export(job, export.zero_shot_predictions(items, scores, with_prob=is_wug), folder.name)
+    spec = zero_shot.TASKS[job.task]
+    is_wug = spec.metric == "spearman"
+    _export(job, export.zero_shot_predictions(items, scores, with_prob=is_wug, whole_sentence=spec.predicts_sentence),
+            folder.name)
     if is_wug:
         return [result_row(job, "average", "spearman", zero_shot.wug_correlation(items, scores), len(items), seconds)]
     result = zero_shot.accuracies(job.task, items, scores)

@@ -1,4 +1,4 @@
-"""Zero-shot tasks scored by ranking candidates: BLiMP, BLiMP supplement, EWoK, entity tracking, WUG.
+"""Zero-shot tasks scored by ranking candidates: BLiMP, BLiMP supplement, EWoK, entity tracking, WUG, COMPS.
 
 Each task reads the official BabyLM 2025 layout (a folder of JSONL files) into items: candidate
 texts (with the part of each that is scored), the metadata results are grouped by, and for WUG
@@ -82,6 +82,22 @@ def read_entity_tracking(folder: Path) -> list[Item]:
     return items
 
 
+# COMPS file stems -> subset names, as the pipeline names them; any other file is its fourth subset.
+COMPS_SUBSETS = {"comps_base": "base", "comps_wugs": "wugs", "comps_wugs_dist-before": "wugs_dist_before"}
+
+
+def read_comps(folder: Path) -> list[Item]:
+    """Each pair: prefix + " " + property phrase, the property phrase scored after each prefix."""
+    items = []
+    for path, line, raw in _jsonl(folder):
+        _need(raw, ("prefix_acceptable", "prefix_unacceptable", "property_phrase"), path, line)
+        phrase = raw["property_phrase"]
+        items.append(Item([(f"{raw['prefix_acceptable']} {phrase}", phrase),
+                           (f"{raw['prefix_unacceptable']} {phrase}", phrase)],
+                          {"UID": COMPS_SUBSETS.get(path.stem, "wugs_dist_in_between")}))
+    return items
+
+
 def read_wug(folder: Path) -> list[Item]:
     items = []
     for path, line, raw in _jsonl(folder):
@@ -97,6 +113,7 @@ class Task:
     read: Callable[[Path], list[Item]]
     metric: str = "accuracy"
     meta_keys: tuple[str, ...] = ("UID",)
+    predicts_sentence: bool = False  # exported predictions name the whole chosen text (COMPS)
 
 
 TASKS = {
@@ -107,6 +124,7 @@ TASKS = {
     "entity_tracking": Task(("entity_tracking",), read_entity_tracking),
     "wug_adj": Task(("wug_adj", "wug_adj_nominalization"), read_wug, metric="spearman"),
     "wug_past": Task(("wug_past", "wug_past_tense"), read_wug, metric="spearman"),
+    "comps": Task(("comps",), read_comps, predicts_sentence=True),
 }
 
 
