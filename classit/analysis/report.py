@@ -153,7 +153,28 @@ def write_importance(results: data.Results, out: Path) -> list[Path]:
     return paths
 
 
-WRITERS = {"leaderboard": write_leaderboard, "paper_tables": write_paper_tables,
+def write_babylm_aggregates(results: data.Results, out: Path) -> list[Path]:
+    from classit.evaluate.aggregates import aggregates
+
+    rows = []
+    labels = data.configuration_labels(results.trials)
+    for trial, label in zip(results.trials.to_dict("records"), labels):
+        row = {"trial": trial["trial"], "config": label}
+        missing: list[str] = []
+        for name, aggregate in aggregates(trial).items():
+            row[name.removeprefix("babylm:")] = aggregate.value
+            missing += [key.split(":")[0] for key in aggregate.missing if key.split(":")[0] not in missing]
+        rows.append(row | {"missing": ", ".join(missing) or "-"})
+    text = ("# BabyLM leaderboard aggregates\n\nOn the leaderboard's 0-100 scale, per trial (final checkpoint): "
+            "human-likeness (reading, WUG adjective and past tense, AoA), NLP (BLiMP, supplement, EWoK, entity "
+            "tracking, COMPS, GLUE) and their mean. Empty where a component is missing (named).\n\n"
+            + markdown(pd.DataFrame(rows)))
+    (out / "babylm_aggregates.md").write_text(text)
+    return [out / "babylm_aggregates.md"]
+
+
+WRITERS = {"leaderboard": write_leaderboard, "babylm_aggregates": write_babylm_aggregates,
+           "paper_tables": write_paper_tables,
            "curriculum_effects": write_curriculum_effects, "learning_curves": write_learning_curves,
            "importance": write_importance}
 

@@ -1,0 +1,68 @@
+"""The leaderboard's aggregates: a hand computation, the published rows, missing components."""
+
+import math
+
+import pytest
+
+from classit.evaluate.aggregates import GLUE, aggregates
+
+# Published (Findings of the BabyLM Challenge 2025, ../shared/PAPER.md): human-likeness, NLP, macro.
+PUBLISHED = {"CLASS-IT": (20.4, 52.9, 36.6), "GPT-2 baseline": (17.1, 55.4, 36.2),
+             "GPT-BERT mixed": (24.2, 62.7, 43.5), "SimPO": (20.4, 54.1, 37.3)}
+
+
+def hand_made_scores() -> dict:
+    scores = {"reading:eye_tracking:r2_gain_pct": 6.0, "reading:self_paced_reading:r2_gain_pct": 2.0,
+              "wug_adj:average:spearman": 0.40, "wug_past:average:spearman": 0.20, "aoa:average:pearson": 0.10,
+              "blimp:average:accuracy": 75.0, "blimp_supplement:average:accuracy": 65.0,
+              "ewok:average:accuracy": 51.0, "entity_tracking:average:accuracy": 30.0,
+              "comps:average:accuracy": 53.0}
+    glue = dict(zip(GLUE.values(), (0.62, 0.35, 0.80, 0.57, 0.60, 0.53, 0.61)))
+    return scores | glue
+
+
+def test_aggregates_equal_a_hand_computation():
+    result = aggregates(hand_made_scores())
+    # human-likeness: reading (6 + 2) / 2 = 4, WUGs 40 and 20, AoA 10: (4 + 40 + 20 + 10) / 4
+    assert result["babylm:human_likeness"].value == pytest.approx(18.5)
+    glue = 100 * (0.62 + 0.35 + 0.80 + 0.57 + 0.60 + 0.53 + 0.61) / 7
+    assert result["babylm:nlp"].value == pytest.approx((75 + 65 + 51 + 30 + 53 + glue) / 6)
+    assert result["babylm:macro"].value == pytest.approx((18.5 + result["babylm:nlp"].value) / 2)
+    assert all(a.missing == () for a in result.values())
+
+
+@pytest.mark.parametrize("model", PUBLISHED)
+def test_published_macro_is_the_mean_of_the_two_aggregates(model):
+    human, nlp, macro = PUBLISHED[model]
+    # Each published figure is rounded to 0.1: the mean of two rounded figures is within 0.05 + 0.05.
+    assert abs((human + nlp) / 2 - macro) <= 0.1 + 1e-9
+
+
+def test_a_missing_component_leaves_the_aggregate_empty_with_its_name():
+    scores = hand_made_scores()
+    del scores["aoa:average:pearson"], scores["qqp:validation:f1"]
+    scores["comps:average:accuracy"] = math.nan  # a failed job's score counts as missing too
+    result = aggregates(scores)
+    assert math.isnan(result["babylm:human_likeness"].value)
+    assert result["babylm:human_likeness"].missing == ("aoa:average:pearson",)
+    assert math.isnan(result["babylm:nlp"].value)
+    assert result["babylm:nlp"].missing == ("comps:average:accuracy", "qqp:validation:f1")
+    assert math.isnan(result["babylm:macro"].value) and len(result["babylm:macro"].missing) == 3
+
+
+def test_report_shows_the_aggregates_a_trial_has_and_names_what_another_lacks(tmp_path):
+    from classit.analysis import data
+    from classit.analysis.report import write_babylm_aggregates
+    from classit.results import write_rows
+
+    trial = {"sweep": "s", "run": "r", "status": "finished", "error": "", "val_loss": 1.0, "checkpoint": "/c"}
+    complete = {**trial, "trial": "complete", "param.curriculum": "switch", **hand_made_scores()}
+    partial = {**trial, "trial": "partial", "param.curriculum": "wiki", "blimp:average:accuracy": 70.0}
+    write_rows(str(tmp_path / "results" / "trials"), [complete, partial])
+    (tmp_path / "report").mkdir()
+    [path] = write_babylm_aggregates(data.load(tmp_path / "results"), tmp_path / "report")
+    lines = {line.split("|")[1].strip(): line for line in path.read_text().splitlines() if line.startswith("| ")}
+    macro = aggregates(hand_made_scores())["babylm:macro"].value
+    assert f"{macro:.4g}" in lines["complete"] and lines["complete"].rstrip(" |").endswith("-")
+    assert "nan" in lines["partial"] and "aoa" in lines["partial"] and "comps" in lines["partial"]
+    assert "blimp," not in lines["partial"]  # what it has is not listed as missing
