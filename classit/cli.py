@@ -137,6 +137,15 @@ def _root_cause(error: BaseException) -> str:
     return raised[-1] if raised else (lines[0] if lines else type(error).__name__)
 
 
+def cmd_export_hub(args) -> int:
+    from classit.hub import export_hub
+
+    for revision, checkpoint in export_hub([Path(r) for r in args.runs], Path(args.out)).items():
+        print(f"{revision:<10} {checkpoint}")
+    print(f"repository: {args.out} (git lfs install; git remote add origin <hub url>; git push --all origin)")
+    return 0
+
+
 def _finish(result) -> int:
     if result.error:
         print(f"classit: error: training failed: {_root_cause(result.error)}", file=sys.stderr)
@@ -164,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate = sub.add_parser("evaluate", help="score checkpoints on the BabyLM tasks with a pool of Ray actors")
     evaluate.add_argument("--model", action="append", required=True, help="HF checkpoint folder (repeatable)")
     evaluate.add_argument("--tasks", default="blimp", help="comma-separated: blimp, blimp_supplement, ewok, "
-                          "entity_tracking, wug_adj, wug_past, reading, boolq, multirc, rte, wsc, mrpc, qqp, mnli")
+                          "entity_tracking, wug_adj, wug_past, comps, reading, boolq, multirc, rte, wsc, mrpc, qqp, mnli")
     evaluate.add_argument("--data-dir", required=True, help="folder holding one sub-folder per task")
     evaluate.add_argument("--fast", action="store_true", help="a fixed, seeded subset of each subtask")
     evaluate.add_argument("--pooling", choices=("final", "official"), default="final",
@@ -186,10 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("results_dir", help="a sweep's results folder: <storage>/<sweep>/results")
     report.add_argument("--out", help="report folder (default: next to results/)")
     report.set_defaults(func=cmd_report)
+    hub = sub.add_parser("export-hub", help="a run's checkpoints as a Hub repository: main and one chck_<N>M "
+                                            "branch per BabyLM mark")
+    hub.add_argument("runs", nargs="+", help="run folders (a base's and its instruction-tuning run: marks "
+                                             "count total exposure)")
+    hub.add_argument("--out", required=True, help="the repository to create (an empty or new folder)")
+    hub.set_defaults(func=cmd_export_hub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, FileExistsError) as err:
         print(f"classit: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # noqa: BLE001 - Ray's failure carries every worker's traceback: one line instead

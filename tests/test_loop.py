@@ -150,23 +150,56 @@ def micro_model(tokenizer):
                                         eos_token_id=tokenizer.eos_token_id))
 
 
-def test_unscaled_checkpoints_fall_on_the_babylm_marks_of_a_multi_million_word_run(corpus, tmp_path):
+@pytest.fixture(scope="module")
+def million_word_run(corpus, tmp_path_factory):
+    """A run of a little over 3M words of exposure with the exact BabyLM marks, every checkpoint kept."""
     prepared, tokenizer = corpus
     stage = make_stage(corpus, batch_size=256, epochs=1000, max_steps=10**6, eval_every_steps=10**6,
                        log_every_steps=10**6, checkpoints={"resumable": False})  # word_scale unset: exact marks
     stage.validation = {"": prepared.load_blocks("validation").select(range(8))}
     words_per_step = sum(stage.train["num_words"]) / len(stage.train) * 256
     stage.config = stage.config.model_copy(update={"max_steps": int(3_300_000 / words_per_step)})
-    rec = Recorder(tmp_path)
+    rec = Recorder(tmp_path_factory.mktemp("million"))
     state, _ = train_stage(micro_model(tokenizer), tokenizer, stage, DistributedConfig(num_workers=1), rec,
                            log=lambda _: None)
+    return rec, state, words_per_step
+
+
+def test_unscaled_checkpoints_fall_on_the_babylm_marks_of_a_multi_million_word_run(million_word_run):
+    rec, state, words_per_step = million_word_run
     assert state.words_seen > 3_000_000
-    words = [load_trainer_state(c).total_exposure_words for c in rec.checkpoints]
+    saved = [load_trainer_state(c) for c in rec.checkpoints]
+    words = [s.total_exposure_words for s in saved]
     marks = [1_000_000, 2_000_000, 3_000_000]
     assert len(words) == 4 and words[-1] == state.words_seen  # three marks, then the stage's end
     for mark, seen in zip(marks, words):
         assert mark <= seen < mark + words_per_step * 1.5  # the first step at or past the mark
     assert [c.name.endswith(f"words{w:012d}") for c, w in zip(rec.checkpoints, words)] == [True] * 4
+    assert [s.babylm_mark for s in saved] == [*marks, 0]  # the end-of-stage save stands for no mark
+
+
+def test_export_hub_puts_each_mark_on_its_branch_and_the_final_model_on_main(million_word_run, tmp_path):
+    import subprocess
+
+    from classit.cli import main
+
+    rec, state, _ = million_word_run
+    assert main(["export-hub", str(rec.keep), "--out", str(tmp_path / "hub")]) == 0
+    git = ["git", "-C", str(tmp_path / "hub")]
+    branches = subprocess.run([*git, "branch", "--format=%(refname:short)"], capture_output=True, text=True,
+                              check=True).stdout.split()
+    assert sorted(branches) == ["chck_1M", "chck_2M", "chck_3M", "main"]
+    expected = {"main": rec.checkpoints[-1], "chck_1M": rec.checkpoints[0], "chck_2M": rec.checkpoints[1],
+                "chck_3M": rec.checkpoints[2]}
+    for branch, checkpoint in expected.items():
+        checkout = tmp_path / f"checkout-{branch}"
+        subprocess.run(["git", "clone", "-q", "--branch", branch, str(tmp_path / "hub"), str(checkout)], check=True)
+        assert not (checkout / "deepspeed").exists() and not (checkout / "trainer_state.json").exists()
+        loaded = AutoModelForCausalLM.from_pretrained(checkout)
+        original = AutoModelForCausalLM.from_pretrained(checkpoint)
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), original.state_dict().values()))
+    # An existing, non-empty folder is refused in one line; nothing in it is touched.
+    assert main(["export-hub", str(rec.keep), "--out", str(tmp_path / "hub")]) == 2
 
 
 def test_accumulation_trains_whole_steps_and_counts_every_word_it_trained_on(corpus, tmp_path):

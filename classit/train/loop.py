@@ -43,8 +43,13 @@ def checkpoint_marks(prior_exposure_words: int, word_scale: float | None) -> lis
     schedule pretraining began. `word_scale` (None: 1, the BabyLM marks exactly) shrinks the
     schedule for small runs.
     """
+    return [m for m in sorted(scaled_marks(word_scale)) if m > prior_exposure_words]
+
+
+def scaled_marks(word_scale: float | None) -> dict[int, int]:
+    """Each BabyLM mark's word count under `word_scale` -> the mark (the largest where several coincide)."""
     scale = 1.0 if word_scale is None else word_scale
-    return [m for m in sorted({max(1, round(m * scale)) for m in BABYLM_WORD_MARKS}) if m > prior_exposure_words]
+    return {max(1, round(m * scale)): m for m in BABYLM_WORD_MARKS}
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str, restarts: int = 1) -> float:
@@ -108,6 +113,7 @@ class TrainerState:
     words_seen: int = 0
     tokens_seen: int = 0
     next_mark: int = 0
+    babylm_mark: int = 0  # the BabyLM mark (in unscaled words) the checkpoint saved now stands for; 0: none
     initial_val_loss: float | None = None
 
     @property
@@ -308,6 +314,7 @@ def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report:
     per_epoch = steps_per_epoch(len(stage.train), tcfg, world_size)
     marks = checkpoint_marks(stage.prior_exposure_words, tcfg.checkpoints.word_scale) \
         if tcfg.checkpoints.schedule == "babylm" else []
+    mark_names = scaled_marks(tcfg.checkpoints.word_scale)
 
     state = stage.fresh_state()
     if resume_from is not None and (resume_from / TRAINER_STATE).exists():
@@ -393,6 +400,7 @@ def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report:
                 if crossed or done:
                     while state.next_mark < len(marks) and state.total_exposure_words >= marks[state.next_mark]:
                         state.next_mark += 1
+                    state.babylm_mark = mark_names[marks[state.next_mark - 1]] if crossed else 0
                     # Named by total exposure, the BabyLM checkpoint's word count.
                     checkpoint(metrics, f"{stage.name}-step{state.step:07d}-words{state.total_exposure_words:012d}")
                 else:
