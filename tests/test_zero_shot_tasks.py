@@ -120,3 +120,28 @@ def test_comps_rows_and_export_in_the_official_layout(tmp_path, model_and_tokeni
     exported = json.loads((tmp_path / "out" / "ckpt" / "main" / "zero_shot" / "causal" / "comps" / "comps"
                            / "predictions.json").read_text())
     assert set(exported) == set(COMPS_FILES.values()) and len(exported["wugs"]["predictions"]) == 3
+
+
+def test_fast_mode_reads_the_official_fast_sets_whole_and_subsamples_only_tasks_without_one(tmp_path):
+    from classit.evaluate.tasks.zero_shot import read_for_evaluation
+
+    pair = {"sentence_good": "the dog runs .", "sentence_bad": "the dog run .", "field": "morphology",
+            "linguistics_term": "agreement"}
+    for uid in ("anaphor_gender_agreement", "wh_island"):  # the official fast size: 200 per UID
+        write_jsonl(tmp_path / "fast" / "blimp_fast" / f"{uid}.jsonl", [{**pair, "UID": uid}] * 200)
+        write_jsonl(tmp_path / "fast" / "blimp_filtered" / f"{uid}.jsonl", [{**pair, "UID": uid}] * 900)
+    folder, items = read_for_evaluation("blimp", tmp_path / "fast", fast=True, per_uid=100)
+    assert folder.name == "blimp_fast" and len(items) == 400  # read whole, not subsampled
+    folder, items = read_for_evaluation("blimp", tmp_path / "fast", fast=False, per_uid=100)
+    assert folder.name == "blimp_filtered" and len(items) == 1800
+    # A fast file whose count differs from the official collation's is refused, naming the UID.
+    write_jsonl(tmp_path / "fast" / "blimp_fast" / "wh_island.jsonl", [{**pair, "UID": "wh_island"}] * 150)
+    with pytest.raises(ValueError, match="UID wh_island has 150 items; the official fast set has 200"):
+        read_for_evaluation("blimp", tmp_path / "fast", fast=True, per_uid=100)
+    # No fast set (COMPS has none): the seeded subset; WUG's fast set is the whole task.
+    write_comps(tmp_path / "fast")
+    _, items = read_for_evaluation("comps", tmp_path / "fast", fast=True, per_uid=2)
+    assert len(items) == 8 and items == read_for_evaluation("comps", tmp_path / "fast", True, 2)[1]
+    write_jsonl(tmp_path / "fast" / "wug_past_tense" / "wug_past.jsonl",
+                [{"sentences": "a wug .\ttwo wugs .", "ratio": 0.5}] * 50)
+    assert len(read_for_evaluation("wug_past", tmp_path / "fast", fast=True, per_uid=2)[1]) == 50

@@ -68,15 +68,13 @@ def _export(job: EvalJob, predictions: dict, dataset: str = "") -> None:
         export.write_predictions(path, predictions)
 
 
-def read_items(job: EvalJob) -> list[zero_shot.Item]:
-    items = zero_shot.TASKS[job.task].read(zero_shot.task_folder(job.task, job.data_dir))
-    return zero_shot.fast_subset(items, FAST_ITEMS_PER_SUBTASK) if job.fast else items
+def read_items(job: EvalJob) -> tuple[Path, list[zero_shot.Item]]:
+    return zero_shot.read_for_evaluation(job.task, job.data_dir, job.fast, FAST_ITEMS_PER_SUBTASK)
 
 
 def run_zero_shot(job: EvalJob, model, tokenizer, cache: ModelCache) -> list[dict]:
     start = time.perf_counter()
-    folder = zero_shot.task_folder(job.task, job.data_dir)
-    items, encoded = cache.prepared(job)
+    folder, items, encoded = cache.prepared(job)
     scores = zero_shot.score_items(model, tokenizer, items, encoded)
     seconds = time.perf_counter() - start
     spec = zero_shot.TASKS[job.task]
@@ -138,13 +136,13 @@ class ModelCache:
             self.path = path
         return self.loaded
 
-    def prepared(self, job: EvalJob) -> tuple[list[zero_shot.Item], Encoded]:
-        """The job's items and their candidates tokenized by the loaded checkpoint's tokenizer."""
+    def prepared(self, job: EvalJob) -> tuple[Path, list[zero_shot.Item], Encoded]:
+        """The job's folder, items and their candidates tokenized by the loaded checkpoint's tokenizer."""
         key = (job.task, job.data_dir, job.fast, self.fingerprint) if self.fingerprint else None
         if key in self.tasks:
             return self.tasks[key]
-        items = read_items(job)
-        prepared = items, encode_candidates(self.loaded[1], [c for item in items for c in item.candidates])
+        folder, items = read_items(job)
+        prepared = folder, items, encode_candidates(self.loaded[1], [c for item in items for c in item.candidates])
         if key is not None:
             if len(self.tasks) >= self.MAX_TASKS:
                 self.tasks.pop(next(iter(self.tasks)))  # the oldest

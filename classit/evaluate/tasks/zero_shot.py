@@ -114,16 +114,27 @@ class Task:
     metric: str = "accuracy"
     meta_keys: tuple[str, ...] = ("UID",)
     predicts_sentence: bool = False  # exported predictions name the whole chosen text (COMPS)
+    fast_folder: str | None = None  # the official fast_eval folder, read whole in fast mode when present
+    fast_size: int | dict[str, int] | None = None  # its items per UID, as the official collation checks them
+    fast_is_whole: bool = False  # the official fast set is the whole task (WUG): never subsampled
 
+
+# The official collation's fast entity tracking counts (only the regular split has a fast set).
+ENTITY_TRACKING_FAST_SIZE = {"regular_0_ops": 606, "regular_1_ops": 607, "regular_2_ops": 606,
+                             "regular_3_ops": 606, "regular_4_ops": 568, "regular_5_ops": 159}
 
 TASKS = {
-    "blimp": Task(("blimp", "blimp_filtered"), read_blimp, meta_keys=("UID", "field", "linguistics_term")),
-    "blimp_supplement": Task(("blimp_supplement", "supplement_filtered"), read_blimp),
+    "blimp": Task(("blimp", "blimp_filtered"), read_blimp, meta_keys=("UID", "field", "linguistics_term"),
+                  fast_folder="blimp_fast", fast_size=200),
+    "blimp_supplement": Task(("blimp_supplement", "supplement_filtered"), read_blimp,
+                             fast_folder="supplement_fast", fast_size=50),
     "ewok": Task(("ewok", "ewok_filtered"), read_ewok,
-                 meta_keys=("UID", "context_type", "context_contrast", "target_contrast")),
-    "entity_tracking": Task(("entity_tracking",), read_entity_tracking),
-    "wug_adj": Task(("wug_adj", "wug_adj_nominalization"), read_wug, metric="spearman"),
-    "wug_past": Task(("wug_past", "wug_past_tense"), read_wug, metric="spearman"),
+                 meta_keys=("UID", "context_type", "context_contrast", "target_contrast"),
+                 fast_folder="ewok_fast", fast_size=100),
+    "entity_tracking": Task(("entity_tracking",), read_entity_tracking, fast_folder="entity_tracking_fast",
+                            fast_size=ENTITY_TRACKING_FAST_SIZE),
+    "wug_adj": Task(("wug_adj", "wug_adj_nominalization"), read_wug, metric="spearman", fast_is_whole=True),
+    "wug_past": Task(("wug_past", "wug_past_tense"), read_wug, metric="spearman", fast_is_whole=True),
     "comps": Task(("comps",), read_comps, predicts_sentence=True),
 }
 
@@ -139,6 +150,33 @@ def task_folder(task: str, data_dir: str | Path) -> Path:
 
 def read_task(task: str, data_dir: str | Path) -> list[Item]:
     return TASKS[task].read(task_folder(task, data_dir))
+
+
+def read_for_evaluation(task: str, data_dir: str | Path, fast: bool, per_uid: int) -> tuple[Path, list[Item]]:
+    """The folder a job reads and its items. Fast mode reads the official fast set where `data_dir`
+    has it (a `fast_eval` layout), whole and checked against the official counts; a task without
+    one gets a fixed, seeded `per_uid` items of each UID (WUG, whose fast set is the whole task, all)."""
+    spec = TASKS[task]
+    if fast and spec.fast_folder and (Path(data_dir) / spec.fast_folder).is_dir():
+        folder = Path(data_dir) / spec.fast_folder
+        items = spec.read(folder)
+        _check_fast_size(task, folder, items)
+        return folder, items
+    folder = task_folder(task, data_dir)
+    items = spec.read(folder)
+    return folder, fast_subset(items, per_uid) if fast and not spec.fast_is_whole else items
+
+
+def _check_fast_size(task: str, folder: Path, items: list[Item]) -> None:
+    size = TASKS[task].fast_size
+    counts: dict[str, int] = defaultdict(int)
+    for item in items:
+        counts[item.meta["UID"]] += 1
+    for uid, count in sorted(counts.items()):
+        expected = size.get(uid) if isinstance(size, dict) else size
+        if count != expected:
+            raise ValueError(f"{folder}: UID {uid} has {count} items; the official fast set has "
+                             f"{expected if expected is not None else 'no such UID'}")
 
 
 def fast_subset(items: list[Item], per_uid: int, seed: int = 0) -> list[Item]:
