@@ -55,8 +55,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 3
-ADDED_SINCE_V1 = {"trials": ("gpu_hours", "versions", "git_commit"), "train_metrics": ("config",),
+SCHEMA_VERSION = 4  # 4: trials carry the leaderboard aggregates (babylm:*)
+ADDED_SINCE_V1 = {"trials": ("gpu_hours", "versions", "git_commit", "babylm:human_likeness", "babylm:nlp",
+                             "babylm:macro"), "train_metrics": ("config",),
                   "eval_scores": ("revision", "config")}
 
 EVAL_SCORES_SCHEMA = pa.schema([
@@ -84,6 +85,7 @@ def train_metrics_schema(validation_sets: list[str] = ()) -> pa.Schema:
 def trials_schema(cfg) -> pa.Schema:
     """Columns of a sweep's `trials` table, derived from its config: parameters, datasets, tasks, config."""
     from classit.config import ClassitConfig
+    from classit.evaluate.aggregates import NAMES as AGGREGATES
     from classit.evaluate.jobs import headline_keys
 
     sweep = cfg.sweep
@@ -96,6 +98,7 @@ def trials_schema(cfg) -> pa.Schema:
         ("validation_records", pa.string()), ("base_val_loss", pa.float64()), ("input_words", pa.int64()),
         ("exposure_words", pa.int64()), ("checkpoint", pa.string()),
         *[(key, pa.float64()) for task in cfg.evaluation.tasks for key in headline_keys(task)],
+        *[(name, pa.float64()) for name in AGGREGATES],
         ("start", pa.float64()), ("end", pa.float64()), ("seconds", pa.float64()), ("gpu_hours", pa.float64()),
         ("versions", pa.string()), ("git_commit", pa.string()),
         *_config_fields(ClassitConfig, "config", exclude={"sweep"}), ("config", pa.string()),

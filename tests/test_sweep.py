@@ -60,6 +60,11 @@ def test_optuna_define_by_run_is_conditional():
      "sweep.space.learning_rate: grid search needs a list of choices"),
     ({"space": {"learning_rate": {"choice": [1e-4]}}, "metrics": ["rte"], "modes": ["max"]},
      "sweep.metrics: 'rte' needs task rte in evaluation.tasks"),
+    ({"space": {"learning_rate": {"choice": [1e-4]}}, "metrics": ["babylm:nlp"], "modes": ["max"]},
+     "sweep.metrics: 'babylm:nlp' needs tasks blimp_supplement, ewok, entity_tracking, comps, boolq, mnli, "
+     "mrpc, multirc, qqp, rte, wsc in evaluation.tasks"),
+    ({"space": {"learning_rate": {"choice": [1e-4]}}, "metrics": ["babylm:overall"], "modes": ["max"]},
+     "sweep.metrics: 'babylm:overall': unknown aggregate (known: babylm:human_likeness, babylm:nlp, babylm:macro)"),
 ])
 def test_bad_sweep_yaml_fails_before_ray_with_one_line(tmp_path, sweep, message):
     path = tmp_path / "sweep.yaml"
@@ -97,6 +102,7 @@ def test_objectives_and_pareto_front():
     assert objective_key("mrpc") == "mrpc:validation:f1"
     assert objective_key("wug_adj") == "wug_adj:average:spearman"
     assert objective_key("reading:self_paced_reading") == "reading:self_paced_reading:r2_gain_pct"
+    assert objective_key("babylm:macro") == "babylm:macro" and objective_key("babylm:nlp") == "babylm:nlp"
     trials = pd.DataFrame({"trial": list("abcd"), "status": "finished", "a": [1.0, 2.0, 0.5, 2.0],
                            "b": [2.0, 1.0, 0.5, 1.0]})
     board = leaderboard(trials, ["a", "b"], ["max", "max"])

@@ -50,6 +50,14 @@ def _mean_of_components(scores: Mapping[str, float], components: dict) -> Aggreg
     return Aggregate(sum(values) / len(values))
 
 
+def component_tasks(name: str) -> list[str]:
+    """The evaluation tasks an aggregate needs (`babylm:nlp`: BLiMP ... and the seven GLUE tasks)."""
+    components = {"babylm:human_likeness": [HUMAN_LIKENESS], "babylm:nlp": [NLP],
+                  "babylm:macro": [HUMAN_LIKENESS, NLP]}[name]
+    keys = [key for part in components for keys, _ in part.values() for key in keys]
+    return list(dict.fromkeys(key.split(":")[0] for key in keys))
+
+
 def aggregates(scores: Mapping[str, float]) -> dict[str, Aggregate]:
     """`scores`: task scores keyed `task:subtask:metric` (a trial row's headline columns)."""
     human, nlp = _mean_of_components(scores, HUMAN_LIKENESS), _mean_of_components(scores, NLP)

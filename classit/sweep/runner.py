@@ -22,6 +22,8 @@ from classit.sweep.space import (
     grid_trials,
     planned_trial_count,
 )
+from classit.evaluate.aggregates import NAMES as AGGREGATES
+from classit.evaluate.aggregates import component_tasks
 from classit.sweep.trial import EVAL_SCORES, TRIALS, objective_key
 
 STATE_FILE = "tuner.pkl"  # what Tune writes into an experiment folder it can restore
@@ -48,8 +50,11 @@ def validate(cfg: ClassitConfig) -> ClassitConfig:
             key = objective_key(spec)
         except ValueError as err:
             raise ConfigError(f"sweep.metrics: {spec!r}: {err}") from None
-        if key != "val_loss" and key.split(":")[0] not in cfg.evaluation.tasks:
-            raise ConfigError(f"sweep.metrics: {spec!r} needs task {key.split(':')[0]} in evaluation.tasks")
+        needed = [] if key == "val_loss" else component_tasks(key) if key in AGGREGATES else [key.split(":")[0]]
+        missing = [task for task in needed if task not in cfg.evaluation.tasks]
+        if missing:
+            raise ConfigError(f"sweep.metrics: {spec!r} needs task{'s' if len(missing) > 1 else ''} "
+                              f"{', '.join(missing)} in evaluation.tasks")
     return cfg
 
 

@@ -15,14 +15,19 @@ import time
 from typing import Any
 
 from classit.config import ClassitConfig, config_hash
+from classit.evaluate.aggregates import NAMES as AGGREGATES
+from classit.evaluate.aggregates import aggregates
 
 TRIALS, TRAIN_METRICS, EVAL_SCORES = "trials", "train_metrics", "eval_scores"
 
 
 def objective_key(spec: str) -> str:
-    """`val_loss`, or `<task>[:<subtask>[:<metric>]]` completed with the task's headline score."""
-    if spec == "val_loss":
+    """`val_loss`, a leaderboard aggregate (`babylm:macro`, `babylm:nlp`, `babylm:human_likeness`), or
+    `<task>[:<subtask>[:<metric>]]` completed with the task's headline score."""
+    if spec == "val_loss" or spec in AGGREGATES:
         return spec
+    if spec.startswith("babylm:"):
+        raise ValueError(f"unknown aggregate (known: {', '.join(AGGREGATES)})")
     from classit.evaluate.tasks import finetune, zero_shot
 
     task, *rest = spec.split(":")
@@ -135,6 +140,7 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
                     pooling=ecfg.finetune_pooling, config=config_json) for c, m in checkpoints for task in ecfg.tasks]
     rows = ray.get(ray.get_actor(service_name).evaluate.remote(jobs))
     scores = scores_of(rows, final.path)
+    scores |= {name: aggregate.value for name, aggregate in aggregates(scores).items()}
     errors = sorted({r["error"] for r in rows if r["error"]})
 
     metrics = result.metrics
