@@ -54,9 +54,10 @@ def test_entity_tracking_averages_splits_of_uid_means(tmp_path):
 def test_wug_correlates_first_candidate_probability_with_human_ratio(tmp_path, model_and_tokenizer):
     rows = [{"sentences": f"this is a wug . these are {a} .\tthis is a wug . these are {b} .", "ratio": r}
             for a, b, r in (("wugs", "wuges", 0.9), ("wugen", "wugs", 0.2), ("wugi", "wugs", 0.4))]
-    write_jsonl(tmp_path / "wug_past_tense" / "wug_past.jsonl", rows)
+    write_jsonl(tmp_path / "wug_past_tense" / "wug_past_tense.jsonl", rows)
     items = read_task("wug_past", tmp_path)
     assert [i.ratio for i in items] == [0.9, 0.2, 0.4]
+    assert {i.meta["UID"] for i in items} == {"wug_past"}  # the task's name, whatever the file's, as there
     rho = wug_correlation(items, [np.array([-1.0, -2.0]), np.array([-3.0, -1.0]), np.array([-2.0, -2.5])])
     assert rho == pytest.approx(1.0)  # model probabilities in the same order as the human ratios
     model, tokenizer = model_and_tokenizer

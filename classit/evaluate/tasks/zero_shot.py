@@ -18,6 +18,7 @@ import random
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -98,11 +99,12 @@ def read_comps(folder: Path) -> list[Item]:
     return items
 
 
-def read_wug(folder: Path) -> list[Item]:
+def read_wug(folder: Path, uid: str) -> list[Item]:
+    """Every item's UID is the task's name (`wug_adj`, `wug_past`), whatever its file, as there."""
     items = []
     for path, line, raw in _jsonl(folder):
         _need(raw, ("sentences", "ratio"), path, line)
-        items.append(Item([(s, None) for s in raw["sentences"].split("\t")], {"UID": path.stem},
+        items.append(Item([(s, None) for s in raw["sentences"].split("\t")], {"UID": uid},
                           ratio=float(raw["ratio"])))
     return items
 
@@ -133,8 +135,10 @@ TASKS = {
                  fast_folder="ewok_fast", fast_size=100),
     "entity_tracking": Task(("entity_tracking",), read_entity_tracking, fast_folder="entity_tracking_fast",
                             fast_size=ENTITY_TRACKING_FAST_SIZE),
-    "wug_adj": Task(("wug_adj", "wug_adj_nominalization"), read_wug, metric="spearman", fast_is_whole=True),
-    "wug_past": Task(("wug_past", "wug_past_tense"), read_wug, metric="spearman", fast_is_whole=True),
+    "wug_adj": Task(("wug_adj", "wug_adj_nominalization"), partial(read_wug, uid="wug_adj"), metric="spearman",
+                    fast_is_whole=True),
+    "wug_past": Task(("wug_past", "wug_past_tense"), partial(read_wug, uid="wug_past"), metric="spearman",
+                     fast_is_whole=True),
     "comps": Task(("comps",), read_comps, predicts_sentence=True),
 }
 
