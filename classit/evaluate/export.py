@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from classit.evaluate.tasks.zero_shot import first_probability
+
 # Our task name -> the pipeline's task folder inside zero_shot/causal/.
 ZERO_SHOT_FOLDERS = {"blimp": "blimp", "blimp_supplement": "blimp", "ewok": "ewok",
                      "entity_tracking": "entity_tracking", "wug_adj": "wug_adj", "wug_past": "wug_past",
@@ -34,7 +36,7 @@ def zero_shot_predictions(items, scores: list[np.ndarray], with_prob: bool, whol
         chosen = text if whole_sentence or completion is None else completion
         prediction = {"id": f"{uid}_{len(by_uid[uid])}", "pred": chosen}
         if with_prob:  # WUG: the softmax probability of the first candidate
-            prediction["prob"] = float(np.exp(item_scores[0] - np.logaddexp.reduce(item_scores)))
+            prediction["prob"] = first_probability(item_scores)
         by_uid[uid].append(prediction)
     return {uid: {"predictions": preds} for uid, preds in by_uid.items()}
 

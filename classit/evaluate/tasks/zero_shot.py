@@ -222,9 +222,17 @@ def accuracies(task: str, items: list[Item], scores: list[np.ndarray]) -> dict[s
     return result
 
 
+def first_probability(scores: np.ndarray) -> float:
+    """The softmax over an item's candidate scores, for the first candidate, in float32 as the
+    pipeline's torch softmax computes it: probabilities near 1 then tie as they do there, and
+    Spearman's rho sees the same ties."""
+    import torch
+
+    return float(torch.softmax(torch.tensor(np.asarray(scores), dtype=torch.float32), dim=0)[0])
+
+
 def wug_correlation(items: list[Item], scores: list[np.ndarray]) -> float:
     """Spearman's rho between the model's probability of the first candidate and the human ratio."""
     from scipy.stats import spearmanr
 
-    first = [float(np.exp(s[0] - np.logaddexp.reduce(s))) for s in scores]  # softmax over candidates
-    return float(spearmanr(first, [item.ratio for item in items])[0])
+    return float(spearmanr([first_probability(s) for s in scores], [item.ratio for item in items])[0])

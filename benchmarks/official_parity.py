@@ -1,0 +1,161 @@
+"""classit beside the official BabyLM 2025 evaluation pipeline: the same checkpoint and data, task
+by task, item-level agreement of the predictions and both wall times.
+
+    python benchmarks/official_parity.py --official DIR --python PYTHON --checkpoint CKPT [--blimp DIR]
+
+`DIR` holds the official pipeline's source (its `evaluation_pipeline/` package, e.g. from
+babylm/evaluation-pipeline-2025); `PYTHON` is an interpreter with its pinned requirements
+(transformers 4.51.3; torch as here). Neither is part of classit. The official evaluation data is
+not needed: small files in each official layout are generated (BLiMP can be the real one, e.g.
+`../shared/data/blimp`). Both sides write `predictions.json` in the official results layout and
+are compared prediction by prediction (WUG: the chosen completion and its probability).
+
+Zero-shot tasks so far: BLiMP, BLiMP supplement, EWoK, entity tracking, WUG adjective, WUG past
+tense, COMPS. classit runs each task as one evaluation job in this process (what an actor runs);
+the official side is its command line, a process per task, as its scripts run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+# classit task -> (the official --task, the official data folder)
+TASKS = {"blimp": ("blimp", "blimp_filtered"), "blimp_supplement": ("blimp", "supplement_filtered"),
+         "ewok": ("ewok", "ewok_filtered"), "entity_tracking": ("entity_tracking", "entity_tracking"),
+         "wug_adj": ("wug_adj", "wug_adj_nominalization"), "wug_past": ("wug_past", "wug_past_tense"),
+         "comps": ("comps", "comps")}
+NOUNS = ["dog", "cat", "girl", "boy", "bird", "teacher", "baby", "farmer", "horse", "child"]
+PROPERTIES = ["can fly .", "has fur .", "can swim .", "is alive .", "eats food .", "can talk .", "has wheels ."]
+
+
+def _jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_layouts(root: Path, blimp: Path | None, seed: int = 0, n: int = 300) -> Path:
+    """Small files in each official layout (plain English over a few nouns: any tokenizer splits it)."""
+    rng = random.Random(seed)
+    noun = lambda: rng.choice(NOUNS)  # noqa: E731
+    if blimp is not None:
+        shutil.copytree(blimp, root / "blimp_filtered", dirs_exist_ok=True)
+    else:
+        _jsonl(root / "blimp_filtered" / "agreement.jsonl", [
+            {"sentence_good": f"the {a} runs .", "sentence_bad": f"the {a} run .", "field": "morphology",
+             "linguistics_term": "agreement", "UID": "agreement"} for a in (noun() for _ in range(n))])
+    for uid in ("hypernym", "turn_taking"):
+        _jsonl(root / "supplement_filtered" / f"{uid}.jsonl", [
+            {"sentence_good": f"a {a} is an animal .", "sentence_bad": f"an animal is a {a} ."}
+            for a in (noun() for _ in range(n // 2))])
+    _jsonl(root / "ewok_filtered" / "social-relations.jsonl", [
+        {"Context1": f"the {a} is next to the {b} .", "Context2": f"the {a} is far from the {b} .",
+         "Target1": f"the {a} can touch the {b} .", "Target2": f"the {a} cannot touch the {b} .",
+         "Domain": "social-relations", "ContextType": "short", "ContextDiff": "distance", "TargetDiff": "negation"}
+        for a, b in ((noun(), noun()) for _ in range(n))])
+    for split in ("regular", "ambiref"):
+        _jsonl(root / "entity_tracking" / f"{split}.jsonl", [
+            {"input_prefix": f"the box holds the {a} . the box holds", "options": [f" the {a} .", f" the {b} .",
+                                                                                 " nothing ."], "numops": ops}
+            for a, b, ops in ((noun(), noun(), rng.randint(0, 2)) for _ in range(n // 2))])
+    _jsonl(root / "wug_adj_nominalization" / "wug_adj_nominalization.jsonl", [
+        {"sentences": f"this {a} is blick .\tthis {a} has blickness .\tthis {a} has blickity .",
+         "ratio": rng.random()} for a in (noun() for _ in range(n // 3))])
+    _jsonl(root / "wug_past_tense" / "wug_past_tense.jsonl", [
+        {"sentences": f"the {a} glorped .\tthe {a} glorp .", "ratio": rng.random()} for a in (noun() for _ in range(n // 3))])
+    for stem in ("comps_base", "comps_wugs", "comps_wugs_dist-before", "comps_wugs_dist-in-between"):
+        _jsonl(root / "comps" / f"{stem}.jsonl", [
+            {"prefix_acceptable": f"a {a}", "prefix_unacceptable": f"a {b}", "property_phrase": rng.choice(PROPERTIES)}
+            for a, b in ((noun(), noun()) for _ in range(n // 4))])
+    return root
+
+
+def run_official(official: Path, python: str, checkpoint: Path, task: str, data: Path, out: Path) -> float:
+    official_task, folder = TASKS[task]
+    start = time.perf_counter()
+    subprocess.run([python, "-m", "evaluation_pipeline.sentence_zero_shot.run", "--model_path_or_name",
+                    str(checkpoint), "--backend", "causal", "--task", official_task, "--data_path", str(data / folder),
+                    "--save_predictions", "--output_dir", str(out)], cwd=official, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def run_classit(checkpoint: Path, task: str, data: Path, out: Path) -> tuple[float, list[dict]]:
+    from classit.evaluate.jobs import EvalJob, ModelCache, run_job
+
+    start = time.perf_counter()
+    rows = run_job(EvalJob(str(checkpoint), task, str(data), export_dir=str(out)), ModelCache("cpu"))
+    if rows[0]["error"]:
+        raise RuntimeError(f"classit {task}: {rows[0]['error']}")
+    return time.perf_counter() - start, rows
+
+
+def predictions(root: Path, checkpoint: Path, task: str) -> dict[str, dict]:
+    from classit.evaluate.export import ZERO_SHOT_FOLDERS
+
+    path = root / checkpoint.name / "main" / "zero_shot" / "causal" / ZERO_SHOT_FOLDERS[task] / TASKS[task][1]
+    found = json.loads((path / "predictions.json").read_text())
+    return {p["id"]: p for uid in found.values() for p in uid["predictions"]}
+
+
+def compare(ours: dict[str, dict], theirs: dict[str, dict]) -> tuple[int, int, float]:
+    """(items, identical choices, largest relative difference of WUG probabilities)."""
+    same = sum(ours.get(i, {}).get("pred") == p["pred"] for i, p in theirs.items())
+    prob = max((abs(ours[i]["prob"] - p["prob"]) / max(abs(p["prob"]), 1e-12)
+                for i, p in theirs.items() if "prob" in p and i in ours), default=0.0)
+    return len(theirs), same, prob
+
+
+def official_score(task: str, out: Path, checkpoint: Path, data: Path) -> float:
+    """The official side's task score: the average its own report prints (to 2 decimals), or for
+    WUG Spearman's rho recomputed from its predicted probabilities (the report rounds it)."""
+    from classit.evaluate.export import ZERO_SHOT_FOLDERS
+
+    folder = out / checkpoint.name / "main" / "zero_shot" / "causal" / ZERO_SHOT_FOLDERS[task] / TASKS[task][1]
+    if not task.startswith("wug"):
+        report = (folder / "best_temperature_report.txt").read_text().split("### AVERAGE")[1]
+        return float(report.split("\n")[1])
+    from scipy.stats import spearmanr
+
+    ratios = [json.loads(line)["ratio"] for path in sorted((data / TASKS[task][1]).glob("*.jsonl"))
+              for line in path.read_text().splitlines() if line.strip()]
+    theirs = predictions(out, checkpoint, task)
+    return float(spearmanr([theirs[f"{task}_{i}"]["prob"] for i in range(len(ratios))], ratios)[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--official", type=Path, required=True, help="the official pipeline's source folder")
+    parser.add_argument("--python", required=True, help="a Python with the official pipeline's requirements")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="an HF checkpoint folder")
+    parser.add_argument("--blimp", type=Path, help="a BLiMP folder in the official layout (default: generated)")
+    parser.add_argument("--work", type=Path, default=Path("runs/parity"))
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    args = parser.parse_args()
+    data = write_layouts(args.work / "data", args.blimp)
+    checkpoint = args.checkpoint.resolve()
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    print(f"{'task':<18}{'items':>8}{'identical':>11}{'max rel. prob diff':>20}{'classit s':>11}{'official s':>12}"
+          f"{'classit score':>15}{'official':>15}{'rel. diff':>12}")
+    for task in args.tasks.split(","):
+        official_s = run_official(args.official.resolve(), args.python, checkpoint, task, data.resolve(),
+                                  (args.work / "official").resolve())
+        classit_s, rows = run_classit(checkpoint, task, data, args.work / "classit")
+        items, same, prob = compare(predictions(args.work / "classit", checkpoint, task),
+                                    predictions(args.work / "official", checkpoint, task))
+        score = next(r["value"] for r in rows if r["subtask"] == "average")
+        theirs = official_score(task, (args.work / "official").resolve(), checkpoint, data)
+        shown = round(score, 2) if not task.startswith("wug") else score  # the official report's precision
+        diff = abs(shown - theirs) / max(abs(theirs), 1e-12)
+        print(f"{task:<18}{items:>8}{same:>11}{prob:>20.2e}{classit_s:>11.1f}{official_s:>12.1f}{score:>15.6g}"
+              f"{theirs:>15.6g}{diff:>12.1e}")
+
+
+if __name__ == "__main__":
+    main()
