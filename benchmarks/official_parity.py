@@ -10,9 +10,10 @@ not needed: small files in each official layout are generated (BLiMP can be the 
 `../shared/data/blimp`). Both sides write `predictions.json` in the official results layout and
 are compared prediction by prediction (WUG: the chosen completion and its probability).
 
-Zero-shot tasks so far: BLiMP, BLiMP supplement, EWoK, entity tracking, WUG adjective, WUG past
-tense, COMPS. classit runs each task as one evaluation job in this process (what an actor runs);
-the official side is its command line, a process per task, as its scripts run it.
+Tasks so far: BLiMP, BLiMP supplement, EWoK, entity tracking, WUG adjective, WUG past tense, COMPS
+and reading (not yet AoA and fine-tuning). classit runs each task as one evaluation job in this
+process (what an actor runs); the official side is its command line, a process per task, as its
+scripts run it.
 """
 
 from __future__ import annotations
@@ -72,7 +73,66 @@ def write_layouts(root: Path, blimp: Path | None, seed: int = 0, n: int = 300) -
         _jsonl(root / "comps" / f"{stem}.jsonl", [
             {"prefix_acceptable": f"a {a}", "prefix_unacceptable": f"a {b}", "property_phrase": rng.choice(PROPERTIES)}
             for a, b in ((noun(), noun()) for _ in range(n // 4))])
+    write_reading(root)
     return root
+
+
+def write_reading(root: Path, n: int = 240, seed: int = 0) -> None:
+    """`reading/reading_data.csv` with the official columns; times partly driven by word length."""
+    import numpy as np
+    import pandas as pd
+
+    rng, noise = random.Random(seed), np.random.default_rng(seed)
+    rows, prev = [], None
+    for _ in range(n):
+        item, word = f"the {rng.choice(NOUNS)} saw the", f" {rng.choice(NOUNS)}"
+        rows.append({"item": item, "word": word, "prev_item": prev[0] if prev else np.nan,
+                     "prev_word": prev[1] if prev else np.nan, "Subtlex_log10": rng.uniform(1, 5),
+                     "length": len(word) - 1, "context_length": rng.randint(1, 12),
+                     "prev_length": len(prev[1]) - 1 if prev else np.nan})
+        prev = (item, word)
+    frame = pd.DataFrame(rows)
+    for k, column in enumerate(("RTfirstfix", "RTfirstpass", "RTgopast", "RTrightbound", "self_paced_reading_time")):
+        frame[column] = 200 + 20 * frame["length"] + 10 * noise.normal(size=n)
+    for erp in ("ELAN", "LAN", "N400", "P600", "EPNP", "PNP"):
+        frame[erp] = noise.normal(size=n)
+    (root / "reading").mkdir(parents=True, exist_ok=True)
+    frame.to_csv(root / "reading" / "reading_data.csv", index=False)
+
+
+def parity_reading(official: Path, python: str, checkpoint: Path, data: Path, work: Path) -> None:
+    """Reading: every row's surprisal and its previous word's, and both scores."""
+    import math
+
+    start = time.perf_counter()
+    subprocess.run([python, "-m", "evaluation_pipeline.reading.run", "--model_path_or_name", str(checkpoint),
+                    "--backend", "causal", "--data_path", str(data / "reading" / "reading_data.csv"),
+                    "--output_dir", str(work / "official")], cwd=official, check=True, capture_output=True)
+    official_s = time.perf_counter() - start
+    classit_s, rows = run_classit(checkpoint, "reading", data, work / "classit")
+    folder = lambda side: work / side / checkpoint.name / "main" / "zero_shot" / "causal" / "reading"  # noqa: E731
+    ours, theirs = ({p["id"]: p for p in json.loads((folder(side) / "predictions.json").read_text())["reading"]
+                     ["predictions"]} for side in ("classit", "official"))
+    def row_diff(i: int, p: dict) -> float:
+        known = [k for k in ("pred", "prev_pred") if p[k] is not None and not math.isnan(p[k])]
+        return max(abs(ours[i][k] - p[k]) / max(abs(p[k]), 1e-12) for k in known)
+
+    diffs = [row_diff(i, p) for i, p in theirs.items()]
+    same = sum(d <= 1e-6 for d in diffs)  # surprisals equal to 1e-6 relative
+    def gains(name: str) -> dict[str, float]:  # the official R^2 fits, as its score formula takes them
+        fits = [json.loads(line) for line in (folder("official") / name).read_text().splitlines()]
+        return {f["Predicted variable"]: 100 * f["Change in R2 from baseline"]
+                / (1 - (f["R2"] - f["Change in R2 from baseline"])) for f in fits}
+
+    eye = gains("predictive_power.jsonl")
+    official_scores = {"eye_tracking": sum(v for k, v in eye.items() if k.startswith("RT")) / 4,
+                       "self_paced_reading": gains("predictive_power_spillover.jsonl")["self_paced_reading_time"]}
+    for row in (r for r in rows if r["subtask"] in official_scores):
+        theirs_score = official_scores[row["subtask"]]
+        diff = abs(row["value"] - theirs_score) / max(abs(theirs_score), 1e-12)
+        print(f"{'reading:' + row['subtask'][:9]:<18}{len(theirs):>8}{same:>11}"
+              f"{max(diffs):>20.2e}{classit_s:>11.1f}{official_s:>12.1f}{row['value']:>15.6g}{theirs_score:>15.6g}"
+              f"{diff:>12.1e}")
 
 
 def run_official(official: Path, python: str, checkpoint: Path, task: str, data: Path, out: Path) -> float:
@@ -134,7 +194,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="an HF checkpoint folder")
     parser.add_argument("--blimp", type=Path, help="a BLiMP folder in the official layout (default: generated)")
     parser.add_argument("--work", type=Path, default=Path("runs/parity"))
-    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--tasks", default=",".join([*TASKS, "reading"]))
     args = parser.parse_args()
     data = write_layouts(args.work / "data", args.blimp)
     checkpoint = args.checkpoint.resolve()
@@ -144,6 +204,9 @@ def main() -> None:
     print(f"{'task':<18}{'items':>8}{'identical':>11}{'max rel. prob diff':>20}{'classit s':>11}{'official s':>12}"
           f"{'classit score':>15}{'official':>15}{'rel. diff':>12}")
     for task in args.tasks.split(","):
+        if task == "reading":
+            parity_reading(args.official.resolve(), args.python, checkpoint, data.resolve(), args.work.resolve())
+            continue
         official_s = run_official(args.official.resolve(), args.python, checkpoint, task, data.resolve(),
                                   (args.work / "official").resolve())
         classit_s, rows = run_classit(checkpoint, task, data, args.work / "classit")
