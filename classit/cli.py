@@ -146,6 +146,15 @@ def cmd_export_hub(args) -> int:
     return 0
 
 
+def cmd_aoa(args) -> int:
+    from classit.evaluate.tasks.aoa import score_runs
+
+    result = score_runs([Path(r) for r in args.runs], args.data_dir, args.export)
+    print(f"aoa: Pearson r {result['curve_fitness']:.4f} over {result['n_words']} words, "
+          f"{len(result['checkpoints'])} checkpoints ({', '.join(result['checkpoints'])})")
+    return 0
+
+
 def _finish(result) -> int:
     if result.error:
         print(f"classit: error: training failed: {_root_cause(result.error)}", file=sys.stderr)
@@ -201,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
                                              "count total exposure)")
     hub.add_argument("--out", required=True, help="the repository to create (an empty or new folder)")
     hub.set_defaults(func=cmd_export_hub)
+    aoa = sub.add_parser("aoa", help="age of acquisition from a run's own BabyLM-mark checkpoints")
+    aoa.add_argument("runs", nargs="+", help="run folders (a base's and its instruction-tuning run)")
+    aoa.add_argument("--data-dir", required=True, help="holds aoa/cdi_childes.json and aoa/cdi_human.csv")
+    aoa.add_argument("--export", help="also write AoA_word/surprisal.json in the leaderboard layout here")
+    aoa.set_defaults(func=cmd_aoa)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -216,3 +216,28 @@ def test_accumulation_trains_whole_steps_and_counts_every_word_it_trained_on(cor
     assert state.step == 10 and engine.global_steps == 10  # no leftover gradient leaks into another step
     assert engine.micro_steps == 30  # the leftover micro-batch of each epoch is not trained ...
     assert state.words_seen == sum(words[int(i)] for i in trained)  # ... and every trained line's words count
+
+
+def test_aoa_scores_a_runs_own_mark_checkpoints_and_exports_the_official_file(million_word_run, tmp_path, capsys):
+    import json
+
+    from classit.cli import main
+    from classit.evaluate.tasks.aoa import MONTHS
+
+    rec, _, _ = million_word_run
+    (tmp_path / "data" / "aoa").mkdir(parents=True)
+    words = ["dog", "cat", "ball"]
+    (tmp_path / "data" / "aoa" / "cdi_childes.json").write_text(json.dumps(
+        {w: [{"context": "the girl sees the"}, {"context": "a boy has a"}] for w in words}))
+    (tmp_path / "data" / "aoa" / "cdi_human.csv").write_text(
+        "word," + ",".join(MONTHS) + "\n" + "".join(f"{w}," + ",".join(str(0.06 * i) for i in range(15)) + "\n"
+                                                    for w in words))
+    assert main(["aoa", str(rec.keep), "--data-dir", str(tmp_path / "data"), "--export", str(tmp_path / "out")]) == 0
+    assert "3 checkpoints (chck_1M, chck_2M, chck_3M)" in capsys.readouterr().out  # marks only, not the end
+    exported = json.loads((tmp_path / "out" / rec.keep.name / "main" / "zero_shot" / "causal" / "AoA_word"
+                           / "surprisal.json").read_text())
+    rows = exported["results"]
+    assert len(rows) == 3 * 3 * 2  # checkpoints x words x contexts, as the official collation counts them
+    assert {r["step"] for r in rows} == {"chck_1M", "chck_2M", "chck_3M"}
+    assert {r["word_count"] for r in rows} == {1_000_000, 2_000_000, 3_000_000}
+    assert all(r["surprisal"] > 0 for r in rows)
