@@ -55,9 +55,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from classit.evaluate.aggregates import NAMES as AGGREGATES
+
 SCHEMA_VERSION = 4  # 4: trials carry the leaderboard aggregates (babylm:*)
-ADDED_SINCE_V1 = {"trials": ("gpu_hours", "versions", "git_commit", "babylm:human_likeness", "babylm:nlp",
-                             "babylm:macro"), "train_metrics": ("config",),
+ADDED_SINCE_V1 = {"trials": ("gpu_hours", "versions", "git_commit", *AGGREGATES), "train_metrics": ("config",),
                   "eval_scores": ("revision", "config")}
 
 EVAL_SCORES_SCHEMA = pa.schema([
@@ -85,7 +86,6 @@ def train_metrics_schema(validation_sets: list[str] = ()) -> pa.Schema:
 def trials_schema(cfg) -> pa.Schema:
     """Columns of a sweep's `trials` table, derived from its config: parameters, datasets, tasks, config."""
     from classit.config import ClassitConfig
-    from classit.evaluate.aggregates import NAMES as AGGREGATES
     from classit.evaluate.jobs import headline_keys
 
     sweep = cfg.sweep

@@ -59,6 +59,8 @@ def prediction_path(root: str | Path, model: str, revision: str, task: str, data
         return base / "finetune" / task / "predictions.json"
     if task == "reading":
         return base / "zero_shot" / "causal" / "reading" / "predictions.json"
+    if task == "aoa":  # every checkpoint's surprisals in one file, under the final model's name
+        return base / "zero_shot" / "causal" / "AoA_word" / "surprisal.json"
     return base / "zero_shot" / "causal" / ZERO_SHOT_FOLDERS[task] / dataset / "predictions.json"
 
 

@@ -4,9 +4,10 @@ them (`AoAEvaluator` in its `evaluation_pipeline/utils.py`, after Chang & Bergen
 - A child's AoA of a word: a sigmoid a / (1 + exp(-b (x - c))) + d fitted to the share of children
   producing it at each age in months (`cdi_human.csv`: a `word` column and one column per month,
   16-30), bounded as there; the age where the fit crosses 0.5.
-- A model's AoA of a word: the same sigmoid fitted to minus its surprisal (bits) against log10 of
-  (words seen + 1) over a run's checkpoints; the point halfway between chance (log2 of 300,000) and
-  the lowest surprisal seen, as log10 words.
+- A model's AoA of a word: the same sigmoid fitted to minus its surprisal (nats, as the pipeline's
+  log-softmax gives it) against log10 of (words seen + 1) over a run's checkpoints; the point
+  halfway between chance (taken in bits there: log2 of 300,000) and the lowest surprisal seen, as
+  log10 words.
 - The score: Pearson's r between the two over the words both fits keep.
 
 The official computation's behaviour is kept, weak points included: a fit that fails or whose
@@ -111,6 +112,7 @@ def score_runs(run_dirs: list[Path], data_dir: str | Path, export_dir: str | Pat
     `data_dir`; with `export_dir`, the rows as the official `AoA_word/surprisal.json`."""
     import pandas as pd
 
+    from classit.evaluate import export
     from classit.evaluate.scoring import load_model
     from classit.hub import revisions
 
@@ -122,11 +124,11 @@ def score_runs(run_dirs: list[Path], data_dir: str | Path, export_dir: str | Pat
         model, tokenizer = load_model(str(path), device)
         rows += surprisal_rows(model, tokenizer, contexts, name, int(revision_words(name)))
     if export_dir is not None:
-        out = Path(export_dir) / Path(run_dirs[-1]).name / "main" / "zero_shot" / "causal" / "AoA_word"
-        out.mkdir(parents=True, exist_ok=True)
-        metadata = {"model_name": Path(run_dirs[-1]).name, "use_bos_only": False, "total_steps": len(marks),
+        model_name = Path(run_dirs[-1]).name
+        metadata = {"model_name": model_name, "use_bos_only": False, "total_steps": len(marks),
                     "completed_steps": len(marks)}
-        (out / "surprisal.json").write_text(json.dumps({"metadata": metadata, "results": rows}))
+        export.write_predictions(export.prediction_path(export_dir, model_name, "main", "aoa"),
+                                 {"metadata": metadata, "results": rows})
     return curve_fitness(rows, human) | {"checkpoints": list(marks)}
 
 
