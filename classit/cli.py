@@ -76,6 +76,9 @@ def cmd_evaluate(args) -> int:
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ConfigError(f"--tasks: unknown task {', '.join(unknown)} (known: {', '.join(TASKS)})")
+    if "aoa" in tasks:
+        raise ConfigError("--tasks: aoa scores a run's series of BabyLM-mark checkpoints, not one checkpoint: "
+                          "use classit aoa RUN_DIR ...")
     if not Path(args.data_dir).is_dir():
         raise ConfigError(f"--data-dir {args.data_dir}: no such folder")
     from classit.evaluate import export
@@ -147,11 +150,23 @@ def cmd_export_hub(args) -> int:
 
 
 def cmd_aoa(args) -> int:
-    from classit.evaluate.tasks.aoa import score_runs
+    from classit.evaluate.actors import EvaluationPool
+    from classit.evaluate.jobs import aoa_jobs
+    from classit.train.runner import ray_session
 
-    result = score_runs([Path(r) for r in args.runs], args.data_dir, args.export)
-    print(f"aoa: Pearson r {result['curve_fitness']:.4f} over {result['n_words']} words, "
-          f"{len(result['checkpoints'])} checkpoints ({', '.join(result['checkpoints'])})")
+    runs = [Path(r).resolve() for r in args.runs]
+    if not (Path(args.data_dir) / "aoa").is_dir():
+        raise ConfigError(f"--data-dir {args.data_dir}: no aoa/ folder (cdi_childes.json, cdi_human.csv)")
+    jobs = aoa_jobs(runs, str(Path(args.data_dir).resolve()), trial=runs[-1].name,
+                    export_dir=str(Path(args.export).resolve()) if args.export else "")
+    with ray_session(args.address):
+        rows = EvaluationPool(num_actors=args.actors).run(jobs, results_dir=args.output)
+    [score] = [r for r in rows if r["task"] == "aoa" and r["revision"] == "main"]
+    if score["error"]:
+        print(f"classit: error: aoa: {score['error']}", file=sys.stderr)
+        return 1
+    print(f"aoa: Pearson r {score['value']:.4f} over {score['n_items']} words, {len(jobs)} checkpoints "
+          f"({', '.join(j.revision for j in jobs)}); rows in {args.output}")
     return 0
 
 
@@ -214,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     aoa.add_argument("runs", nargs="+", help="run folders (a base's and its instruction-tuning run)")
     aoa.add_argument("--data-dir", required=True, help="holds aoa/cdi_childes.json and aoa/cdi_human.csv")
     aoa.add_argument("--export", help="also write AoA_word/surprisal.json in the leaderboard layout here")
+    aoa.add_argument("--actors", type=int, default=2, help="evaluation actors (the marks spread over them)")
+    aoa.add_argument("--output", default="runs/eval/results/eval_scores",
+                     help="Parquet folder for the score rows (the surprisals go to aoa_surprisal beside it)")
+    aoa.add_argument("--address", default=None, help="Ray cluster address")
     aoa.set_defaults(func=cmd_aoa)
     args = parser.parse_args(argv)
     try:

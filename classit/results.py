@@ -10,7 +10,7 @@ never leaves a second copy of a row.
 Every part is written with its table's declared Arrow schema: a field a row lacks is null, a key
 the schema does not know is an error, and every part of a table has the same columns and types,
 so a table reads whole with `pyarrow.dataset`, a plain DuckDB glob
-(`read_parquet('<table>/*.parquet')`) and pandas. Tables and their columns (schema version 3;
+(`read_parquet('<table>/*.parquet')`) and pandas. Tables and their columns (schema version 5;
 every row also carries `schema_version`):
 
 - `trials` (`trials_schema`): one row per trial: `sweep`, `trial` (key of its parameters), `run`,
@@ -32,10 +32,16 @@ every row also carries `schema_version`):
 - `eval_scores` (`EVAL_SCORES_SCHEMA`): one row per (trial, checkpoint, task, subtask, metric):
   `trial`, `checkpoint`, `words_seen`, `task`, `subtask`, `metric`, `value`, `n_items`, `seconds`,
   `error` (an error row has metric `error` and the reason), the job's `data_dir`, `fast`,
-  `revision`, `pooling` (fine-tuning: `final` or `official`) and the trial's whole config
-  (`config`, JSON; empty for a `classit evaluate` of a bare checkpoint).
+  `revision`, `pooling` (fine-tuning: `final` or `official`), `series` (AoA) and the trial's whole config
+  (`config`, JSON; empty for a `classit evaluate` of a bare checkpoint). Age of acquisition adds
+  one `aoa`/`surprisal`/`mean` row per mark checkpoint and its score, `aoa`/`average`/`pearson`
+  (`n_items`: the words both fits keep), on the run's final checkpoint.
+- `aoa_surprisal` (`AOA_SURPRISAL_SCHEMA`): one row per (trial, mark checkpoint, word, context):
+  `trial`, `checkpoint`, `series` (the run's final checkpoint, whose AoA score they make), `step`
+  (the revision, `chck_<N>M`), `word_count`, `target_word`, `context_id`, `context`, `surprisal`
+  (nats): the rows of the official `AoA_word/surprisal.json`.
 
-Readers accept older versions: version 1 and 2 rows read with the columns added since empty
+Readers accept older versions: rows of earlier versions read with the columns added since empty
 (`read_table`). A part file that cannot be read is reported by name (a warning, and in
 `frame.attrs["skipped"]`) and skipped, never silently dropped from totals.
 """
@@ -57,16 +63,23 @@ import pyarrow.parquet as pq
 
 from classit.evaluate.aggregates import NAMES as AGGREGATES
 
-SCHEMA_VERSION = 4  # 4: trials carry the leaderboard aggregates (babylm:*)
+SCHEMA_VERSION = 5  # 4: trials carry the leaderboard aggregates (babylm:*); 5: eval_scores `series` (AoA)
 ADDED_SINCE_V1 = {"trials": ("gpu_hours", "versions", "git_commit", *AGGREGATES), "train_metrics": ("config",),
-                  "eval_scores": ("revision", "config")}
+                  "eval_scores": ("revision", "config", "series")}
 
 EVAL_SCORES_SCHEMA = pa.schema([
     ("checkpoint", pa.string()), ("task", pa.string()), ("data_dir", pa.string()), ("trial", pa.string()),
     ("words_seen", pa.int64()), ("fast", pa.bool_()), ("export_dir", pa.string()), ("revision", pa.string()),
-    ("pooling", pa.string()), ("config", pa.string()), ("subtask", pa.string()), ("metric", pa.string()),
+    ("pooling", pa.string()), ("config", pa.string()), ("series", pa.string()), ("subtask", pa.string()),
+    ("metric", pa.string()),
     ("value", pa.float64()), ("n_items", pa.int64()), ("seconds", pa.float64()), ("error", pa.string()),
     ("schema_version", pa.int64()),
+])
+
+AOA_SURPRISAL_SCHEMA = pa.schema([
+    ("trial", pa.string()), ("checkpoint", pa.string()), ("series", pa.string()), ("step", pa.string()),
+    ("word_count", pa.int64()), ("target_word", pa.string()), ("context_id", pa.int64()), ("context", pa.string()),
+    ("surprisal", pa.float64()), ("schema_version", pa.int64()),
 ])
 
 

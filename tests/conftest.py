@@ -79,3 +79,19 @@ def train_tiny_checkpoint(tmp: Path, steps: int = 40) -> Path:
     train_stage(build_model("tiny", tokenizer), tokenizer, stage, DistributedConfig(num_workers=1), keep,
                 log=lambda _: None)
     return saved
+
+
+def write_aoa_data(folder: Path, words=("dog", "cat", "bird", "fox")) -> Path:
+    """The official `aoa/` layout: each word's contexts (`cdi_childes.json`) and the share of
+    children producing it at 16-30 months (`cdi_human.csv`), each word learnt at its own age."""
+    import json
+
+    from classit.evaluate.tasks.aoa import MONTHS
+
+    (folder / "aoa").mkdir(parents=True, exist_ok=True)
+    contexts = ["the girl sees the", "a boy has a"]
+    (folder / "aoa" / "cdi_childes.json").write_text(json.dumps({w: [{"context": c} for c in contexts] for w in words}))
+    rows = [f"{w}," + ",".join(f"{min(1.0, 0.05 * i + 0.04 * k):.3f}" for i in range(len(MONTHS)))
+            for k, w in enumerate(words)]
+    (folder / "aoa" / "cdi_human.csv").write_text("word," + ",".join(MONTHS) + "\n" + "\n".join(rows) + "\n")
+    return folder

@@ -218,26 +218,51 @@ def test_accumulation_trains_whole_steps_and_counts_every_word_it_trained_on(cor
     assert state.words_seen == sum(words[int(i)] for i in trained)  # ... and every trained line's words count
 
 
-def test_aoa_scores_a_runs_own_mark_checkpoints_and_exports_the_official_file(million_word_run, tmp_path, capsys):
+def test_aoa_spreads_a_runs_marks_over_the_actors_fits_them_and_exports_the_official_file(
+        million_word_run, ray_local, tmp_path, capsys):
     import json
+    import shutil
+
+    import pandas as pd
 
     from classit.cli import main
-    from classit.evaluate.tasks.aoa import MONTHS
+    from classit.evaluate.tasks.aoa import curve_fitness
+    from classit.results import read_table
+    from conftest import write_aoa_data
 
     rec, _, _ = million_word_run
-    (tmp_path / "data" / "aoa").mkdir(parents=True)
-    words = ["dog", "cat", "ball"]
-    (tmp_path / "data" / "aoa" / "cdi_childes.json").write_text(json.dumps(
-        {w: [{"context": "the girl sees the"}, {"context": "a boy has a"}] for w in words}))
-    (tmp_path / "data" / "aoa" / "cdi_human.csv").write_text(
-        "word," + ",".join(MONTHS) + "\n" + "".join(f"{w}," + ",".join(str(0.06 * i) for i in range(15)) + "\n"
-                                                    for w in words))
-    assert main(["aoa", str(rec.keep), "--data-dir", str(tmp_path / "data"), "--export", str(tmp_path / "out")]) == 0
+    data = write_aoa_data(tmp_path / "data")
+    output = tmp_path / "results" / "eval_scores"
+    assert main(["aoa", str(rec.keep), "--data-dir", str(data), "--export", str(tmp_path / "out"),
+                 "--output", str(output)]) == 0
     assert "3 checkpoints (chck_1M, chck_2M, chck_3M)" in capsys.readouterr().out  # marks only, not the end
     exported = json.loads((tmp_path / "out" / rec.keep.name / "main" / "zero_shot" / "causal" / "AoA_word"
                            / "surprisal.json").read_text())
     rows = exported["results"]
-    assert len(rows) == 3 * 3 * 2  # checkpoints x words x contexts, as the official collation counts them
+    assert len(rows) == 3 * 4 * 2  # checkpoints x words x contexts, as the official collation counts them
     assert {r["step"] for r in rows} == {"chck_1M", "chck_2M", "chck_3M"}
     assert {r["word_count"] for r in rows} == {1_000_000, 2_000_000, 3_000_000}
     assert all(r["surprisal"] > 0 for r in rows)
+    # One job per mark (its mean surprisal), one score on the final checkpoint, the surprisals in their table.
+    scores = read_table(str(output))
+    marks = scores[scores["subtask"] == "surprisal"]
+    assert sorted(marks["revision"]) == ["chck_1M", "chck_2M", "chck_3M"] and (marks["n_items"] == 8).all()
+    [score] = scores[scores["metric"] == "pearson"].to_dict("records")
+    assert score["checkpoint"] == str(rec.checkpoints[-1]) and score["revision"] == "main"
+    surprisals = read_table(str(tmp_path / "results" / "aoa_surprisal"))
+    assert len(surprisals) == 24 and (surprisals["series"] == score["checkpoint"]).all()
+    human = pd.read_csv(data / "aoa" / "cdi_human.csv")
+    fit = curve_fitness(exported["results"], human)
+    assert score["value"] == fit["curve_fitness"] and score["n_items"] == fit["n_words"]
+
+    # A mark whose checkpoint is corrupt: its error row, and the score refuses to fit the other two.
+    broken = tmp_path / "broken"
+    shutil.copytree(rec.keep, broken)
+    [weights] = (broken / rec.checkpoints[1].name).glob("*.safetensors")
+    weights.write_bytes(b"not a checkpoint")
+    assert main(["aoa", str(broken), "--data-dir", str(data), "--output", str(tmp_path / "broken-scores")]) == 1
+    assert "surprisals of 1 mark checkpoint(s) failed" in capsys.readouterr().err
+    # A data folder without the aoa/ files is refused in one line, before Ray starts.
+    assert main(["aoa", str(rec.keep), "--data-dir", str(tmp_path)]) == 2
+
+

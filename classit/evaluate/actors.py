@@ -3,16 +3,21 @@
 Jobs from any number of trials go in; each finished job's rows are written as one Parquet part
 file named by the job's (trial, checkpoint, task), so every row lands exactly once: a retried,
 resumed or re-run job replaces its part. A job whose actor dies is retried on a fresh actor.
+Age of acquisition runs as one job per mark checkpoint, its surprisals written to the
+`aoa_surprisal` table beside `eval_scores`; when every job is in, each run's marks are fitted into
+its AoA score.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import ray
 
-from classit.evaluate.jobs import EvalJob, ModelCache, result_row, run_job
-from classit.results import EVAL_SCORES_SCHEMA, write_rows
+from pathlib import Path
+
+from classit.evaluate.jobs import AOA_SURPRISAL, EvalJob, ModelCache, aoa_scores, result_row, run_job, split_tables
+from classit.results import AOA_SURPRISAL_SCHEMA, EVAL_SCORES_SCHEMA, write_rows
 
 
 @ray.remote
@@ -34,14 +39,16 @@ class EvaluationPool:
         self.actors = [Evaluator.options(**self.options).remote() for _ in range(num_actors)]
         self.max_retries = max_retries
 
-    def run(self, jobs: Iterable[EvalJob], results_dir: str | None = None,
-            on_rows: Callable[[list[dict]], None] | None = None) -> list[dict]:
-        """Run every job; returns all rows (and writes each job's rows to `results_dir` as they come)."""
+    def run(self, jobs: Iterable[EvalJob], results_dir: str | None = None) -> list[dict]:
+        """Run every job; returns all `eval_scores` rows (and writes each job's rows to `results_dir`, the
+        `eval_scores` folder, as they come)."""
+        jobs = list(jobs)
         pending = sorted(jobs, key=lambda j: (j.checkpoint, j.task))
         tries: dict[tuple, int] = {}
         loaded: dict[int, str] = {}  # actor index -> checkpoint it holds
         in_flight: dict = {}  # future -> (actor index, job)
         rows: list[dict] = []
+        surprisals: list[dict] = []
         idle = list(range(len(self.actors)))
         while pending or in_flight:
             while idle and pending:
@@ -67,11 +74,17 @@ class EvaluationPool:
                     idle.append(index)
                     continue
             idle.append(index)
-            if results_dir:
-                write_rows(results_dir, job_rows, EVAL_SCORES_SCHEMA, key=job.row_key)
-            if on_rows:
-                on_rows(job_rows)
-            rows += job_rows
+            job_rows, detail = split_tables(job_rows)
+            if results_dir and detail:
+                write_rows(str(Path(results_dir).parent / AOA_SURPRISAL), detail, AOA_SURPRISAL_SCHEMA, key=job.row_key)
+            surprisals += detail
+            finished = {job.row_key: job_rows}
+            if not pending and not in_flight:  # the last job is in: each run's AoA marks are fitted
+                finished |= aoa_scores(jobs, rows + job_rows, surprisals)
+            for key, key_rows in finished.items():
+                if results_dir:
+                    write_rows(results_dir, key_rows, EVAL_SCORES_SCHEMA, key=key)
+                rows += key_rows
         return rows
 
     def shutdown(self) -> None:

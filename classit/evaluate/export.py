@@ -5,7 +5,7 @@ Each task writes the official pipeline's `predictions.json` in its results layou
 `.../zero_shot/causal/reading/predictions.json`, fine-tuning: `.../finetune/<task>/predictions.json`),
 so the official `collate_preds.py` reads them as its own. `collate` gathers those present into
 `<root>/<model>/all_full_preds_and_fast_scores_causal.json`, the file the leaderboard takes
-(the official collation also expects AoA surprisals, which classit does not compute yet).
+(age of acquisition: `AoA_word/surprisal.json`, every mark checkpoint's surprisals, under `aoa`).
 """
 
 from __future__ import annotations
@@ -89,8 +89,10 @@ def collate(root: str | Path, model: str, revision: str = "main") -> Path:
                  if (zero_shot / folder / d / "predictions.json").is_file()]
         if found:
             full[key] = json.loads(found[0].read_text())
-    if (zero_shot / "reading" / "predictions.json").is_file():
-        full["reading"] = json.loads((zero_shot / "reading" / "predictions.json").read_text())
+    for key, path in (("reading", zero_shot / "reading" / "predictions.json"),
+                      ("aoa", zero_shot / "AoA_word" / "surprisal.json")):
+        if path.is_file():
+            full[key] = json.loads(path.read_text())
     glue = {}
     for task in GLUE_TASKS:
         path = base / "finetune" / task / "predictions.json"

@@ -7,18 +7,20 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass
+from collections import defaultdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from classit.evaluate import export
 from classit.evaluate.catalog import TASKS
 from classit.evaluate.scoring import Encoded, encode_candidates, load_model
-from classit.evaluate.tasks import finetune, reading, zero_shot
+from classit.evaluate.tasks import aoa, finetune, reading, zero_shot
 
 FAST_ITEMS_PER_SUBTASK = 100  # the fixed, seeded subset of `fast` mode, per UID
 # The subtasks whose rows hold a task's headline scores (the rest are breakdowns).
 HEADLINE_SUBTASKS = ("average", "eye_tracking", "self_paced_reading", "validation")
-assert set(TASKS) == {*zero_shot.TASKS, "reading", *finetune.TASKS}, "catalog.py lists every task module's tasks"
+assert set(TASKS) == {*zero_shot.TASKS, "reading", "aoa", *finetune.TASKS}, "catalog.py lists every task module's tasks"
+AOA_SURPRISAL = "aoa_surprisal"  # the table an AoA job's per-context surprisals go to
 
 
 def headline_keys(task: str) -> list[str]:
@@ -27,6 +29,8 @@ def headline_keys(task: str) -> list[str]:
         return [f"{task}:validation:{m}" for m in (*finetune.TASKS[task].metrics, "best_epoch")]
     if task == "reading":
         return [f"reading:{s}:r2_gain_pct" for s in ("eye_tracking", "self_paced_reading")]
+    if task == "aoa":
+        return ["aoa:average:pearson"]
     return [f"{task}:average:{zero_shot.TASKS[task].metric}"]
 
 
@@ -42,6 +46,7 @@ class EvalJob:
     revision: str = "main"  # the leaderboard's name for this checkpoint (e.g. chck_10M)
     pooling: str = "final"  # fine-tuning head input: final (last real token) or official (first position)
     config: str = ""  # the trial's whole config (JSON), carried into every result row
+    series: str = ""  # AoA: the run's final checkpoint, whose score this mark checkpoint's surprisals make
 
     @property
     def key(self) -> tuple[str, str]:
@@ -111,6 +116,81 @@ def run_finetune(job: EvalJob, device: str | None) -> list[dict]:
     return rows + [result_row(job, "validation", "best_epoch", best_epoch, len(preds), seconds)]
 
 
+def aoa_jobs(run_dirs: list[str | Path], data_dir: str, series: str = "", **fields) -> list[EvalJob]:
+    """Age of acquisition of a run (a base's run and the instruction-tuning run that continued it):
+    one surprisal job per BabyLM-mark checkpoint, so the marks spread over the evaluation actors;
+    `aoa_scores` fits them into one score on `series` (default: the run's final checkpoint). A run
+    with no mark checkpoint gets one job that fails with the reason."""
+    from classit.hub import revisions
+
+    chosen = revisions([Path(r) for r in run_dirs])
+    series = series or str(chosen.pop("main"))
+    chosen.pop("main", None)
+    if not chosen:
+        return [EvalJob(series, "aoa", data_dir, revision="", series=series, **fields)]
+    return [EvalJob(str(path), "aoa", data_dir, revision=name, words_seen=int(aoa.revision_words(name)),
+                    series=series, **fields) for name, path in chosen.items()]
+
+
+def run_aoa_surprisal(job: EvalJob, model, tokenizer) -> list[dict]:
+    """One mark checkpoint's surprisals: a summary row (their mean) and every (word, context) row,
+    marked for the `aoa_surprisal` table."""
+    start = time.perf_counter()
+    if not job.revision.startswith("chck_"):
+        raise ValueError(f"{Path(job.series).parent}: no checkpoint at a BabyLM mark (AoA needs a run's "
+                         f"checkpoints at 1M, 2M, ... words; see checkpoints.schedule)")
+    contexts = aoa.read_contexts(Path(job.data_dir) / "aoa" / "cdi_childes.json")
+    rows = aoa.surprisal_rows(model, tokenizer, contexts, job.revision, job.words_seen)
+    mean = sum(r["surprisal"] for r in rows) / len(rows) if rows else float("nan")
+    summary = result_row(job, "surprisal", "mean", mean, len(rows), time.perf_counter() - start)
+    return [summary, *({"table": AOA_SURPRISAL, "trial": job.trial, "checkpoint": job.checkpoint,
+                        "series": job.series, **row} for row in rows)]
+
+
+def split_tables(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """A job's `eval_scores` rows, and its `aoa_surprisal` rows (without their table mark)."""
+    detail = [{k: v for k, v in r.items() if k != "table"} for r in rows if r.get("table") == AOA_SURPRISAL]
+    return [r for r in rows if "table" not in r], detail
+
+
+def aoa_scores(jobs: list[EvalJob], rows: list[dict], surprisals: list[dict]) -> dict[str, list[dict]]:
+    """Each AoA series' score from its marks' surprisals, keyed by the row key to write it under:
+    one `aoa`/`average`/`pearson` row on the series' final checkpoint (an error row where a mark's
+    surprisals failed: never a fit of the marks that happen to be there); with an export folder
+    the official `AoA_word/surprisal.json` of the series."""
+    import pandas as pd
+
+    by_series: dict[tuple[str, str], list[EvalJob]] = defaultdict(list)
+    for job in jobs:
+        if job.task == "aoa":
+            by_series[job.trial, job.series].append(job)
+    scores = {}
+    for (trial, series), marks in by_series.items():
+        start = time.perf_counter()
+        job = replace(marks[0], checkpoint=series, revision="main", words_seen=-1)
+        failed = sorted({r["error"] for r in rows if r["task"] == "aoa" and r["trial"] == trial
+                         and r["series"] == series and r["error"]})
+        try:
+            if failed:
+                raise RuntimeError(f"surprisals of {len(failed)} mark checkpoint(s) failed: {failed[0]}")
+            mine = [r for r in surprisals if r["trial"] == trial and r["series"] == series]
+            result = aoa.curve_fitness(mine, pd.read_csv(Path(job.data_dir) / "aoa" / "cdi_human.csv"))
+            metadata = {"model_name": job.model_name, "use_bos_only": False, "total_steps": len(marks),
+                        "completed_steps": len(marks)}
+            official = ("step", "word_count", "target_word", "context_id", "context", "surprisal")
+            _export(job, {"metadata": metadata, "results": [{k: r[k] for k in official} for r in mine]})
+            score = [result_row(job, "average", "pearson", result["curve_fitness"], result["n_words"],
+                                time.perf_counter() - start)]
+        except Exception as err:  # noqa: BLE001 - as every job: a failure is a row
+            score = [result_row(job, "", "error", float("nan"), 0, time.perf_counter() - start, error=_reason(err))]
+        scores[f"{job.row_key}\x1fscore"] = score
+    return scores
+
+
+def _reason(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}".splitlines()[0]
+
+
 def _count(items: list[zero_shot.Item], key: str, name: str) -> int:
     if key == "split":  # entity tracking's splits group UIDs by prefix
         return sum(item.meta["UID"].startswith(name) for item in items)
@@ -168,7 +248,8 @@ def run_job(job: EvalJob, cache: ModelCache) -> list[dict]:
         model, tokenizer = cache.get(job.checkpoint)
         if job.task == "reading":
             return run_reading(job, model, tokenizer)
+        if job.task == "aoa":
+            return run_aoa_surprisal(job, model, tokenizer)
         return run_zero_shot(job, model, tokenizer, cache)
     except Exception as err:  # noqa: BLE001 - every failure must become a row, not stop the pool
-        reason = f"{type(err).__name__}: {err}".splitlines()[0]
-        return [result_row(job, "", "error", float("nan"), 0, time.perf_counter() - start, error=reason)]
+        return [result_row(job, "", "error", float("nan"), 0, time.perf_counter() - start, error=_reason(err))]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from classit.config import ClassitConfig, config_hash
@@ -35,6 +36,8 @@ def objective_key(spec: str) -> str:
         default = ("validation", finetune.TASKS[task].select_by)
     elif task == "reading":
         default = ("eye_tracking", "r2_gain_pct")
+    elif task == "aoa":
+        default = ("average", "pearson")
     elif task in zero_shot.TASKS:
         default = ("average", zero_shot.TASKS[task].metric)
     else:
@@ -101,7 +104,8 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from classit.evaluate.jobs import EvalJob
+    from classit.evaluate.catalog import SERIES
+    from classit.evaluate.jobs import EvalJob, aoa_jobs
     from classit.results import config_columns, provenance, trials_schema, write_rows
     from classit.sweep.services import ensure_base
     from classit.sweep.space import apply_params
@@ -136,8 +140,12 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
     if ecfg.checkpoints == "all":
         checkpoints = [(c, m) for c, m in result.best_checkpoints if c.path != final.path] + checkpoints
     config_json = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
-    jobs = [EvalJob(c.path, task, data_dir, trial=key, words_seen=int(m.get("exposure_words", -1)), fast=ecfg.fast,
-                    pooling=ecfg.finetune_pooling, config=config_json) for c, m in checkpoints for task in ecfg.tasks]
+    common = {"trial": key, "fast": ecfg.fast, "config": config_json}
+    jobs = [EvalJob(c.path, task, data_dir, words_seen=int(m.get("exposure_words", -1)),
+                    pooling=ecfg.finetune_pooling, **common)
+            for c, m in checkpoints for task in ecfg.tasks if task not in SERIES]
+    if "aoa" in ecfg.tasks:  # the base's marks and this run's, one job each, scored on the final checkpoint
+        jobs += aoa_jobs([base.parent, Path(final.path).parent], data_dir, series=final.path, **common)
     rows = ray.get(ray.get_actor(service_name).evaluate.remote(jobs))
     scores = scores_of(rows, final.path)
     scores |= {name: aggregate.value for name, aggregate in aggregates(scores).items()}

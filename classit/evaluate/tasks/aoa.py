@@ -105,33 +105,6 @@ def surprisal_rows(model, tokenizer, contexts: dict[str, list[str]], revision: s
              "surprisal": -float(s)} for (word, i, context), s in zip(pairs, scores)]
 
 
-def score_runs(run_dirs: list[Path], data_dir: str | Path, export_dir: str | Path | None = None,
-               device: str | None = None) -> dict:
-    """AoA of a run from its own BabyLM-mark checkpoints (a base's run and its instruction-tuning
-    run together), with the official `aoa/cdi_childes.json` and `aoa/cdi_human.csv` under
-    `data_dir`; with `export_dir`, the rows as the official `AoA_word/surprisal.json`."""
-    import pandas as pd
-
-    from classit.evaluate import export
-    from classit.evaluate.scoring import load_model
-    from classit.hub import revisions
-
-    contexts = read_contexts(Path(data_dir) / "aoa" / "cdi_childes.json")
-    human = pd.read_csv(Path(data_dir) / "aoa" / "cdi_human.csv")
-    marks = {name: path for name, path in revisions(run_dirs).items() if name != "main"}
-    rows = []
-    for name, path in marks.items():
-        model, tokenizer = load_model(str(path), device)
-        rows += surprisal_rows(model, tokenizer, contexts, name, int(revision_words(name)))
-    if export_dir is not None:
-        model_name = Path(run_dirs[-1]).name
-        metadata = {"model_name": model_name, "use_bos_only": False, "total_steps": len(marks),
-                    "completed_steps": len(marks)}
-        export.write_predictions(export.prediction_path(export_dir, model_name, "main", "aoa"),
-                                 {"metadata": metadata, "results": rows})
-    return curve_fitness(rows, human) | {"checkpoints": list(marks)}
-
-
 def revision_words(name: str | float) -> float | None:
     """Words seen from a revision name (`chck_10M` -> 10,000,000) or a number, as the pipeline reads them."""
     if isinstance(name, (int, float)):
