@@ -18,8 +18,9 @@ def sweep_config(tmp: Path, **sweep) -> dict:
     """The tiny preset on a small synthetic corpus; trials of a few steps each."""
     return {
         "corpus": {"synthetic": {"sentences": 4000, "seed": 1}, "block_size": 64, "num_proc": 1},
+        # The BabyLM marks x 0.001 (1k, 2k, ... words): the base keeps a series of marks for AoA.
         "pretrain": {"learning_rate": 2e-3, "batch_size": 8, "max_steps": 30, "warmup_steps": 5,
-                     "eval_every_steps": 15, "checkpoints": {"schedule": "final"}},
+                     "eval_every_steps": 15, "checkpoints": {"word_scale": 0.001, "resumable": False}},
         "instruct": {"datasets": {"switch": {"synthetic": "conversation", "max_records": 120},
                                   "wiki": {"synthetic": "qa", "max_records": 120}},
                      "train": {"learning_rate": 2e-3, "batch_size": 8, "epochs": 1, "warmup_steps": 2,
@@ -83,16 +84,40 @@ def test_six_trials_share_one_base_built_once_and_all_get_scores(ray_local, shar
     assert evaluations["val_loss"].notna().all()  # eval_every_steps 5, and each stage's start and end
 
 
-def test_tpe_multi_objective_with_seeds_repeats_each_draw(ray_local, shared):
-    """Optuna TPE over curriculum x mix ratio x learning rate, two objectives, two seeds per draw."""
+def test_tpe_multi_objective_with_seeds_repeats_each_draw_and_scores_aoa_on_the_marks(ray_local, shared):
+    """Optuna TPE over curriculum x mix ratio x learning rate, two objectives, two seeds per draw;
+    each trial's age of acquisition from the base's mark checkpoints, one job per mark."""
+    import pandas as pd
+
+    from classit.data.synthetic import write_probe_data
+    from classit.evaluate.tasks.aoa import curve_fitness
+    from conftest import write_aoa_data
+
+    data = write_aoa_data(write_probe_data(shared / "evaluation_data"))
     config = sweep_config(shared, name="tpe", search="tpe", num_samples=2, seeds=[0, 1],
                           metrics=["val_loss", "blimp"], modes=["min", "max"],
                           space={"curriculum": {"choice": ["merged", "switch_wiki"]},
                                  "mix_ratio": {"uniform": [0.2, 0.8]},
                                  "learning_rate": {"loguniform": [5e-4, 5e-3]}})
+    config["evaluation"] |= {"tasks": ["blimp", "aoa"], "data_dir": str(data), "actors": 2}
     board = run_sweep(parse_config(config), log=lambda _: None)
     assert len(board) == 4 and set(board["param.seed"]) == {0, 1}
     draws = board.groupby(["param.curriculum", "param.learning_rate"])["param.seed"].apply(sorted)
     assert all(seeds == [0, 1] for seeds in draws)  # each draw ran once per seed
     assert (board["param.mix_ratio"].notna() == (board["param.curriculum"] == "merged")).all()
     assert board["pareto"].any()
+
+    assert (board["status"] == "finished").all() and board["aoa:average:pearson"].notna().all()
+    results = shared / "runs" / "tpe" / "results"
+    scores = read_table(str(results / "eval_scores"))
+    marks = scores[(scores["task"] == "aoa") & (scores["subtask"] == "surprisal")]
+    base_marks = {p.name for p in (shared / "runs").glob("base-*/*") if (p / "trainer_state.json").is_file()
+                  and json.loads((p / "trainer_state.json").read_text())["babylm_mark"]}
+    assert len(base_marks) >= 3 and marks.groupby("trial")["checkpoint"].nunique().eq(len(base_marks)).all()
+    surprisals = read_table(str(results / "aoa_surprisal"))
+    assert len(surprisals) == 4 * len(base_marks) * 4 * 2  # trials x marks x words x contexts
+    human = pd.read_csv(data / "aoa" / "cdi_human.csv")
+    for trial in board.to_dict("records"):  # each trial's score: the fit of its own surprisals, on its checkpoint
+        mine = surprisals[surprisals["trial"] == trial["trial"]]
+        assert (mine["series"] == trial["checkpoint"]).all()
+        assert trial["aoa:average:pearson"] == curve_fitness(mine.to_dict("records"), human)["curve_fitness"]
