@@ -1,7 +1,7 @@
 """classit beside the official BabyLM 2025 evaluation pipeline: the same checkpoint and data, task
 by task, item-level agreement of the predictions and both wall times.
 
-    python benchmarks/official_parity.py --official DIR --python PYTHON --checkpoint CKPT [--blimp DIR]
+    python benchmarks/official_parity.py --official DIR --python PYTHON --checkpoint CKPT [--blimp DIR] [--run RUN]
 
 `DIR` holds the official pipeline's source (its `evaluation_pipeline/` package, e.g. from
 babylm/evaluation-pipeline-2025); `PYTHON` is an interpreter with its pinned requirements
@@ -10,10 +10,11 @@ not needed: small files in each official layout are generated (BLiMP can be the 
 `../shared/data/blimp`). Both sides write `predictions.json` in the official results layout and
 are compared prediction by prediction (WUG: the chosen completion and its probability).
 
-Tasks so far: BLiMP, BLiMP supplement, EWoK, entity tracking, WUG adjective, WUG past tense, COMPS
-and reading (not yet AoA and fine-tuning). classit runs each task as one evaluation job in this
-process (what an actor runs); the official side is its command line, a process per task, as its
-scripts run it.
+Tasks: BLiMP, BLiMP supplement, EWoK, entity tracking, WUG adjective, WUG past tense, COMPS,
+reading, and with `--run` (a run folder with BabyLM-mark checkpoints) age of acquisition. classit
+runs each task as the evaluation jobs an actor runs, in this process; the official side is its
+command line, a process per task, as its scripts run it; for AoA, whose command line reads Hub
+revisions, its `StepSurprisalExtractor` on each mark's folder and its `AoAEvaluator` on the rows.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def write_layouts(root: Path, blimp: Path | None, seed: int = 0, n: int = 300) -
             {"prefix_acceptable": f"a {a}", "prefix_unacceptable": f"a {b}", "property_phrase": rng.choice(PROPERTIES)}
             for a, b in ((noun(), noun()) for _ in range(n // 4))])
     write_reading(root)
+    write_aoa(root)
     return root
 
 
@@ -98,6 +100,75 @@ def write_reading(root: Path, n: int = 240, seed: int = 0) -> None:
         frame[erp] = noise.normal(size=n)
     (root / "reading").mkdir(parents=True, exist_ok=True)
     frame.to_csv(root / "reading" / "reading_data.csv", index=False)
+
+
+def write_aoa(root: Path, seed: int = 0) -> None:
+    """`aoa/cdi_childes.json` (three contexts per target) and `aoa/cdi_human.csv` (the share of
+    children producing each target by month, each learnt at its own age). The targets are short
+    phrases: a small vocabulary's one-token word starts below the pipeline's halfway-to-chance
+    threshold (chance in bits, log2 300,000 = 18.2), so no fit would keep it; a phrase of several
+    tokens starts above it and falls as the model learns."""
+    import numpy as np
+
+    rng = random.Random(seed)
+    targets = [f"{a} near the {b}" for a, b in zip(NOUNS, NOUNS[3:] + NOUNS[:3])]
+    contexts = ["the boy sees the", "the girl likes the", "the babies watch the"]
+    (root / "aoa").mkdir(parents=True, exist_ok=True)
+    (root / "aoa" / "cdi_childes.json").write_text(json.dumps({t: [{"context": c} for c in contexts] for t in targets}))
+    months = np.arange(16, 31)
+    rows = [f"{t}," + ",".join(f"{v:.4f}" for v in 1 / (1 + np.exp(-0.8 * (months - rng.uniform(17, 29)))))
+            for t in targets]
+    (root / "aoa" / "cdi_human.csv").write_text("word," + ",".join(map(str, months)) + "\n" + "\n".join(rows) + "\n")
+
+
+OFFICIAL_AOA = """
+import json, sys
+from evaluation_pipeline.AoA_word.eval_util import StepConfig, load_eval
+from evaluation_pipeline.AoA_word.evaluation_functions import StepSurprisalExtractor
+from evaluation_pipeline.utils import AoAEvaluator
+word_path, human_path, marks_path, out_path = sys.argv[1:]
+words, contexts = load_eval(word_path, 0)
+results = []
+for revision, word_count, folder in json.load(open(marks_path)):
+    config = StepConfig(track="non-strict-small")
+    config.steps, config.word_counts = [revision], [word_count]  # one mark: its folder is the model
+    extractor = StepSurprisalExtractor(config=config, model_name=folder, backend="causal", device="cpu")
+    results += extractor.analyze_steps(contexts=contexts, target_words=words)["results"]
+fit = AoAEvaluator(human_path).compute_curve_fitness({"results": results})
+json.dump({"results": results, "curve_fitness": fit["curve_fitness"], "n_words": fit["n_words"]}, open(out_path, "w"))
+"""
+
+
+def parity_aoa(official: Path, python: str, run: Path, data: Path, work: Path) -> None:
+    """AoA: every (mark, word, context) surprisal, the words both fits keep, and the score."""
+    from classit.evaluate.jobs import ModelCache, aoa_jobs, aoa_scores, run_job, split_tables
+
+    jobs = aoa_jobs([run], str(data))
+    marks = work / "aoa_marks.json"
+    marks.write_text(json.dumps([[j.revision, j.words_seen, j.checkpoint] for j in jobs]))
+    start = time.perf_counter()
+    subprocess.run([python, "-c", OFFICIAL_AOA, str(data / "aoa" / "cdi_childes.json"),
+                    str(data / "aoa" / "cdi_human.csv"), str(marks), str(work / "official_aoa.json")],
+                   cwd=official, check=True, capture_output=True)
+    official_s = time.perf_counter() - start
+    theirs = json.loads((work / "official_aoa.json").read_text())
+    start = time.perf_counter()
+    cache, rows, surprisals = ModelCache("cpu"), [], []
+    for job in jobs:
+        job_rows, detail = split_tables(run_job(job, cache))
+        rows, surprisals = rows + job_rows, surprisals + detail
+    [score] = next(iter(aoa_scores(jobs, rows, surprisals).values()))
+    classit_s = time.perf_counter() - start
+    if score["error"]:
+        raise RuntimeError(f"classit aoa: {score['error']}")
+    key = lambda r: (r["step"], r["target_word"], r["context_id"])  # noqa: E731
+    ours = {key(r): r["surprisal"] for r in surprisals}
+    diffs = [abs(ours[key(r)] - r["surprisal"]) / max(abs(r["surprisal"]), 1e-12) for r in theirs["results"]]
+    same = sum(d <= 1e-6 for d in diffs)
+    diff = abs(score["value"] - theirs["curve_fitness"]) / max(abs(theirs["curve_fitness"]), 1e-12)
+    print(f"{'aoa (' + str(len(jobs)) + ' marks)':<18}{len(diffs):>8}{same:>11}{max(diffs):>20.2e}{classit_s:>11.1f}"
+          f"{official_s:>12.1f}{score['value']:>15.6g}{theirs['curve_fitness']:>15.6g}{diff:>12.1e}"
+          f"  words kept: {score['n_items']} / {theirs['n_words']}")
 
 
 def parity_reading(official: Path, python: str, checkpoint: Path, data: Path, work: Path) -> None:
@@ -193,9 +264,13 @@ def main() -> None:
     parser.add_argument("--python", required=True, help="a Python with the official pipeline's requirements")
     parser.add_argument("--checkpoint", type=Path, required=True, help="an HF checkpoint folder")
     parser.add_argument("--blimp", type=Path, help="a BLiMP folder in the official layout (default: generated)")
+    parser.add_argument("--run", type=Path, help="a run folder with BabyLM-mark checkpoints, for AoA")
     parser.add_argument("--work", type=Path, default=Path("runs/parity"))
-    parser.add_argument("--tasks", default=",".join([*TASKS, "reading"]))
+    parser.add_argument("--tasks", help="comma-separated (default: every task; aoa where --run is given)")
     args = parser.parse_args()
+    tasks = args.tasks.split(",") if args.tasks else [*TASKS, "reading", *(["aoa"] if args.run else [])]
+    if "aoa" in tasks and not args.run:
+        parser.error("--tasks aoa needs --run")
     data = write_layouts(args.work / "data", args.blimp)
     checkpoint = args.checkpoint.resolve()
     import transformers
@@ -203,9 +278,12 @@ def main() -> None:
     transformers.utils.logging.disable_progress_bar()
     print(f"{'task':<18}{'items':>8}{'identical':>11}{'max rel. prob diff':>20}{'classit s':>11}{'official s':>12}"
           f"{'classit score':>15}{'official':>15}{'rel. diff':>12}")
-    for task in args.tasks.split(","):
+    for task in tasks:
         if task == "reading":
             parity_reading(args.official.resolve(), args.python, checkpoint, data.resolve(), args.work.resolve())
+            continue
+        if task == "aoa":
+            parity_aoa(args.official.resolve(), args.python, args.run.resolve(), data.resolve(), args.work.resolve())
             continue
         official_s = run_official(args.official.resolve(), args.python, checkpoint, task, data.resolve(),
                                   (args.work / "official").resolve())

@@ -8,7 +8,7 @@ import pytest
 
 from classit.evaluate import export
 from classit.evaluate.jobs import EvalJob, ModelCache, run_job
-from classit.evaluate.scoring import load_model, reference_scores
+from classit.evaluate.scoring import Encoded, load_model, reference_scores
 from classit.evaluate.tasks import finetune, reading
 from conftest import train_tiny_checkpoint
 
@@ -53,8 +53,10 @@ def test_surprisal_is_the_words_summed_log_probability_after_its_context(tmp_pat
     frame = reading.read_reading(tmp_path)
     pred, prev = reading.surprisals(model, tokenizer, frame)
     for k in (0, 5, 11):
-        encoded = reading.encode_words(tokenizer, [(frame["item"][k], frame["word"][k])])
-        assert encoded.ids[0, 0] == tokenizer.bos_token_id  # the context gets BOS, the word is tokenized alone
+        context = tokenizer(frame["item"][k])["input_ids"]
+        word = tokenizer(frame["word"][k], add_special_tokens=False)["input_ids"]
+        assert context[0] == tokenizer.bos_token_id  # the context gets BOS, the word is tokenized alone
+        encoded = Encoded.from_lists([context + word], [[False] * len(context) + [True] * len(word)])
         assert pred[k] == pytest.approx(-reference_scores(model, encoded)[0], abs=1e-4)
     assert np.isnan(prev[0]) and prev[1] == pytest.approx(pred[0])  # row 1's previous word is row 0's word
 

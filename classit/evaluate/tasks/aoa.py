@@ -93,16 +93,31 @@ def read_contexts(path: str | Path, min_context: int = 0) -> dict[str, list[str]
 
 
 def surprisal_rows(model, tokenizer, contexts: dict[str, list[str]], revision: str, words_seen: int) -> list[dict]:
-    """One checkpoint's rows of the official `surprisal.json`: each word's surprisal (nats, as the
-    pipeline's log-softmax gives it) after each of its contexts, `context.strip() + " " + word`
-    tokenized with the tokenizer's special tokens and the word's tokens scored."""
-    from classit.evaluate.scoring import encode_candidates, score
+    """One checkpoint's rows of the official `surprisal.json`: each word's surprisal (nats) after
+    each of its contexts, `context.strip() + " " + word` tokenized with the tokenizer's special
+    tokens and the word's tokens scored, computed as the pipeline computes it (`sentence_surprisal`)."""
+    from classit.evaluate.scoring import encode_candidates
 
     pairs = [(word, i, context) for word, word_contexts in contexts.items() for i, context in enumerate(word_contexts)]
-    candidates = [(f"{context.strip()} {word.strip()}", word.strip()) for word, _, context in pairs]
-    scores = score(model, encode_candidates(tokenizer, candidates), tokenizer.pad_token_id) if pairs else []
+    encoded = encode_candidates(tokenizer, [(f"{context.strip()} {word.strip()}", word.strip())
+                                            for word, _, context in pairs])
     return [{"step": revision, "word_count": words_seen, "target_word": word, "context_id": i, "context": context,
-             "surprisal": -float(s)} for (word, i, context), s in zip(pairs, scores)]
+             "surprisal": sentence_surprisal(model, *encoded.candidate(k))} for k, (word, i, context) in enumerate(pairs)]
+
+
+def sentence_surprisal(model, ids: list[int], scored: list[bool]) -> float:
+    """As the pipeline: one forward of the sentence alone, a float32 log-softmax, the scored tokens'
+    log-probabilities summed in float32. Deliberately not the batched prefix-tree scorer: its
+    float32 logits differ in the last bits with the batch's shape (~3e-7 relative), and the sigmoid
+    fits carry that into the score; one sentence at a time gives the pipeline's numbers exactly."""
+    import torch
+
+    device = next(model.parameters()).device
+    tokens = torch.tensor([ids], device=device)
+    with torch.inference_mode():
+        logits = model(input_ids=tokens[:, :-1], attention_mask=torch.ones_like(tokens[:, :-1])).logits
+        picked = torch.gather(torch.log_softmax(logits, dim=-1), -1, tokens[:, 1:, None])[..., 0]
+        return -torch.sum(picked * torch.tensor([scored[1:]], device=device, dtype=torch.long), dim=1)[0].item()
 
 
 def revision_words(name: str | float) -> float | None:

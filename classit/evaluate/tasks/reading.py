@@ -5,7 +5,8 @@ the `word`, the previous word and its context, frequency/length covariates and t
 times) and computes the scores as the official pipeline (`reading/run.py`) does:
 
 - surprisal = -ln P(word | item): the context is tokenized with the tokenizer's special tokens
-  (BOS), the word on its own without them, and the word's tokens' log-probabilities are summed;
+  (BOS), the word on its own without them; the word's tokens' probabilities (each a float32
+  softmax after a forward of all that precedes it) are multiplied;
 - for each eye-tracking measure, OLS with statsmodels of the time on frequency, length, context
   length and their pairwise interactions, with and without surprisal; the score is the gain in
   R^2 relative to what the baseline leaves unexplained, (R2 - R2_base) / (1 - R2_base) x 100,
@@ -13,19 +14,18 @@ times) and computes the scores as the official pipeline (`reading/run.py`) does:
 - self-paced reading adds the previous word's length and surprisal (spill-over) and all their
   pairwise interactions to the baseline.
 
-One deliberate difference: the pipeline scores a multi-token word one token at a time, each
-time re-tokenizing context + decoded tokens; we score the word's tokens in one pass. The two agree
-whenever re-tokenizing the decoded prefix gives back the same tokens (always, for our byte-level
-BPE on whitespace-separated words).
+One deliberate difference: the pipeline re-tokenizes context + decoded tokens before each of a
+multi-token word's tokens; we extend the token ids. The two agree whenever re-tokenizing the
+decoded prefix gives back the same tokens (always, for our byte-level BPE on whitespace-separated
+words).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
-
-from classit.evaluate.scoring import Encoded, score
 
 EYE_TRACKING = ("RTfirstfix", "RTfirstpass", "RTgopast", "RTrightbound")
 SELF_PACED = "self_paced_reading_time"
@@ -48,28 +48,36 @@ def read_reading(data_dir: str | Path):
     return frame
 
 
-def encode_words(tokenizer, pairs: list[tuple[str, str]]) -> Encoded:
-    """Each (context, word): the context with the tokenizer's special tokens, then the word
-    tokenized alone, its tokens scored."""
-    if not pairs:
-        return Encoded.from_lists([], [])
-    contexts = tokenizer([c for c, _ in pairs])["input_ids"]
-    words = tokenizer([w for _, w in pairs], add_special_tokens=False)["input_ids"]
-    return Encoded.from_lists([c + w for c, w in zip(contexts, words)],
-                              [[False] * len(c) + [True] * len(w) for c, w in zip(contexts, words)])
-
-
 def surprisals(model, tokenizer, frame) -> tuple[np.ndarray, np.ndarray]:
     """-ln P(word | item) per row, and the same for the previous word (NaN where there is none)."""
     pairs = list(zip(frame["item"], frame["word"]))
     has_prev = [isinstance(item, str) for item in frame["prev_item"]]
     pairs += [(i, w) for i, w, ok in zip(frame["prev_item"], frame["prev_word"], has_prev) if ok]
     unique = list(dict.fromkeys(pairs))  # the previous word is usually another row's word: score once
-    logprob = dict(zip(unique, score(model, encode_words(tokenizer, unique), tokenizer.pad_token_id)))
-    pred = np.array([-logprob[p] for p in zip(frame["item"], frame["word"])])
-    prev = np.array([-logprob[(i, w)] if ok else np.nan
+    contexts = tokenizer([c for c, _ in unique])["input_ids"]
+    words = tokenizer([w for _, w in unique], add_special_tokens=False)["input_ids"]
+    surprisal = {pair: -math.log(word_probability(model, c, w)) for pair, c, w in zip(unique, contexts, words)}
+    pred = np.array([surprisal[p] for p in zip(frame["item"], frame["word"])])
+    prev = np.array([surprisal[(i, w)] if ok else np.nan
                      for i, w, ok in zip(frame["prev_item"], frame["prev_word"], has_prev)])
     return pred, prev
+
+
+def word_probability(model, context: list[int], word: list[int]) -> float:
+    """As the pipeline (`get_p2`): each token's float32 softmax probability from a forward of all
+    that precedes it, one sequence at a time, and their product. Deliberately not the batched
+    prefix-tree scorer: its float32 logits differ in the last bits with the batch's shape, and the
+    R^2 fits carry that (~1e-5 relative) into the scores; this gives the pipeline's numbers exactly."""
+    import torch
+
+    device = next(model.parameters()).device
+    probabilities = []
+    with torch.inference_mode():
+        for k, token in enumerate(word):
+            ids = torch.tensor([context + word[:k]], device=device)
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -1, :].cpu()
+            probabilities.append(torch.softmax(logits[0], dim=-1)[token].item())
+    return float(np.prod(probabilities))
 
 
 def _formula(target: str, terms: tuple[str, ...], with_pred: bool) -> str:
