@@ -11,7 +11,9 @@ not needed: small files in each official layout are generated (BLiMP can be the 
 are compared prediction by prediction (WUG: the chosen completion and its probability).
 
 Tasks: BLiMP, BLiMP supplement, EWoK, entity tracking, WUG adjective, WUG past tense, COMPS,
-reading, and with `--run` (a run folder with BabyLM-mark checkpoints) age of acquisition. classit
+reading, RTE fine-tuning (seed 42, the `official` pooling, the flags of the pipeline's
+`eval_finetuning.sh`), and with `--run` (a run folder with BabyLM-mark checkpoints) age of
+acquisition. classit
 runs each task as the evaluation jobs an actor runs, in this process; the official side is its
 command line, a process per task, as its scripts run it; for AoA, whose command line reads Hub
 revisions, its `StepSurprisalExtractor` on each mark's folder and its `AoAEvaluator` on the rows.
@@ -76,7 +78,22 @@ def write_layouts(root: Path, blimp: Path | None, seed: int = 0, n: int = 300) -
             for a, b in ((noun(), noun()) for _ in range(n // 4))])
     write_reading(root)
     write_aoa(root)
+    write_rte(root)
     return root
+
+
+def write_rte(root: Path, seed: int = 0, train: int = 160, valid: int = 64) -> None:
+    """`glue_filtered/rte.{train,valid}.jsonl`: does the second sentence follow from the first?"""
+    rng = random.Random(seed)
+
+    def example() -> dict:
+        a, b, c = rng.sample(NOUNS, 3)
+        follows = rng.random() < 0.5
+        return {"sentence1": f"the {a} is near the {b} .", "sentence2": f"the {a} is near the {b if follows else c} .",
+                "label": int(follows)}
+
+    for split, n in (("train", train), ("valid", valid)):
+        _jsonl(root / "glue_filtered" / f"rte.{split}.jsonl", [example() for _ in range(n)])
 
 
 def write_reading(root: Path, n: int = 240, seed: int = 0) -> None:
@@ -169,6 +186,39 @@ def parity_aoa(official: Path, python: str, run: Path, data: Path, work: Path) -
     print(f"{'aoa (' + str(len(jobs)) + ' marks)':<18}{len(diffs):>8}{same:>11}{max(diffs):>20.2e}{classit_s:>11.1f}"
           f"{official_s:>12.1f}{score['value']:>15.6g}{theirs['curve_fitness']:>15.6g}{diff:>12.1e}"
           f"  words kept: {score['n_items']} / {theirs['n_words']}")
+
+
+def parity_rte(official: Path, python: str, checkpoint: Path, data: Path, work: Path, pooling: str) -> None:
+    """RTE fine-tuning: every validation prediction and the metrics, seed 42, CPU, both sides, with
+    the flags of the pipeline's `eval_finetuning.sh` but a learning rate of 1e-3 (at its 3e-5 a
+    tiny model on 160 examples learns only the label prior, on both sides, and identical
+    predictions would say nothing). `official` pooling: the pipeline's defaults (right padding,
+    first position); `final`: its `--take_final --padding_side left`, the last real token."""
+    from classit.evaluate.tasks.finetune import FinetuneSettings, finetune
+
+    glue, work = data / "glue_filtered", work / f"rte-{pooling}"
+    flags = ["--take_final", "--padding_side", "left"] if pooling == "final" else []
+    start = time.perf_counter()
+    subprocess.run([python, "-m", "evaluation_pipeline.finetune.run", "--model_name_or_path", str(checkpoint),
+                    "--train_data", str(glue / "rte.train.jsonl"), "--valid_data", str(glue / "rte.valid.jsonl"),
+                    "--predict_data", str(glue / "rte.valid.jsonl"), "--task", "rte", "--num_labels", "2",
+                    "--batch_size", "32", "--learning_rate", "1e-3", "--num_epochs", "10", "--sequence_length", "512",
+                    "--results_dir", str(work), "--metrics", "accuracy", "f1", "mcc",
+                    "--metric_for_valid", "accuracy", "--seed", "42", *flags], cwd=official, check=True,
+                   capture_output=True)
+    official_s = time.perf_counter() - start
+    start = time.perf_counter()
+    scores, ours, _ = finetune(checkpoint, "rte", data, FinetuneSettings(learning_rate=1e-3), "cpu", pooling)
+    classit_s = time.perf_counter() - start
+    folder = work / checkpoint.name / "main" / "finetune" / "rte"
+    theirs = [p["pred"] for p in json.loads((folder / "predictions.json").read_text())["rte"]["predictions"]]
+    same = sum(a == b for a, b in zip(ours, theirs))
+    official_metrics = dict(line.split(": ") for line in (folder / "results.txt").read_text().splitlines())
+    for metric, value in scores.items():
+        theirs_value = float(official_metrics[metric])
+        diff = abs(value - theirs_value) / max(abs(theirs_value), 1e-12)
+        print(f"{'rte:' + pooling + ':' + metric:<18}{len(theirs):>8}{same:>11}{'':>20}{classit_s:>11.1f}"
+              f"{official_s:>12.1f}{value:>15.6g}{theirs_value:>15.6g}{diff:>12.1e}")
 
 
 def parity_reading(official: Path, python: str, checkpoint: Path, data: Path, work: Path) -> None:
@@ -268,7 +318,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/parity"))
     parser.add_argument("--tasks", help="comma-separated (default: every task; aoa where --run is given)")
     args = parser.parse_args()
-    tasks = args.tasks.split(",") if args.tasks else [*TASKS, "reading", *(["aoa"] if args.run else [])]
+    tasks = args.tasks.split(",") if args.tasks else [*TASKS, "reading", "rte", *(["aoa"] if args.run else [])]
     if "aoa" in tasks and not args.run:
         parser.error("--tasks aoa needs --run")
     data = write_layouts(args.work / "data", args.blimp)
@@ -281,6 +331,10 @@ def main() -> None:
     for task in tasks:
         if task == "reading":
             parity_reading(args.official.resolve(), args.python, checkpoint, data.resolve(), args.work.resolve())
+            continue
+        if task == "rte":
+            for pooling in ("official", "final"):
+                parity_rte(args.official.resolve(), args.python, checkpoint, data.resolve(), args.work.resolve(), pooling)
             continue
         if task == "aoa":
             parity_aoa(args.official.resolve(), args.python, args.run.resolve(), data.resolve(), args.work.resolve())

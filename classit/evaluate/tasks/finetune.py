@@ -21,7 +21,8 @@ Model and training follow the pipeline's `finetune` package (`finetune/run.py`, 
     numbers comparable with the leaderboard's;
 - AdamW (lr 3e-5, betas 0.9/0.999, eps 1e-8, weight decay 0.01 on every parameter), cosine
   schedule with 6% linear warm-up decaying to 0.1 x the peak, batch 32 (16 for BoolQ and
-  MultiRC), 10 epochs (30 for WSC), shuffled batches with the last partial one dropped, seed 42;
+  MultiRC), 10 epochs (30 for WSC), shuffled batches with the last partial one dropped, drawn from
+  the global generator as the pipeline's DataLoader draws them, seed 42 before the head is made;
 - after every epoch the model is scored on the validation file and the best epoch is kept (by
   accuracy, by F1 for MRPC and QQP); its validation scores are the results (accuracy, F1 and MCC;
   accuracy only for MNLI), and its predictions are what the leaderboard export writes.
@@ -153,14 +154,19 @@ def cosine_factor(step: int, warmup: int, total: int, min_factor: float) -> floa
     return max(min_factor, min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _batches(tokenizer, texts, max_length: int, batch_size: int, order=None):
-    order = list(range(len(texts))) if order is None else order
-    for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
+def _loader(tokenizer, texts, max_length: int, batch_size: int, shuffle: bool = False):
+    """(indices, input ids, attention mask) batches, drawn as the pipeline's DataLoader draws them:
+    shuffled with the last partial batch dropped (training) on the global torch generator, whose
+    draws interleave with dropout's, so that a seed gives the pipeline's batches, epoch by epoch."""
+    from torch.utils.data import DataLoader
+
+    def collate(index: list[int]):
         firsts, seconds = zip(*(texts[i] for i in index))
         enc = tokenizer(list(firsts), list(seconds), padding=True, truncation=True, max_length=max_length,
                         return_tensors="pt")
-        yield index, enc["input_ids"], enc["attention_mask"]
+        return index, enc["input_ids"], enc["attention_mask"]
+
+    return DataLoader(range(len(texts)), batch_size=batch_size, shuffle=shuffle, drop_last=shuffle, collate_fn=collate)
 
 
 @torch.no_grad()
@@ -168,7 +174,7 @@ def predict(model: Classifier, tokenizer, texts, settings: FinetuneSettings) -> 
     model.eval()
     device = next(model.parameters()).device
     preds: list[int] = []
-    for _, ids, mask in _batches(tokenizer, texts, settings.max_length, settings.eval_batch_size):
+    for _, ids, mask in _loader(tokenizer, texts, settings.max_length, settings.eval_batch_size):
         preds += model(ids.to(device), mask.to(device)).argmax(-1).tolist()
     return preds
 
@@ -211,14 +217,13 @@ def finetune(checkpoint: str | Path, task: str, data_dir: str | Path,
     warmup = int(settings.warmup_proportion * total)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: cosine_factor(step, warmup, total, settings.min_factor))
-    shuffle = torch.Generator().manual_seed(settings.seed)
     labels = torch.tensor(train_labels)
+    batches = _loader(tokenizer, train_texts, settings.max_length, spec.batch_size, shuffle=True)
 
     best, best_state, best_epoch = None, None, 0
     for epoch in range(1, spec.epochs + 1):
         model.train()
-        order = torch.randperm(len(train_texts), generator=shuffle)[: steps_per_epoch * spec.batch_size].tolist()
-        for index, ids, mask in _batches(tokenizer, train_texts, settings.max_length, spec.batch_size, order):
+        for index, ids, mask in batches:
             loss = F.cross_entropy(model(ids.to(device), mask.to(device)), labels[index].to(device))
             loss.backward()
             optimizer.step()
