@@ -67,11 +67,15 @@ def write_layouts(root: Path, blimp: Path | None, seed: int = 0, n: int = 300) -
             {"input_prefix": f"the box holds the {a} . the box holds", "options": [f" the {a} .", f" the {b} .",
                                                                                  " nothing ."], "numops": ops}
             for a, b, ops in ((noun(), noun(), rng.randint(0, 2)) for _ in range(n // 2))])
+    # A nonce stem per item, so the first candidate's probability varies (a constant one leaves
+    # Spearman's rho undefined, and the pipeline's temperature loop then fails with a KeyError).
+    nonce = lambda: "".join(rng.choice("bdglmprst") + rng.choice("aeiou") for _ in range(2))  # noqa: E731
     _jsonl(root / "wug_adj_nominalization" / "wug_adj_nominalization.jsonl", [
-        {"sentences": f"this {a} is blick .\tthis {a} has blickness .\tthis {a} has blickity .",
-         "ratio": rng.random()} for a in (noun() for _ in range(n // 3))])
+        {"sentences": f"this {a} is {w} .\tthis {a} has {w}ness .\tthis {a} has {w}ity .", "ratio": rng.random()}
+        for a, w in ((noun(), nonce()) for _ in range(n // 3))])
     _jsonl(root / "wug_past_tense" / "wug_past_tense.jsonl", [
-        {"sentences": f"the {a} glorped .\tthe {a} glorp .", "ratio": rng.random()} for a in (noun() for _ in range(n // 3))])
+        {"sentences": f"the {a} {w}ed .\tthe {a} {w} .", "ratio": rng.random()}
+        for a, w in ((noun(), nonce()) for _ in range(n // 3))])
     for stem in ("comps_base", "comps_wugs", "comps_wugs_dist-before", "comps_wugs_dist-in-between"):
         _jsonl(root / "comps" / f"{stem}.jsonl", [
             {"prefix_acceptable": f"a {a}", "prefix_unacceptable": f"a {b}", "property_phrase": rng.choice(PROPERTIES)}
