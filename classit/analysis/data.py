@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from classit.evaluate.catalog import FINETUNE
+from classit.evaluate.catalog import FINETUNE, SERIES
 from classit.sweep.trial import objective_key
 
 READING_SPR = "reading:self_paced_reading:r2_gain_pct"
@@ -144,5 +144,6 @@ def learning_curves(results: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
     names = headline_names(sorted(set(e["task"]))) if not e.empty else {}
     if not e.empty:
         e = e.assign(key=e["task"] + ":" + e["subtask"] + ":" + e["metric"])
-        e = e[e["key"].isin(names)].merge(trials[["trial", "config"]], on="trial").assign(score=lambda f: f["key"].map(names))
+        by_checkpoint = e["key"].isin(names) & ~e["task"].isin(SERIES)  # a series task scores a run once
+        e = e[by_checkpoint].merge(trials[["trial", "config"]], on="trial").assign(score=lambda f: f["key"].map(names))
     return val, e
