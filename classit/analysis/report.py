@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import base64
 import html
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -162,8 +163,10 @@ def write_babylm_aggregates(results: data.Results, out: Path) -> list[Path]:
         row = {"trial": trial["trial"], "config": label}
         missing: list[str] = []
         for name, aggregate in aggregates(trial).items():
-            row[name.removeprefix("babylm:")] = aggregate.value
-            missing += [key.split(":")[0] for key in aggregate.missing if key.split(":")[0] not in missing]
+            row[name.removeprefix("babylm:")] = "-" if math.isnan(aggregate.value) else aggregate.value
+            for task in (key.split(":")[0] for key in aggregate.missing):
+                if task not in missing:  # reading's two scores, and every aggregate's, named once
+                    missing.append(task)
         rows.append(row | {"missing": ", ".join(missing) or "-"})
     text = ("# BabyLM leaderboard aggregates\n\nOn the leaderboard's 0-100 scale, per trial (final checkpoint): "
             "human-likeness (reading, WUG adjective and past tense, AoA), NLP (BLiMP, supplement, EWoK, entity "
