@@ -69,3 +69,34 @@ def test_report_shows_the_aggregates_a_trial_has_and_names_what_another_lacks(tm
     named = cells[5].split(", ")
     assert "aoa" in named and "comps" in named and named.count("reading") == 1  # each missing task once
     assert "blimp" not in named  # what it has is not listed as missing
+
+
+def test_leaderboards_and_paper_tables_show_the_aggregates_where_trials_have_them(tmp_path):
+    from classit.analysis import data
+    from classit.analysis.report import write_paper_tables
+    from classit.results import EVAL_SCORES_SCHEMA, write_rows
+    from classit.sweep.runner import format_leaderboard, leaderboard
+
+    trial = {"sweep": "s", "run": "r", "status": "finished", "error": "", "val_loss": 1.0, "checkpoint": "/c",
+             "param.seed": 0}
+    complete = {**trial, "trial": "complete", "param.curriculum": "switch", **hand_made_scores()}
+    partial = {**trial, "trial": "partial", "param.curriculum": "wiki", "blimp:average:accuracy": 70.0}
+    rows = [t | {name: a.value for name, a in aggregates(t).items()} for t in (complete, partial)]  # as trials write them
+    write_rows(str(tmp_path / "results" / "trials"), rows)
+    write_rows(str(tmp_path / "results" / "eval_scores"), [
+        {"trial": t["trial"], "checkpoint": "/c", "task": "blimp", "subtask": "average", "metric": "accuracy",
+         "value": t["blimp:average:accuracy"], "error": ""} for t in (complete, partial)], EVAL_SCORES_SCHEMA)
+    results = data.load(tmp_path / "results")
+    macro = aggregates(hand_made_scores())["babylm:macro"].value
+
+    board = data.leaderboard(results).set_index("config")  # the analysis layer's, per configuration
+    assert board.loc["curriculum=switch", "babylm:macro"] == pytest.approx(macro, abs=0.005)
+    assert math.isnan(board.loc["curriculum=wiki", "babylm:macro"])
+    (tmp_path / "report").mkdir()
+    [tables, _] = write_paper_tables(results, tmp_path / "report")
+    header = next(line for line in tables.read_text().splitlines() if line.startswith("| curriculum | preset"))
+    assert "babylm:human_likeness" in header and "babylm:macro" in header
+    # The sweep's printed leaderboard adds the aggregate columns some trial has.
+    printed = format_leaderboard(leaderboard(results.trials, ["blimp:average:accuracy"], ["max"]),
+                                 ["blimp:average:accuracy"])
+    assert "babylm:macro" in printed.splitlines()[1] and f"{macro:.4g}" in printed

@@ -107,6 +107,24 @@ FROM scores GROUP BY config, score ORDER BY config, score
 """
 
 
+def babylm_aggregates(results: Results) -> pd.DataFrame:
+    """Per trial: its configuration label and the leaderboard's aggregates (NaN where a component
+    is missing), computed from the trial's row (rows written before the aggregates existed too)."""
+    from classit.evaluate.aggregates import NAMES, aggregates
+
+    trials = results.trials
+    rows = [{name: a.value for name, a in aggregates(t).items()} for t in trials.to_dict("records")]
+    return pd.DataFrame(rows, columns=list(NAMES)).assign(trial=trials["trial"].values,
+                                                         config=configuration_labels(trials).values)
+
+
+def present_aggregates(frame: pd.DataFrame) -> list[str]:
+    """The aggregates some trial has: the ones worth a column."""
+    from classit.evaluate.aggregates import NAMES
+
+    return [name for name in NAMES if name in frame and frame[name].notna().any()]
+
+
 def leaderboard(results: Results) -> pd.DataFrame:
     """One row per configuration: mean +- std over seeds per score, and z-score aggregates."""
     import duckdb
@@ -124,6 +142,9 @@ def leaderboard(results: Results) -> pd.DataFrame:
     for name, part in aggregates.items():
         if not part.empty:
             table[name] = part.groupby("config")["z"].mean().round(3)
+    babylm = babylm_aggregates(results)
+    if present_aggregates(babylm):  # the BabyLM leaderboard's aggregates, mean over seeds
+        table = table.join(babylm.groupby("config")[present_aggregates(babylm)].mean().round(2))
     seeds = frame.groupby("config")["seed"].nunique().rename("seeds")
     val = results.trials.assign(config=configuration_labels(results.trials)).groupby("config")["val_loss"].mean()
     table = table.join(seeds).join(val.round(4).rename("val_loss"))

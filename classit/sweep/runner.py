@@ -350,6 +350,7 @@ def format_leaderboard(board, objectives: list[str]) -> str:
     params = [c for c in board.columns if c.startswith("param.")]
     scores = [c for c in board.columns if c.count(":") == 2]
     scores = [o for o in objectives if o in scores] + [c for c in scores if c not in objectives]
+    scores += [a for a in AGGREGATES if a in board and a not in scores and board[a].notna().any()]
     header = ["trial", "status", *[p.removeprefix("param.") for p in params], "val_loss", *scores]
     rows = [header]
     for _, r in board.iterrows():
