@@ -106,6 +106,19 @@ def test_tpe_multi_objective_with_seeds_repeats_each_draw_and_scores_aoa_on_the_
     assert all(seeds == [0, 1] for seeds in draws)  # each draw ran once per seed
     assert (board["param.mix_ratio"].notna() == (board["param.curriculum"] == "merged")).all()
     assert board["pareto"].any()
+    # The Optuna study is on disk, in the sweep's folder: one trial per draw, told the seed means.
+    import optuna
+
+    from classit.sweep.runner import optuna_journal
+
+    study = optuna.load_study(study_name="tpe", storage=optuna_journal(parse_config(config)))
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    drawn = {(t.params["curriculum"], t.params["learning_rate"]) for t in study.trials}
+    assert drawn == set(zip(board["param.curriculum"], board["param.learning_rate"]))
+    for t in study.trials:
+        seeds = board[(board["param.curriculum"] == t.params["curriculum"])
+                      & (board["param.learning_rate"] == t.params["learning_rate"])]
+        assert t.values == pytest.approx([seeds["val_loss"].mean(), seeds["blimp:average:accuracy"].mean()])
 
     assert (board["status"] == "finished").all() and board["aoa:average:pearson"].notna().all()
     results = shared / "runs" / "tpe" / "results"

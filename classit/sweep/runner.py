@@ -27,6 +27,7 @@ from classit.evaluate.aggregates import component_tasks
 from classit.sweep.trial import EVAL_SCORES, TRIALS, objective_key
 
 STATE_FILE = "tuner.pkl"  # what Tune writes into an experiment folder it can restore
+OPTUNA_JOURNAL = "optuna.journal"  # a TPE or random sweep's Optuna study, on disk: optuna-dashboard reads it
 # A trial only drives its Ray Train run, whose workers ask for the CPUs/GPUs: the trial takes no
 # core (Tune wants some resource, so a little memory), and the cluster's cores go to training.
 TRIAL_RESOURCES = {"cpu": 0, "memory": 256 * 2**20}
@@ -175,11 +176,23 @@ def _tune_setup(cfg: ClassitConfig):
     single = len(objectives) == 1
     curriculum = cfg.instruct.curriculum if isinstance(cfg.instruct.curriculum, str) else "custom"
     search = OptunaSearch(DefineByRun(sweep.space, curriculum), metric=objectives[0] if single else objectives,
-                          mode=sweep.modes[0] if single else list(sweep.modes), sampler=sampler)
+                          mode=sweep.modes[0] if single else list(sweep.modes), sampler=sampler,
+                          study_name=sweep.name, storage=optuna_journal(cfg))
     if len(sweep.seeds) > 1:  # the searcher sees the mean over seeds of each draw
         search = _seed_repeater(search, len(sweep.seeds))
     return {}, tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=sweep.num_samples * len(sweep.seeds),
                                max_concurrent_trials=sweep.max_concurrent_trials)
+
+
+def optuna_journal(cfg: ClassitConfig):
+    """The sweep's Optuna study in a journal file in its folder: the study outlives the driver
+    (`--resume` continues it, the searcher's state pointing at the same file), and
+    `optuna-dashboard <sweep>/optuna.journal` shows it live."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    experiment_dir(cfg).mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(experiment_dir(cfg) / OPTUNA_JOURNAL)))
 
 
 def _seed_repeater(searcher, repeats: int):
