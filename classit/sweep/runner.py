@@ -173,11 +173,12 @@ def _tune_setup(cfg: ClassitConfig):
 
     sampler = (optuna.samplers.TPESampler(seed=sweep.search_seed, multivariate=True) if sweep.search == "tpe"
                else optuna.samplers.RandomSampler(seed=sweep.search_seed))
-    single = len(objectives) == 1
     curriculum = cfg.instruct.curriculum if isinstance(cfg.instruct.curriculum, str) else "custom"
-    search = OptunaSearch(DefineByRun(sweep.space, curriculum), metric=objectives[0] if single else objectives,
-                          mode=sweep.modes[0] if single else list(sweep.modes), sampler=sampler,
-                          study_name=sweep.name, storage=optuna_journal(cfg))
+    # Objectives as lists even when there is one: OptunaSearch then takes only each trial's final
+    # result (a single metric would be read from every intermediate report, which carries only the
+    # validation loss), and a one-objective study stays a plain single-objective Optuna study.
+    search = OptunaSearch(DefineByRun(sweep.space, curriculum), metric=objectives, mode=list(sweep.modes),
+                          sampler=sampler, study_name=sweep.name, storage=optuna_journal(cfg))
     if len(sweep.seeds) > 1:  # the searcher sees the mean over seeds of each draw
         search = _seed_repeater(search, len(sweep.seeds))
     return {}, tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=sweep.num_samples * len(sweep.seeds),
