@@ -143,8 +143,9 @@ def leaderboard(results: Results) -> pd.DataFrame:
         if not part.empty:
             table[name] = part.groupby("config")["z"].mean().round(3)
     babylm = babylm_aggregates(results)
-    if present_aggregates(babylm):  # the BabyLM leaderboard's aggregates, mean over seeds
-        table = table.join(babylm.groupby("config")[present_aggregates(babylm)].mean().round(2))
+    present = present_aggregates(babylm)
+    if present:  # the BabyLM leaderboard's aggregates, mean over seeds
+        table = table.join(babylm.groupby("config")[present].mean().round(2))
     seeds = frame.groupby("config")["seed"].nunique().rename("seeds")
     val = results.trials.assign(config=configuration_labels(results.trials)).groupby("config")["val_loss"].mean()
     table = table.join(seeds).join(val.round(4).rename("val_loss"))

@@ -60,9 +60,10 @@ def write_paper_tables(results: data.Results, out: Path) -> list[Path]:
     per_curriculum = frame.pivot_table(index=["curriculum", "preset"], columns="score", values="value",
                                        aggfunc="mean").reset_index()
     babylm = data.babylm_aggregates(results).merge(frame[["trial", "curriculum", "preset"]].drop_duplicates(), on="trial")
-    if data.present_aggregates(babylm):  # the BabyLM leaderboard's aggregates where the trials have them
-        per_curriculum = per_curriculum.merge(babylm.groupby(["curriculum", "preset"], as_index=False)[
-            data.present_aggregates(babylm)].mean(), on=["curriculum", "preset"], how="left")
+    present = data.present_aggregates(babylm)
+    if present:  # the BabyLM leaderboard's aggregates where the trials have them
+        per_curriculum = per_curriculum.merge(babylm.groupby(["curriculum", "preset"], as_index=False)[present].mean(),
+                                              on=["curriculum", "preset"], how="left")
     per_model = z.groupby(["config", "curriculum"], as_index=False).agg(
         mean_z=("z", "mean"), median_z=("z", "median"), scores=("z", "count")).sort_values("mean_z", ascending=False)
     kinds = z.pivot_table(index="curriculum", columns="kind", values="z", aggfunc="mean").reset_index()

@@ -11,10 +11,9 @@ its AoA score.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import ray
-
-from pathlib import Path
 
 from classit.evaluate.jobs import AOA_SURPRISAL, EvalJob, ModelCache, aoa_scores, result_row, run_job, split_tables
 from classit.results import AOA_SURPRISAL_SCHEMA, EVAL_SCORES_SCHEMA, write_rows

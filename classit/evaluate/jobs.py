@@ -124,8 +124,8 @@ def aoa_jobs(run_dirs: list[str | Path], data_dir: str, series: str = "", **fiel
     from classit.hub import revisions
 
     chosen = revisions([Path(r) for r in run_dirs])
-    series = series or str(chosen.pop("main"))
-    chosen.pop("main", None)
+    final = chosen.pop("main")
+    series = series or str(final)
     if not chosen:
         return [EvalJob(series, "aoa", data_dir, revision="", series=series, **fields)]
     return [EvalJob(str(path), "aoa", data_dir, revision=name, words_seen=int(aoa.revision_words(name)),
