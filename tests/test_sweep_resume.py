@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from classit.config import parse_config
@@ -27,57 +28,95 @@ def ray_processes(marker: str) -> list[str]:
 
 def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, shared):
     config = sweep_config(shared, name="resumable", space={"curriculum": {"choice": ["switch", "wiki", "merged"]}})
-    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
-    # This test's own Ray session folders (short: socket paths are limited), so its processes can be found.
-    ray_tmp = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))
-    try:
-        run_kill_and_resume(config, tmp_path, shared / "runs", ray_tmp)
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-
-
-def run_kill_and_resume(config: dict, tmp_path: Path, storage: Path, ray_tmp: Path) -> None:
-    path = tmp_path / "sweep.yaml"
-    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
-    command = [sys.executable, str(REPO / "sweeps" / "curriculum_sweep.py"), "--config", str(path)]
-    trials_dir = str(storage / "resumable" / "results" / "trials")
-
-    driver = subprocess.Popen(command, env=env, cwd=tmp_path, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while time.time() < deadline and driver.poll() is None and len(read_table(trials_dir)) < 1:
-        time.sleep(1)
-    assert driver.poll() is None, "the sweep ended before it could be interrupted"
-    finished_before = set(read_table(trials_dir)["trial"])
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
-    for _ in range(30):  # Ray's local processes share the driver's fate
-        if not ray_processes(str(ray_tmp)):
-            break
-        time.sleep(1)
-    leftover = ray_processes(str(ray_tmp))
-    for line in leftover:
-        os.kill(int(line.split()[0]), signal.SIGKILL)
-    assert not leftover, leftover
-
-    resumed = subprocess.run([*command, "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True,
-                             timeout=900)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    finished_before, resumed, storage = kill_and_resume(config, tmp_path, finished=1)
     assert "leaderboard (3 trials" in resumed.stdout
 
+    trials_dir = str(storage / "resumable" / "results" / "trials")
     trials = read_table(trials_dir)
     planned = {trial_key(p) for p in grid_trials(parse_config(config))}
     assert set(trials["trial"]) == planned and len(trials) == len(planned)  # each finished once
-    metrics = read_table(str(storage / "resumable" / "results" / "train_metrics"))
-    for key in finished_before:  # a trial finished before the kill never trained again
-        runs = metrics[metrics["trial"] == f"resumable-{key}"]
-        assert (runs.groupby("stage")["step"].apply(lambda s: (s == 0).sum()) == 1).all()
-    assert len(finished_before) >= 1 and not ray_processes(str(ray_tmp))
+    assert_not_retrained(storage / "resumable", finished_before)
     scores = read_table(str(storage / "resumable" / "results" / "eval_scores"))
     assert set(scores["trial"]) == planned  # every trial scored, each row once, re-run evaluations included
     assert not scores.duplicated(["trial", "checkpoint", "task", "subtask", "metric"]).any()
-    again = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    command = sweep_command(tmp_path / "sweep.yaml")
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "already finished" in again.stdout  # a finished sweep is not rerun
+
+
+def test_killed_tpe_sweep_resumes_the_same_optuna_study_with_every_trial_once(tmp_path, shared):
+    import optuna
+
+    from classit.sweep.runner import optuna_journal
+
+    config = sweep_config(shared, name="resumable-tpe", search="tpe", num_samples=3,
+                          space={"curriculum": {"choice": ["switch", "wiki"]},
+                                 "learning_rate": {"loguniform": [5e-4, 5e-3]}})
+    finished_before, resumed, storage = kill_and_resume(config, tmp_path, finished=2)
+    assert "leaderboard (3 trials" in resumed.stdout
+
+    trials = read_table(str(storage / "resumable-tpe" / "results" / "trials"))
+    assert len(trials) == 3 and trials["trial"].is_unique and (trials["status"] == "finished").all()
+    assert_not_retrained(storage / "resumable-tpe", finished_before)
+    study = optuna.load_study(study_name="resumable-tpe", storage=optuna_journal(parse_config(config)))
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3  # no orphan left RUNNING
+    drawn = [trial_key({**t.params, "seed": 0}) for t in study.trials]
+    assert sorted(drawn) == sorted(trials["trial"])  # every trial in the study once
+    assert set(drawn[:2]) == finished_before  # the resumed sampler saw the trials from before the kill
+    by_key = trials.set_index("trial")
+    assert [t.value for t in study.trials] == pytest.approx([by_key.loc[k, "blimp:average:accuracy"] for k in drawn])
+
+
+def sweep_command(path: Path) -> list[str]:
+    return [sys.executable, str(REPO / "sweeps" / "curriculum_sweep.py"), "--config", str(path)]
+
+
+def kill_and_resume(config: dict, tmp_path: Path, finished: int):
+    """Run the sweep in a driver process, SIGKILL its process group once `finished` trials have
+    rows, check no Ray process outlives it, and resume; returns the trials finished before the
+    kill, the resumed run's CompletedProcess and the storage folder."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(config))
+    storage = Path(config["run"]["storage_path"])
+    trials_dir = str(storage / config["sweep"]["name"] / "results" / "trials")
+    # This test's own Ray session folders (short: socket paths are limited), so its processes can be found.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
+    command = sweep_command(path)
+    try:
+        driver = subprocess.Popen(command, env=env, cwd=tmp_path, start_new_session=True,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 900
+        while time.time() < deadline and driver.poll() is None and len(read_table(trials_dir)) < finished:
+            time.sleep(0.5)
+        assert driver.poll() is None, "the sweep ended before it could be interrupted"
+        finished_before = set(read_table(trials_dir)["trial"])
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        for _ in range(30):  # Ray's local processes share the driver's fate
+            if not ray_processes(str(ray_tmp)):
+                break
+            time.sleep(1)
+        leftover = ray_processes(str(ray_tmp))
+        for line in leftover:
+            os.kill(int(line.split()[0]), signal.SIGKILL)
+        assert not leftover, leftover
+
+        resumed = subprocess.run([*command, "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                                 timeout=900)
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        assert len(finished_before) >= finished and not ray_processes(str(ray_tmp))
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    return finished_before, resumed, storage
+
+
+def assert_not_retrained(experiment: Path, finished_before: set[str]) -> None:
+    """A trial finished before the kill never trained again: one step-0 row per stage."""
+    metrics = read_table(str(experiment / "results" / "train_metrics"))
+    for key in finished_before:
+        runs = metrics[metrics["trial"] == f"{experiment.name}-{key}"]
+        assert len(runs) and (runs.groupby("stage")["step"].apply(lambda s: (s == 0).sum()) == 1).all()
 
 
 def test_a_corrupt_final_checkpoint_ends_eval_failed_and_the_sweep_exits_non_zero(tmp_path, shared):

@@ -169,7 +169,6 @@ def _tune_setup(cfg: ClassitConfig):
         return {"params": tune.grid_search(grid_trials(cfg))}, tune.TuneConfig(
             num_samples=1, max_concurrent_trials=sweep.max_concurrent_trials, scheduler=scheduler)
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
     sampler = (optuna.samplers.TPESampler(seed=sweep.search_seed, multivariate=True) if sweep.search == "tpe"
                else optuna.samplers.RandomSampler(seed=sweep.search_seed))
@@ -177,7 +176,7 @@ def _tune_setup(cfg: ClassitConfig):
     # Objectives as lists even when there is one: OptunaSearch then takes only each trial's final
     # result (a single metric would be read from every intermediate report, which carries only the
     # validation loss), and a one-objective study stays a plain single-objective Optuna study.
-    search = OptunaSearch(DefineByRun(sweep.space, curriculum), metric=objectives, mode=list(sweep.modes),
+    search = _journal_search()(DefineByRun(sweep.space, curriculum), metric=objectives, mode=list(sweep.modes),
                           sampler=sampler, study_name=sweep.name, storage=optuna_journal(cfg))
     if len(sweep.seeds) > 1:  # the searcher sees the mean over seeds of each draw
         search = _seed_repeater(search, len(sweep.seeds))
@@ -194,6 +193,28 @@ def optuna_journal(cfg: ClassitConfig):
 
     experiment_dir(cfg).mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(experiment_dir(cfg) / OPTUNA_JOURNAL)))
+
+
+def _journal_search():
+    """OptunaSearch for a study kept in the sweep's journal. Tune snapshots the searcher now and
+    then; a driver killed after Optuna was asked for a trial but before the next snapshot leaves
+    that trial RUNNING in the journal, unknown to the restored searcher. The next trial Tune asks
+    for adopts it (its parameters, hence its training run, resume) instead of asking anew, so the
+    study holds every trial once and none stays RUNNING."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    class JournalOptunaSearch(OptunaSearch):
+        def suggest(self, trial_id: str):
+            if trial_id not in self._ot_trials and self._ot_study is not None:
+                known = {trial._trial_id for trial in self._ot_trials.values()}
+                running = self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                orphan = next((t for t in running if t._trial_id not in known), None)
+                if orphan is not None:
+                    self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphan._trial_id)
+            return super().suggest(trial_id)
+
+    return JournalOptunaSearch
 
 
 def _seed_repeater(searcher, repeats: int):
