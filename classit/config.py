@@ -321,6 +321,29 @@ class SweepConfig(Section):
         return self
 
 
+class MLflowTracking(Section):
+    tracking_uri: str | None = Field(None, description="default: MLflow's own (MLFLOW_TRACKING_URI, else ./mlruns)")
+    experiment: str | None = Field(None, description="default: the sweep's name")
+
+
+class WandbTracking(Section):
+    project: str = "classit"
+    group: str | None = Field(None, description="default: the sweep's name")
+    mode: Literal["online", "offline", "disabled"] = "online"
+
+
+class TensorBoardTracking(Section):
+    """Event files in each trial's folder of the sweep: `tensorboard --logdir <storage>/<sweep>`."""
+
+
+class TrackingConfig(Section):
+    """Experiment trackers a sweep's trials log to, each through Ray Tune's logger callback; off by default."""
+
+    mlflow: MLflowTracking | None = None
+    wandb: WandbTracking | None = None
+    tensorboard: TensorBoardTracking | None = None
+
+
 class RunConfig(Section):
     name: str | None = Field(None, min_length=1, description="default: <pretrain|instruct-<curriculum>>-<config hash>")
     storage_path: str = Field("runs", description="Ray storage: local folder or cloud URI")
@@ -337,6 +360,7 @@ class ClassitConfig(Section):
     budget: WordBudgetConfig = WordBudgetConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     sweep: SweepConfig | None = None
+    tracking: TrackingConfig = TrackingConfig()
     run: RunConfig = RunConfig()
 
     @model_validator(mode="after")

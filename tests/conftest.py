@@ -95,3 +95,34 @@ def write_aoa_data(folder: Path, words=("dog", "cat", "bird", "fox")) -> Path:
             for k, w in enumerate(words)]
     (folder / "aoa" / "cdi_human.csv").write_text("word," + ",".join(MONTHS) + "\n" + "\n".join(rows) + "\n")
     return folder
+
+
+def wandb_history(path: Path) -> list[dict]:
+    """The history rows (`wandb.log` calls) of an offline run's `.wandb` file: W&B's record log
+    (a 7-byte file header, then LevelDB-log chunks in 32 KiB blocks, each a 7-byte header and a
+    piece of one protobuf `Record`)."""
+    import json
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, block = path.read_bytes(), 32768
+    assert data[:4] == b":W&B", f"{path}: not a W&B run file"
+    position, pieces, rows = 7, b"", []
+    while position + 7 <= len(data):
+        if block - position % block < 7:  # a block's tail too short for a header is padding
+            position += block - position % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        pieces += data[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):  # FULL, or LAST of FIRST/MIDDLE/LAST
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pieces)
+            pieces = b""
+            if record.HasField("history"):
+                rows.append({"/".join(item.nested_key) or item.key: json.loads(item.value_json)
+                             for item in record.history.item})
+        elif kind == 0:
+            break
+    return rows

@@ -128,3 +128,19 @@ def test_trial_params_and_rows_for_trials_that_did_not_finish():
     assert stopped["status"] == "stopped" and stopped["trial"] == trial_key(params)
     assert failed["status"] == "error" and failed["error"] == "ValueError: loss is NaN at step 4"
     assert failed["param.mix_ratio"] == 0.3
+
+
+def test_a_tracker_whose_package_is_missing_fails_before_ray_with_one_line(monkeypatch):
+    from classit.sweep import tracking
+
+    cfg = parse_config({"sweep": {"space": {"learning_rate": {"choice": [1e-4]}}},
+                        "tracking": {"mlflow": {"tracking_uri": "sqlite:///mlflow.db"}, "wandb": {"mode": "offline"}}})
+    validate(cfg)  # both installed (the dev extra)
+    monkeypatch.setitem(tracking.PACKAGES, "wandb", "wandb_not_installed_here")
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert str(err.value) == ("tracking.wandb: the wandb_not_installed_here package is not installed "
+                              "(pip install 'classit[wandb]')")
+    with pytest.raises(ConfigError, match="tracking.tensorboard.logdir: unknown key"):
+        validate(parse_config({"sweep": {"space": {"learning_rate": {"choice": [1e-4]}}},
+                               "tracking": {"tensorboard": {"logdir": "x"}}}))

@@ -134,3 +134,55 @@ def test_tpe_multi_objective_with_seeds_repeats_each_draw_and_scores_aoa_on_the_
         mine = surprisals[surprisals["trial"] == trial["trial"]]
         assert (mine["series"] == trial["checkpoint"]).all()
         assert trial["aoa:average:pearson"] == curve_fitness(mine.to_dict("records"), human)["curve_fitness"]
+
+
+def test_trackers_get_one_run_per_trial_with_parameters_training_steps_and_scores(ray_local, shared):
+    """MLflow (a local SQLite store), TensorBoard and W&B (offline) fed by Tune's logger callbacks."""
+    import mlflow
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from conftest import wandb_history
+
+    config = sweep_config(shared, name="tracked", space={"curriculum": {"choice": ["switch", "wiki"]}})
+    uri = f"sqlite:///{shared / 'mlflow.db'}"
+    config["tracking"] = {"mlflow": {"tracking_uri": uri}, "tensorboard": {}, "wandb": {"mode": "offline"}}
+    board = run_sweep(parse_config(config), log=lambda _: None)
+    assert len(board) == 2
+
+    steps = read_table(str(shared / "runs" / "tracked" / "results" / "train_metrics")).dropna(subset=["loss"])
+    expected = {key: steps[steps["trial"] == f"tracked-{key}"].sort_values("exposure_words") for key in board["trial"]}
+    curriculum = dict(zip(board["param.curriculum"], board["trial"]))
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["tracked"])
+    assert len(runs) == 2 and set(runs["params.params/curriculum"]) == {"switch", "wiki"}
+    client = mlflow.MlflowClient()
+    for _, run in runs.iterrows():
+        key = curriculum[run["params.params/curriculum"]]
+        history = sorted(client.get_metric_history(run["run_id"], "train/loss"), key=lambda m: m.step)
+        assert [m.value for m in history] == pytest.approx(expected[key]["loss"].tolist())  # every logged step
+        assert [m.step for m in history] == expected[key]["exposure_words"].tolist()
+        final = board.set_index("trial").loc[key]
+        assert run["metrics.blimp:average:accuracy"] == pytest.approx(final["blimp:average:accuracy"])
+        assert run["metrics.eval/blimp:average:accuracy"] == pytest.approx(final["blimp:average:accuracy"])
+        assert run["metrics.val_loss"] == pytest.approx(final["val_loss"])
+
+    event_files = list((shared / "runs" / "tracked").glob("*/events.out.tfevents.*"))
+    assert len(event_files) == 2
+    for path in event_files:
+        events = EventAccumulator(str(path)).Reload()
+        losses = events.Scalars("ray/tune/train/loss")
+        key = curriculum[json.loads((path.parent / "params.json").read_text())["params"]["curriculum"]]
+        assert [e.value for e in losses] == pytest.approx(expected[key]["loss"].tolist(), rel=1e-6)  # float32
+        assert len(events.Scalars("ray/tune/blimp_average_accuracy")) == 1  # TensorBoard writes : as _
+
+    run_files = list((shared / "runs" / "tracked" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(run_files) == 2
+    trial_ids = {t.name.split("_")[2] + "_" + t.name.split("_")[3]: t for t in (shared / "runs" / "tracked").glob("run_trial_*")}
+    for path in run_files:
+        rows = wandb_history(path)
+        trial_dir = trial_ids[path.stem.removeprefix("run-")]  # W&B's run id is Tune's trial id
+        key = curriculum[json.loads((trial_dir / "params.json").read_text())["params"]["curriculum"]]
+        assert [r["train/loss"] for r in rows if "train/loss" in r] == pytest.approx(expected[key]["loss"].tolist())
+        assert [r["blimp:average:accuracy"] for r in rows if "blimp:average:accuracy" in r] == \
+            pytest.approx([board.set_index("trial").loc[key, "blimp:average:accuracy"]])

@@ -38,14 +38,17 @@ def named_sweep(cfg: ClassitConfig) -> ClassitConfig:
         raise ConfigError("sweep: the config has no sweep section (see sweeps/configs/demo.yaml)")
     if cfg.sweep.name is not None:
         return cfg
-    name = f"sweep-{config_hash(cfg.model_dump(mode='json', exclude={'run'}))[:8]}"
+    name = f"sweep-{config_hash(cfg.model_dump(mode='json', exclude={'run', 'tracking'}))[:8]}"
     return cfg.model_copy(update={"sweep": cfg.sweep.model_copy(update={"name": name})})
 
 
 def validate(cfg: ClassitConfig) -> ClassitConfig:
     """Everything that can be checked without Ray, each failure one line naming the field."""
+    from classit.sweep.tracking import check_trackers
+
     cfg = named_sweep(cfg)
     check_space(cfg)
+    check_trackers(cfg)
     for spec in cfg.sweep.metrics:
         try:
             key = objective_key(spec)
@@ -282,6 +285,7 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
     from classit.data.synthetic import write_probe_data
     from classit.results import read_table
     from classit.sweep.services import evaluation_service_name, start_services
+    from classit.sweep.tracking import tracking_callbacks
     from classit.sweep.trial import run_trial
     from classit.train.runner import ray_session
 
@@ -321,7 +325,7 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
                                run_config=tune.RunConfig(
                                    name=sweep.name, storage_path=str(experiment.parent), verbose=0,
                                    failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-                                   callbacks=[_progress_callback(objectives)]))
+                                   callbacks=[_progress_callback(objectives), *tracking_callbacks(cfg)]))
         grid = tuner.fit()
         for actor in services:
             ray.kill(actor)

@@ -110,6 +110,7 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
     from classit.sweep.services import ensure_base
     from classit.sweep.space import apply_params
     from classit.train.instruct import prepare_instruct, train_instruct
+    from classit.train.runner import TRACKED_STEPS
 
     import datasets
 
@@ -162,5 +163,9 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
            "gpu_hours": (time.time() - start) * cfg.distributed.num_workers * cfg.distributed.use_gpu / 3600,
            **provenance(), **config_columns(cfg), "config": config_json}
     write_rows(f"{results_root}/{TRIALS}", [row], trials_schema(sweep_cfg), key=key)
+    # Each evaluated checkpoint's scores, for experiment trackers (logged at its words).
+    evaluated = [{"exposure_words": int(m.get("exposure_words", -1)), "eval": scores_of(rows, c.path)}
+                 for c, m in checkpoints]
     ray.tune.report({"val_loss": row["val_loss"], **scores, "stage": metrics.get("stage"),
-                     "words_seen": row["exposure_words"], "done": True})
+                     "words_seen": row["exposure_words"], "exposure_words": row["exposure_words"], "done": True,
+                     TRACKED_STEPS: json.dumps(evaluated)})

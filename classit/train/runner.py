@@ -23,6 +23,10 @@ WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "RAY_T
 # Ray Train's controller takes a worker's report, checkpoint included, on its health-check tick
 # (2 s by default) and the worker waits for it: a quarter second keeps training from idling.
 RAY_JOB_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+# A report's key for the steps logged since the previous report, as JSON: a list of
+# {"exposure_words": n, "train": {metric: value}} (experiment trackers log each one).
+TRACKED_STEPS = "tracked_steps"
+TRACKED_METRICS = ("loss", "lr", "tokens_per_s", "step", "stage_index")
 
 
 @contextmanager
@@ -78,14 +82,20 @@ class RayReporter:
         self.config = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)  # whole, in every row
         self.schema = train_metrics_schema([name for name in validation_sets if name])
         self.rows: list[dict] = []
+        self.unreported_steps: list[dict] = []
 
     def __call__(self, metrics: dict, checkpoint_dir: str | None = None, name: str | None = None) -> None:
         if self.rank == 0:
             self.rows.append({"trial": self.trial, "time": time.time(), **metrics, "config": self.config})
+            if "loss" in metrics:
+                self.unreported_steps.append({"exposure_words": metrics["exposure_words"], "train": {
+                    k: metrics[k] for k in TRACKED_METRICS if k in metrics}})
         if checkpoint_dir is None and "val_loss" not in metrics:
             return  # every rank decides alike, so all still report the same number of times
         checkpoint = self.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        self.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+        steps, self.unreported_steps = self.unreported_steps, []
+        self.train.report({**metrics, TRACKED_STEPS: json.dumps(steps)}, checkpoint=checkpoint,
+                          checkpoint_dir_name=name)
         if checkpoint_dir and self.rank == 0:
             self.flush()
 
@@ -149,7 +159,7 @@ def named(cfg: ClassitConfig, kind: str, *key) -> ClassitConfig:
         return cfg
     from classit.config import config_hash
 
-    name = f"{kind}-{config_hash(cfg.model_dump(mode='json', exclude={'run'}), *key)[:8]}"
+    name = f"{kind}-{config_hash(cfg.model_dump(mode='json', exclude={'run', 'tracking'}), *key)[:8]}"
     return cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": name})})
 
 
