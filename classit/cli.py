@@ -182,6 +182,14 @@ def _finish(result) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    from classit.sweep.status import format_status, latest_sweep, sweep_status
+
+    folder = Path(args.sweep_dir) if args.sweep_dir else latest_sweep(Path("runs"))
+    print(format_status(sweep_status(folder)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="classit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -215,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep of this name")
     sweep.add_argument("--dry-run", action="store_true", help="print the expanded plan and cost estimate, then exit")
     sweep.set_defaults(func=cmd_sweep)
+    status = sub.add_parser("status", help="how a running or finished sweep stands, from its folder's files")
+    status.add_argument("sweep_dir", nargs="?", help="<storage>/<sweep> (default: the newest sweep under ./runs)")
+    status.set_defaults(func=cmd_status)
     report = sub.add_parser("report", help="tables, figures and an HTML report from a sweep's results")
     report.add_argument("results_dir", help="a sweep's results folder: <storage>/<sweep>/results")
     report.add_argument("--out", help="report folder (default: next to results/)")

@@ -15,6 +15,7 @@ import yaml
 from classit.config import parse_config
 from classit.results import read_table
 from classit.sweep.space import grid_trials
+from classit.sweep.status import sweep_status
 from classit.sweep.trial import trial_key
 from test_sweep_ray import shared, sweep_config  # noqa: F401 - shared is a fixture: one base for the module
 
@@ -39,6 +40,11 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, share
     scores = read_table(str(storage / "resumable" / "results" / "eval_scores"))
     assert set(scores["trial"]) == planned  # every trial scored, each row once, re-run evaluations included
     assert not scores.duplicated(["trial", "checkpoint", "task", "subtask", "metric"]).any()
+    status = subprocess.run([sys.executable, "-m", "classit.cli", "status", str(storage / "resumable")],
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith("sweep resumable: 3 trials planned: 3 finished\n")
+    assert "driver" in status.stdout and "not running" in status.stdout and "best blimp:average:accuracy" in status.stdout
     command = sweep_command(tmp_path / "sweep.yaml")
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "already finished" in again.stdout  # a finished sweep is not rerun
@@ -90,9 +96,14 @@ def kill_and_resume(config: dict, tmp_path: Path, finished: int):
         while time.time() < deadline and driver.poll() is None and len(read_table(trials_dir)) < finished:
             time.sleep(0.5)
         assert driver.poll() is None, "the sweep ended before it could be interrupted"
-        finished_before = set(read_table(trials_dir)["trial"])
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
+        finished_before = set(read_table(trials_dir)["trial"])
+        # `classit status` from the files alone: the trials that ended, none still running.
+        status = sweep_status(storage / config["sweep"]["name"])
+        counts = status["counts"]
+        assert counts["finished"] == len(finished_before) and counts["running"] == 0
+        assert sum(counts.values()) == status["planned"] and status["driver_alive"] is False
         for _ in range(30):  # Ray's local processes share the driver's fate
             if not ray_processes(str(ray_tmp)):
                 break

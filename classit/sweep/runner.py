@@ -285,6 +285,7 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
     from classit.data.synthetic import write_probe_data
     from classit.results import read_table
     from classit.sweep.services import evaluation_service_name, start_services
+    from classit.sweep.status import write_sweep_file
     from classit.sweep.tracking import tracking_callbacks
     from classit.sweep.trial import run_trial
     from classit.train.runner import ray_session
@@ -305,6 +306,7 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
         log(f"sweep {sweep.name} already finished at {experiment} (choose another sweep.name to run it again)")
         log(format_leaderboard(board, objectives))
         return board
+    write_sweep_file(experiment, cfg)  # for `classit status`
     data_dir = cfg.evaluation.data_dir or write_probe_data(Path(cfg.run.cache_dir) / "probes")
     # Intermediate reports carry the validation loss only; the objective comes with the last one.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")

@@ -1,0 +1,160 @@
+"""`classit status [SWEEP_DIR]`: how a running or finished sweep stands, from its files alone.
+
+Reads what the driver leaves in the sweep's folder: `sweep.json` (its config and its process),
+Tune's newest `experiment_state-*.json` (every trial Tune made, its state and last report) and the
+`trials` table (each trial that ended). No connection to the driver or to Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+from pathlib import Path
+
+from classit.config import ClassitConfig, ConfigError
+
+SWEEP_FILE = "sweep.json"
+STATES = ("finished", "eval_failed", "running", "interrupted", "pending", "stopped", "error")
+TUNE_STATES = {"RUNNING": "running", "PENDING": "pending", "PAUSED": "pending", "ERROR": "error",
+               "TERMINATED": "stopped"}
+
+
+def write_sweep_file(experiment: Path, cfg: ClassitConfig) -> None:
+    """At the driver's start: the sweep's config and who runs it."""
+    experiment.mkdir(parents=True, exist_ok=True)
+    record = {"config": cfg.model_dump(mode="json"), "pid": os.getpid(), "host": socket.gethostname(),
+              "started": time.time()}
+    tmp = experiment / f"{SWEEP_FILE}.tmp"
+    tmp.write_text(json.dumps(record))
+    tmp.replace(experiment / SWEEP_FILE)
+
+
+def driver_alive(record: dict) -> bool | None:
+    """Whether the driver process still runs (None: it ran on another host)."""
+    if record["host"] != socket.gethostname():
+        return None
+    try:
+        os.kill(record["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def tune_trials(experiment: Path) -> tuple[list[dict], float | None]:
+    """Every trial in Tune's newest experiment state (config, state, last result, start time),
+    and the experiment's start."""
+    states = sorted(experiment.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    if not states:
+        return [], None
+    data = json.loads(states[-1].read_text())
+    trials = []
+    for trial_json, runtime_json in data["trial_data"]:
+        trial, runtime = json.loads(trial_json), json.loads(runtime_json)
+        trials.append({"config": trial["config"], "state": trial["status"], "start": runtime.get("start_time"),
+                       "last_result": runtime.get("last_result") or {}})
+    return trials, data.get("stats", {}).get("start_time")
+
+
+def sweep_status(experiment: Path) -> dict:
+    """Trials by state, each trial's stage, words and scores, the best so far per objective, the
+    elapsed time and an estimate of the time left."""
+    from classit.results import read_table
+    from classit.sweep.space import planned_trial_count
+    from classit.sweep.trial import TRIALS, objective_key, trial_key, trial_params
+
+    path = experiment / SWEEP_FILE
+    if not path.is_file():
+        raise ConfigError(f"{experiment}: no {SWEEP_FILE} here: not a sweep's folder (<storage>/<sweep>)")
+    record = json.loads(path.read_text())
+    cfg = ClassitConfig.model_validate(record["config"])
+    sweep = cfg.sweep
+    objectives = [objective_key(m) for m in sweep.metrics]
+    alive = driver_alive(record)
+    ended = read_table(str(experiment / "results" / TRIALS))
+    ended = {} if ended.empty else {r["trial"]: r for r in ended.to_dict("records")}
+    tune, started = tune_trials(experiment)
+
+    rows = []
+    for trial in tune:
+        params = trial_params(trial["config"], sweep.seeds)
+        key, last = trial_key(params), trial["last_result"]
+        state = TUNE_STATES.get(trial["state"], trial["state"].lower())
+        if key in ended:
+            state = ended[key]["status"]
+        elif state == "running" and alive is False:
+            state = "interrupted"  # the driver died while the trial ran; --resume continues it
+        source = ended.get(key, last)
+        rows.append({"trial": key, "state": state, "params": params, "stage": last.get("stage"),
+                     "words_seen": last.get("words_seen"), "start": trial["start"],
+                     "seconds": _number(ended[key]["seconds"]) if key in ended else None,
+                     **{o: _number(source.get(o)) for o in objectives}})
+    planned = planned_trial_count(cfg)
+    counts = {state: sum(r["state"] == state for r in rows) for state in STATES}
+    counts["pending"] += max(planned - len(rows), 0)  # a search draws its trials as slots free up
+
+    best = {}
+    for objective, mode in zip(objectives, sweep.modes):
+        scored = [r for r in rows if r["state"] in ("finished", "eval_failed") and r[objective] is not None]
+        if scored:
+            pick = (max if mode == "max" else min)(scored, key=lambda r: r[objective])
+            best[objective] = (pick[objective], pick["trial"])
+
+    now = time.time() if alive else max([p.stat().st_mtime for p in experiment.glob("experiment_state-*.json")]
+                                        + [record["started"]])
+    elapsed = now - (started or record["started"])
+    durations = [r["seconds"] for r in rows if r["seconds"]]
+    left = None
+    if durations:  # the mean trial so far, for what has not started and what is still running
+        mean = sum(durations) / len(durations)
+        running = [max(mean - (now - r["start"]), 0.0) for r in rows if r["state"] in ("running", "interrupted")]
+        left = (counts["pending"] * mean + sum(running)) / sweep.max_concurrent_trials
+    return {"name": sweep.name, "planned": planned, "counts": counts, "trials": rows, "best": best,
+            "objectives": objectives, "elapsed_s": elapsed, "left_s": left, "driver_alive": alive,
+            "driver": f"pid {record['pid']} on {record['host']}"}
+
+
+def format_status(status: dict) -> str:
+    from classit.sweep.space import format_count
+
+    counts = ", ".join(f"{n} {state}" for state, n in status["counts"].items() if n)
+    driver = {True: "running", False: "not running (resume with --resume)", None: "on another host"}
+    lines = [f"sweep {status['name']}: {status['planned']} trials planned: {counts}",
+             f"driver {status['driver']}: {driver[status['driver_alive']]}; elapsed {_duration(status['elapsed_s'])}"
+             + ("" if status["left_s"] is None or status["left_s"] == 0 else
+                f", about {_duration(status['left_s'])} left")]
+    objectives = status["objectives"]
+    header = ["trial", "state", "parameters", "stage", "words seen", *objectives]
+    table = [header]
+    for r in status["trials"]:
+        shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items())
+        table.append([r["trial"], r["state"], shown, str(r["stage"] or "-"),
+                      "-" if r["words_seen"] is None else format_count(r["words_seen"]),
+                      *["-" if r[o] is None else f"{r[o]:.4g}" for o in objectives]])
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+    for objective, (value, trial) in status["best"].items():
+        lines.append(f"best {objective}: {value:.4g} (trial {trial})")
+    return "\n".join(lines)
+
+
+def latest_sweep(storage: Path) -> Path:
+    """The sweep folder under `storage` whose driver started last."""
+    found = sorted(storage.glob(f"*/{SWEEP_FILE}"), key=lambda p: json.loads(p.read_text())["started"])
+    if not found:
+        raise ConfigError(f"{storage}: no sweep folder here (pass <storage>/<sweep>)")
+    return found[-1].parent
+
+
+def _number(value) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
