@@ -7,13 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from classit.analysis import data, stats
 from classit.analysis.report import write_report
-from classit.results import write_rows
+from classit.results import read_table, write_rows
 
 REPO = Path(__file__).resolve().parents[1]
 UIDS = [f"paradigm_{i}" for i in range(12)]
+
+
+FIELDS = ["morphology", "semantics", "syntax", "syntax/semantics"]
 
 
 def synthetic_results(root: Path, effect: float, seeds: int = 5, rng_seed: int = 0) -> Path:
@@ -38,9 +42,11 @@ def synthetic_results(root: Path, effect: float, seeds: int = 5, rng_seed: int =
                        for u, v in zip(UIDS, uid_values)]
             scores.append({**job, "task": "blimp", "subtask": "average", "metric": "accuracy",
                            "value": float(uid_values.mean())})
+            scores += [{**job, "task": "blimp", "subtask": f"field:{f}", "metric": "accuracy", "value": v}
+                       for f, v in zip(FIELDS, uid_values[:len(FIELDS)])]
             scores.append({**job, "task": "rte", "subtask": "validation", "metric": "accuracy", "value": rte})
             metrics += [{"trial": f"s-{key}", "stage": "x", "step": s, "exposure_words": 1000 * s,
-                         "val_loss": 3.0 / (s + 1)} for s in range(5)]
+                         "loss": 3.5 / (s + 1), "val_loss": 3.0 / (s + 1)} for s in range(5)]
     write_rows(str(root / "trials"), trials)
     write_rows(str(root / "eval_scores"), scores)
     write_rows(str(root / "train_metrics"), metrics)
@@ -82,7 +88,16 @@ def test_report_writes_html_with_tables_and_figures(tmp_path):
     for name in ("leaderboard.md", "paper_tables.md", "curriculum_effects.md", "importance.md",
                  "zscores_boxplot.png", "learning_curves.png", "pareto.png"):
         assert (out / name).is_file(), name
-    assert "<h2>Leaderboard</h2>" in page and page.count("data:image/png;base64,") >= 3
+    assert "<h2>Leaderboard</h2>" in page and page.count("data:image/png;base64,") >= 4
+    assert (out / "blimp_fields.png").is_file() and "SORT_TABLES" not in page and 'th.closest("table")' in page
+    assert page.count("<thead>") == page.count("<table>") >= 5  # every table sortable by its header
+    # The heatmap's cells: each configuration's mean over its seeds of each field's accuracy.
+    fields = data.blimp_fields(data.load(results_dir))
+    assert list(fields.columns) == FIELDS and len(fields) == 3
+    scores = read_table(str(results_dir / "eval_scores"))
+    merged = scores[scores["trial"].str.startswith("merged-") & (scores["subtask"] == "field:syntax")]
+    assert fields.loc[(fields.index.get_level_values(0).str.contains("merged")), "syntax"].item() == \
+        pytest.approx(merged["value"].mean())
     # The same through the command and a script.
     proc = subprocess.run([sys.executable, "-m", "classit.cli", "report", str(results_dir), "--out",
                            str(tmp_path / "cli")], capture_output=True, text=True)

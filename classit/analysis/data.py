@@ -154,12 +154,14 @@ def leaderboard(results: Results) -> pd.DataFrame:
 
 
 def learning_curves(results: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Validation loss against words of exposure (train_metrics), and scores against words seen at
-    each evaluated checkpoint (eval_scores), per trial, labelled with the trial's configuration."""
+    """Training and validation loss against words of exposure (train_metrics: rows with `loss` or
+    `val_loss`), and scores against words seen at each evaluated checkpoint (eval_scores), per
+    trial, labelled with the trial's configuration."""
     trials = results.trials.assign(config=configuration_labels(results.trials))
     runs = trials.set_index("run")["config"] if "run" in trials else pd.Series(dtype=str)
     m = results.train_metrics
-    val = m.dropna(subset=["val_loss"]) if "val_loss" in m else pd.DataFrame()
+    losses = [c for c in ("loss", "val_loss") if c in m]
+    val = m.dropna(subset=losses, how="all") if losses else pd.DataFrame()
     if not val.empty:
         val = val.assign(config=val["trial"].map(runs)).dropna(subset=["config"])
     e = results.eval_scores
@@ -169,3 +171,17 @@ def learning_curves(results: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
         by_checkpoint = e["key"].isin(names) & ~e["task"].isin(SERIES)  # a series task scores a run once
         e = e[by_checkpoint].merge(trials[["trial", "config"]], on="trial").assign(score=lambda f: f["key"].map(names))
     return val, e
+
+
+def blimp_fields(results: Results) -> pd.DataFrame:
+    """BLiMP accuracy per field (morphology, syntax, ...) at each evaluated checkpoint, the mean over
+    a configuration's seeds: one row per (configuration, words seen), one column per field."""
+    e = results.eval_scores
+    if e.empty:
+        return pd.DataFrame()
+    fields = e[(e["task"] == "blimp") & e["subtask"].str.startswith("field:") & (e["error"] == "")]
+    if fields.empty:
+        return pd.DataFrame()
+    labels = results.trials.assign(config=configuration_labels(results.trials))[["trial", "config"]]
+    fields = fields.merge(labels, on="trial").assign(field=lambda f: f["subtask"].str.removeprefix("field:"))
+    return fields.pivot_table(index=["config", "words_seen"], columns="field", values="value", aggfunc="mean")

@@ -13,6 +13,7 @@ import html
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from classit.analysis import data, stats
@@ -114,14 +115,17 @@ def write_learning_curves(results: data.Results, out: Path) -> list[Path]:
     plt = _figure()
     paths = []
     if not val.empty:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for config, part in val.groupby("config"):
-            part = part.sort_values("exposure_words")
-            ax.plot(part["exposure_words"], part["val_loss"], marker=".", lw=1, label=config[:40])
-        ax.set_xlabel("words of exposure (pretraining included)")
-        ax.set_ylabel("validation loss (instruction data)")
-        ax.set_title("Learning curves")
-        ax.legend(fontsize=6)
+        losses = [(c, label) for c, label in (("loss", "training loss"), ("val_loss", "validation loss (instruction data)"))
+                  if c in val and val[c].notna().any()]
+        fig, axes = plt.subplots(1, len(losses), figsize=(6 * len(losses), 4.5), squeeze=False)
+        for ax, (column, label) in zip(axes[0], losses):
+            for config, part in val.dropna(subset=[column]).groupby("config"):
+                part = part.sort_values("exposure_words")
+                ax.plot(part["exposure_words"], part[column], marker=".", lw=1, label=config[:40])
+            ax.set_xlabel("words of exposure (pretraining included)")
+            ax.set_ylabel(label)
+            ax.set_title(f"Learning curves: {label.split(' (')[0]}")
+        axes[0][0].legend(fontsize=6)
         paths.append(_save(plt, fig, out / "learning_curves.png"))
     if not evals.empty:
         names = sorted(evals["score"].unique())
@@ -136,6 +140,29 @@ def write_learning_curves(results: data.Results, out: Path) -> list[Path]:
         axes[0][0].legend(fontsize=6)
         paths.append(_save(plt, fig, out / "scores_by_words.png"))
     return paths
+
+
+def write_blimp_fields(results: data.Results, out: Path) -> list[Path]:
+    table = data.blimp_fields(results)
+    if table.empty:
+        return []
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(1.4 * len(table.columns) + 7, 0.35 * len(table) + 1.8))
+    image = ax.imshow(table.to_numpy(float), cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(table.columns)), table.columns)
+    ax.set_yticks(range(len(table)), [f"{config[:40]} @ {format_words(words)}" for config, words in table.index])
+    for (i, j), value in np.ndenumerate(table.to_numpy(float)):
+        ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="white")
+    fig.colorbar(image, ax=ax, label="BLiMP accuracy (%)")
+    ax.set_title("BLiMP accuracy by field and checkpoint (words seen)")
+    return [_save(plt, fig, out / "blimp_fields.png")]
+
+
+def format_words(words: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if words >= size:
+            return f"{words / size:.3g}{unit}"
+    return f"{words:.0f}"
 
 
 def write_importance(results: data.Results, out: Path) -> list[Path]:
@@ -184,7 +211,7 @@ def write_babylm_aggregates(results: data.Results, out: Path) -> list[Path]:
 WRITERS = {"leaderboard": write_leaderboard, "babylm_aggregates": write_babylm_aggregates,
            "paper_tables": write_paper_tables,
            "curriculum_effects": write_curriculum_effects, "learning_curves": write_learning_curves,
-           "importance": write_importance}
+           "blimp_fields": write_blimp_fields, "importance": write_importance}
 
 
 def write_report(results_dir: str | Path, out: Path) -> Path:
@@ -207,11 +234,38 @@ def write_report(results_dir: str | Path, out: Path) -> Path:
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>classit report: {html.escape(str(results_dir))}"
             "</title><style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:"
             "collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}"
-            ".warn{color:#a00}</style></head><body>"
+            ".warn{color:#a00}th{cursor:pointer;background:#f4f4f4}th:hover{background:#e4e4ff}</style>"
+            f"<script>{SORT_TABLES}</script></head><body>"
             f"<h1>classit report</h1><p>{html.escape(str(results_dir))}: {len(results.trials)} finished trials</p>"
             + warning + "".join(sections) + "</body></html>")
     (out / "index.html").write_text(page)
     return out / "index.html"
+
+
+# Every table sorts by the column whose header is clicked (again: the other way): numbers as
+# numbers, "-" and empty cells last; no server, no library.
+SORT_TABLES = """
+document.addEventListener("click", function (event) {
+  var th = event.target.closest("th");
+  if (!th) return;
+  var table = th.closest("table"), column = th.cellIndex;
+  var rows = Array.prototype.slice.call(table.rows, 1);
+  var descending = th.dataset.order === "asc";
+  Array.prototype.forEach.call(table.rows[0].cells, function (cell) { delete cell.dataset.order; });
+  th.dataset.order = descending ? "desc" : "asc";
+  function key(row) {
+    var text = row.cells[column].textContent.trim(), number = parseFloat(text.split(" ")[0]);
+    return text === "" || text === "-" ? null : (isNaN(number) ? text : number);
+  }
+  rows.sort(function (a, b) {
+    var x = key(a), y = key(b);
+    if (x === null || y === null) return x === y ? 0 : (x === null ? 1 : -1);
+    var order = typeof x === typeof y ? (x < y ? -1 : x > y ? 1 : 0) : (typeof x === "number" ? -1 : 1);
+    return descending ? -order : order;
+  });
+  rows.forEach(function (row) { table.tBodies[0].appendChild(row); });
+});
+"""
 
 
 def _markdown_to_html(text: str) -> str:
@@ -224,9 +278,9 @@ def _markdown_to_html(text: str) -> str:
             continue
         if table:
             head, *body = table
-            parts.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>"
+            parts.append("<table><thead><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr></thead><tbody>"
                          + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body)
-                         + "</table>")
+                         + "</tbody></table>")
             table = []
         if line.startswith("#"):
             level = len(line) - len(line.lstrip("#"))
