@@ -118,7 +118,7 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         print(describe_plan(cfg))
         return 0
-    board = run_sweep(cfg, address=args.address, resume=args.resume)
+    board = run_sweep(cfg, address=args.address, resume=args.resume, verbose=args.verbose)
     failed = failed_evaluations(board)
     if failed:
         print(f"classit: error: evaluation failed for trial(s) {', '.join(failed)} (status eval_failed; "
@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--name", help="sweep name (sweep.name); results go to <storage>/<name>")
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep of this name")
     sweep.add_argument("--dry-run", action="store_true", help="print the expanded plan and cost estimate, then exit")
+    sweep.add_argument("--verbose", action="store_true", help="also show the output of Ray's workers (Train, DeepSpeed, datasets)")
     sweep.set_defaults(func=cmd_sweep)
     status = sub.add_parser("status", help="how a running or finished sweep stands, from its folder's files")
     status.add_argument("sweep_dir", nargs="?", help="<storage>/<sweep> (default: the newest sweep under ./runs)")

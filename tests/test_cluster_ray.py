@@ -77,7 +77,8 @@ def test_sweep_survives_losing_the_node_a_trial_trains_on(cluster, tmp_path):
             time.sleep(0.2)
         node_id = actors("RayTrainWorker")[0].node_id
         victim = next(w for w in workers if w.node_id == node_id)
-        killed["run"] = read_table(str(metrics_dir))["trial"].iloc[-1]
+        flushed = read_table(str(metrics_dir))
+        killed["run"], killed["stage"] = flushed["trial"].iloc[-1], flushed["stage"].iloc[-1]
         c.remove_node(victim, allow_graceful=False)
         killed["node"] = node_id
 
@@ -95,8 +96,12 @@ def test_sweep_survives_losing_the_node_a_trial_trains_on(cluster, tmp_path):
     assert (scores["error"] == "").all() and set(scores["trial"]) == set(trials["trial"])
     metrics = read_table(str(metrics_dir))
     interrupted = metrics[metrics["trial"] == killed["run"]]
-    # It resumed from its newest checkpoint: no stage started over from step 0.
-    assert (interrupted.groupby("stage")["step"].apply(lambda s: (s == 0).sum()) == 1).all()
+    # It resumed from its newest registered checkpoint: no stage finished before the kill started
+    # over. The stage it was in may have, once: a report's checkpoint is registered for certain
+    # only when the next report returns, so a kill right after a stage's first checkpoint can
+    # resume from the previous stage's last one.
+    starts = interrupted.groupby("stage")["step"].apply(lambda s: int((s == 0).sum()))
+    assert (starts.drop(killed["stage"]) == 1).all() and 1 <= starts[killed["stage"]] <= 2, starts
     assert set(interrupted["stage"]) == {"switch", "wiki"}
 
 

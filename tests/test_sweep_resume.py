@@ -73,6 +73,38 @@ def test_killed_tpe_sweep_resumes_the_same_optuna_study_with_every_trial_once(tm
     assert [t.value for t in study.trials] == pytest.approx([by_key.loc[k, "blimp:average:accuracy"] for k in drawn])
 
 
+def test_the_console_has_classit_lines_only_unless_verbose(tmp_path, shared):
+    """Captured (not a terminal): no Ray worker output, no progress bars, one line per finished
+    trial; `--verbose` brings the workers' output back."""
+    import re
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rc-", dir="/tmp"))
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
+    outputs = {}
+    try:
+        for name, flags in (("console", []), ("console-verbose", ["--verbose"])):
+            config = sweep_config(shared, name=name, space={"curriculum": {"choice": ["switch", "wiki"]}})
+            path = tmp_path / f"{name}.yaml"
+            path.write_text(yaml.safe_dump(config))
+            proc = subprocess.run([*sweep_command(path), *flags], env=env, cwd=tmp_path, capture_output=True,
+                                  text=True, timeout=900)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            outputs[name] = proc.stdout + proc.stderr
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    # Ray's prefix on a worker's forwarded output, colored or not.
+    worker_line = re.compile(r"^(\x1b\[\d+m)?\(\w+ pid=\d+", re.MULTILINE)
+    quiet = outputs["console"]
+    assert "core_worker" not in quiet and not worker_line.search(quiet), quiet[-3000:]
+    assert not re.search(r"\d+%\|", quiet) and "examples/s" not in quiet  # no progress bars
+    finished = re.findall(r"^trial (\w+) scored and finished: blimp:average:accuracy [\d.]+", quiet, re.MULTILINE)
+    assert len(finished) == 2 and len(set(finished)) == 2, quiet[-3000:]
+    built = re.search(r"^base tiny: not cached", quiet, re.MULTILINE)  # the module's first sweep builds it
+    assert re.search(r"^base tiny: reused ", quiet, re.MULTILINE) or (built and "\nbase tiny built: " in quiet)
+    assert "leaderboard (2 trials" in quiet and "Wrote the latest version" not in quiet  # nor Tune's INFO lines
+    assert worker_line.search(outputs["console-verbose"])
+
+
 def sweep_command(path: Path) -> list[str]:
     return [sys.executable, str(REPO / "sweeps" / "curriculum_sweep.py"), "--config", str(path)]
 

@@ -7,9 +7,9 @@ a leaderboard at the end. Results: `<storage>/<sweep>/results/{trials,train_metr
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-import time
 from pathlib import Path
 
 from classit.config import ClassitConfig, ConfigError, config_hash
@@ -238,53 +238,30 @@ def _seed_repeater(searcher, repeats: int):
     return SeedRepeater(searcher, repeat=repeats)
 
 
-def _progress_callback(objectives: list[str], every_s: float = 10.0):
-    from ray import tune
+def base_configs(cfg: ClassitConfig) -> dict[str, ClassitConfig]:
+    """A trial config per model preset the sweep's trials pretrain a base for."""
+    from classit.sweep.space import apply_params
 
-    class ProgressTable(tune.Callback):
-        """A compact live table of trials: state, parameters, stage, words seen, losses, scores."""
-
-        def __init__(self):
-            self.latest: dict = {}
-            self.printed = 0.0
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            self.latest[trial.trial_id] = result
-            self._print(trials)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self._print(trials, force=True)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._print(trials, force=True)
-
-        def _print(self, trials, force: bool = False):
-            if not force and time.time() - self.printed < every_s:
-                return
-            self.printed = time.time()
-            print(f"\n{'trial':<10} {'state':<11} {'parameters':<44} {'stage':<8} {'words seen':>10} "
-                  f"{'val_loss':>9} " + " ".join(f"{o[:22]:>22}" for o in objectives if o != "val_loss"))
-            for t in trials:
-                r = self.latest.get(t.trial_id, {})
-                params = t.config.get("params", t.config)
-                shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                  for k, v in params.items() if k != "__trial_index__")
-                scores = " ".join(f"{r.get(o, float('nan')):>22.4g}" for o in objectives if o != "val_loss")
-                print(f"{t.trial_id[-10:]:<10} {t.status:<11} {shown[:44]:<44} {str(r.get('stage', '-')):<8} "
-                      f"{format_count(r.get('words_seen', float('nan'))):>10} {r.get('val_loss', float('nan')):>9.4f} "
-                      f"{scores}", flush=True)
-
-    return ProgressTable()
+    configs: dict[str, ClassitConfig] = {}
+    for params in budget_candidates(cfg):
+        trial_cfg = apply_params(cfg, params)
+        configs.setdefault(trial_cfg.model.preset, trial_cfg)
+    return configs
 
 
-def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = False, log=print):
-    """Run (or resume) the sweep to completion; returns the leaderboard DataFrame."""
+def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = False, log=print,
+              verbose: bool = False):
+    """Run (or resume) the sweep to completion; returns the leaderboard DataFrame. Without
+    `verbose` the console has classit's event lines only: the output of Ray's workers (Train,
+    DeepSpeed, datasets, transformers) stays in Ray's log files, and errors come through Tune."""
     import ray
     from ray import tune
 
     from classit.data.synthetic import write_probe_data
     from classit.results import read_table
     from classit.sweep.services import evaluation_service_name, start_services
+    from classit.sweep.console import SweepConsole
+    from classit.sweep.services import cached_base
     from classit.sweep.status import write_sweep_file
     from classit.sweep.tracking import tracking_callbacks
     from classit.sweep.trial import run_trial
@@ -312,7 +289,17 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
-    with ray_session(address):
+    pending_bases = {}
+    for preset, base_cfg in base_configs(cfg).items():
+        found = cached_base(base_cfg)
+        if found is None:
+            pending_bases[preset] = base_cfg
+        log(f"base {preset}: reused {found}" if found else f"base {preset}: not cached; the first trial pretrains it")
+
+    if not verbose:
+        for name in ("ray.tune", "ray.train"):  # their INFO lines (state saved, trial dirs) on the driver
+            logging.getLogger(name).setLevel(logging.WARNING)
+    with ray_session(address, **({} if verbose else {"log_to_driver": False})):
         services = start_services(cfg, f"{results_root}/{EVAL_SCORES}")  # held for the whole sweep
         service_name = evaluation_service_name(sweep.name)
         trainable = tune.with_resources(
@@ -327,7 +314,8 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
                                run_config=tune.RunConfig(
                                    name=sweep.name, storage_path=str(experiment.parent), verbose=0,
                                    failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-                                   callbacks=[_progress_callback(objectives), *tracking_callbacks(cfg)]))
+                                   callbacks=[SweepConsole(objectives, sweep.seeds, pending_bases, log=log),
+                                              *tracking_callbacks(cfg)]))
         grid = tuner.fit()
         for actor in services:
             ray.kill(actor)

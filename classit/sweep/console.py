@@ -1,0 +1,106 @@
+"""The sweep's console: one line per event that matters, and on a terminal a trials table redrawn
+in place (rich); plain lines only when the output is not a terminal (a log file, CI).
+
+Events: a base reused or built, a trial started, a stage finished, a trial scored and finished
+(with its objectives), a trial failed (with its error's last line).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+from ray import tune
+
+from classit.sweep.space import format_count
+from classit.sweep.trial import trial_key, trial_params
+
+
+def _shown(params: dict) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def _value(result: dict, key: str) -> str:
+    value = result.get(key)
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
+
+
+class SweepConsole(tune.Callback):
+    def __init__(self, objectives: list[str], seeds: list[int], pending_bases: dict, log=print,
+                 live: bool | None = None):
+        self.objectives, self.seeds, self.log = objectives, seeds, log
+        self.pending_bases = dict(pending_bases)  # preset -> config whose base was not cached at the start
+        self.live_table = sys.stdout.isatty() if live is None else live
+        self.latest: dict[str, dict] = {}
+        self.finished = 0
+        self.live = None
+
+    def key(self, trial) -> str:
+        return trial_key(trial_params(trial.config, self.seeds))
+
+    def say(self, line: str) -> None:
+        if self.live is not None:
+            self.live.console.print(line, highlight=False, markup=False)
+        else:
+            self.log(line)
+
+    def setup(self, **info):
+        if self.live_table:
+            from rich.live import Live
+
+            self.live = Live(self.table([]), auto_refresh=False, transient=False)
+            self.live.start()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.say(f"trial {self.key(trial)} started: {_shown(trial_params(trial.config, self.seeds))}")
+        self.redraw(trials)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        from classit.sweep.services import cached_base
+
+        for preset, cfg in list(self.pending_bases.items()):
+            found = cached_base(cfg)
+            if found is not None:
+                self.say(f"base {preset} built: {found}")
+                del self.pending_bases[preset]
+        before = self.latest.get(trial.trial_id)
+        if before is not None and before.get("stage") != result.get("stage"):
+            self.say(f"trial {self.key(trial)}: stage {before.get('stage')} finished, val_loss {_value(before, 'val_loss')}")
+        self.latest[trial.trial_id] = result
+        self.redraw(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.finished += 1
+        result = self.latest.get(trial.trial_id, {})
+        scores = ", ".join(f"{o} {_value(result, o)}" for o in self.objectives)
+        self.say(f"trial {self.key(trial)} scored and finished: {scores} ({self.finished} of {len(trials)} done)")
+        self.redraw(trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        error = str(getattr(trial, "error_msg", "") or "").strip().splitlines()
+        self.say(f"trial {self.key(trial)} failed: {error[-1] if error else 'see its error file'}")
+        self.redraw(trials)
+
+    def on_experiment_end(self, trials, **info):
+        if self.live is not None:
+            self.redraw(trials)
+            self.live.stop()
+            self.live = None
+
+    def table(self, trials):
+        from rich.table import Table
+
+        table = Table(box=None, header_style="bold")
+        scores = [o for o in self.objectives if o != "val_loss"]
+        for column in ("trial", "state", "parameters", "stage", "words seen", "val_loss", *scores):
+            table.add_column(column, no_wrap=True)
+        for t in trials:
+            r = self.latest.get(t.trial_id, {})
+            table.add_row(self.key(t), t.status, _shown(trial_params(t.config, self.seeds))[:44],
+                          str(r.get("stage", "-")), format_count(r.get("words_seen", float("nan"))),
+                          _value(r, "val_loss"), *[_value(r, o) for o in scores])
+        return table
+
+    def redraw(self, trials) -> None:
+        if self.live is not None:
+            self.live.update(self.table(trials), refresh=True)
