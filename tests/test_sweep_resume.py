@@ -136,7 +136,7 @@ def kill_and_resume(config: dict, tmp_path: Path, finished: int):
         counts = status["counts"]
         assert counts["finished"] == len(finished_before) and counts["running"] == 0
         assert sum(counts.values()) == status["planned"] and status["driver_alive"] is False
-        for _ in range(30):  # Ray's local processes share the driver's fate
+        for _ in range(90):  # Ray's local processes share the driver's fate (a worker can take a minute)
             if not ray_processes(str(ray_tmp)):
                 break
             time.sleep(1)
