@@ -143,6 +143,8 @@ def write_learning_curves(results: data.Results, out: Path) -> list[Path]:
 
 
 def write_blimp_fields(results: data.Results, out: Path) -> list[Path]:
+    from classit.sweep.space import format_count
+
     table = data.blimp_fields(results)
     if table.empty:
         return []
@@ -150,19 +152,12 @@ def write_blimp_fields(results: data.Results, out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(1.4 * len(table.columns) + 7, 0.35 * len(table) + 1.8))
     image = ax.imshow(table.to_numpy(float), cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(table.columns)), table.columns)
-    ax.set_yticks(range(len(table)), [f"{config[:40]} @ {format_words(words)}" for config, words in table.index])
+    ax.set_yticks(range(len(table)), [f"{config[:40]} @ {format_count(words)}" for config, words in table.index])
     for (i, j), value in np.ndenumerate(table.to_numpy(float)):
         ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="white")
     fig.colorbar(image, ax=ax, label="BLiMP accuracy (%)")
     ax.set_title("BLiMP accuracy by field and checkpoint (words seen)")
     return [_save(plt, fig, out / "blimp_fields.png")]
-
-
-def format_words(words: float) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if words >= size:
-            return f"{words / size:.3g}{unit}"
-    return f"{words:.0f}"
 
 
 def write_importance(results: data.Results, out: Path) -> list[Path]:

@@ -12,12 +12,8 @@ import sys
 
 from ray import tune
 
-from classit.sweep.space import format_count
+from classit.sweep.space import format_count, format_params
 from classit.sweep.trial import trial_key, trial_params
-
-
-def _shown(params: dict) -> str:
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 def _value(result: dict, key: str) -> str:
@@ -52,7 +48,7 @@ class SweepConsole(tune.Callback):
             self.live.start()
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.say(f"trial {self.key(trial)} started: {_shown(trial_params(trial.config, self.seeds))}")
+        self.say(f"trial {self.key(trial)} started: {format_params(trial_params(trial.config, self.seeds))}")
         self.redraw(trials)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -96,7 +92,7 @@ class SweepConsole(tune.Callback):
             table.add_column(column, no_wrap=True)
         for t in trials:
             r = self.latest.get(t.trial_id, {})
-            table.add_row(self.key(t), t.status, _shown(trial_params(t.config, self.seeds))[:44],
+            table.add_row(self.key(t), t.status, format_params(trial_params(t.config, self.seeds))[:44],
                           str(r.get("stage", "-")), format_count(r.get("words_seen", float("nan"))),
                           _value(r, "val_loss"), *[_value(r, o) for o in scores])
         return table

@@ -18,9 +18,11 @@ from classit.sweep.space import (
     check_space,
     corner_trials,
     format_count,
+    format_params,
     gpu_hours,
     grid_trials,
     planned_trial_count,
+    text_table,
 )
 from classit.evaluate.aggregates import NAMES as AGGREGATES
 from classit.evaluate.aggregates import component_tasks
@@ -140,7 +142,7 @@ def describe_plan(cfg: ClassitConfig) -> str:
     most_hours = 0.0
     for (preset, summary), members in groups.items():
         common = {k: v for k, v in members[0][0].items() if k != "seed" and all(p.get(k) == v for p, _ in members)}
-        shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in common.items())
+        shown = format_params(common)
         plan = members[0][1]
         hours = gpu_hours(parameter_count(preset), plan.exposure_words - plan.base_exposure_words)
         most_hours = max(most_hours, hours)
@@ -259,9 +261,8 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
 
     from classit.data.synthetic import write_probe_data
     from classit.results import read_table
-    from classit.sweep.services import evaluation_service_name, start_services
     from classit.sweep.console import SweepConsole
-    from classit.sweep.services import cached_base
+    from classit.sweep.services import cached_base, evaluation_service_name, start_services
     from classit.sweep.status import write_sweep_file
     from classit.sweep.tracking import tracking_callbacks
     from classit.sweep.trial import run_trial
@@ -387,8 +388,7 @@ def format_leaderboard(board, objectives: list[str]) -> str:
         cells += ["-" if _missing(r[p]) else (f"{r[p]:.3g}" if isinstance(r[p], float) else str(r[p])) for p in params]
         cells += [f"{r['val_loss']:.4f}", *[f"{r[s]:.4g}" if not _missing(r[s]) else "-" for s in scores]]
         rows.append(cells)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+    text = text_table(rows)
     note = "\n(* on the Pareto front of the objectives)" if "pareto" in board else ""
     failed = board.loc[board["status"] == "eval_failed", "trial"].tolist()
     if failed:

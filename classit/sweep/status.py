@@ -45,19 +45,19 @@ def driver_alive(record: dict) -> bool | None:
     return True
 
 
-def tune_trials(experiment: Path) -> tuple[list[dict], float | None]:
+def tune_trials(experiment: Path) -> tuple[list[dict], float | None, float | None]:
     """Every trial in Tune's newest experiment state (config, state, last result, start time),
-    and the experiment's start."""
+    the experiment's start, and when that state was written."""
     states = sorted(experiment.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
     if not states:
-        return [], None
+        return [], None, None
     data = json.loads(states[-1].read_text())
     trials = []
     for trial_json, runtime_json in data["trial_data"]:
         trial, runtime = json.loads(trial_json), json.loads(runtime_json)
         trials.append({"config": trial["config"], "state": trial["status"], "start": runtime.get("start_time"),
                        "last_result": runtime.get("last_result") or {}})
-    return trials, data.get("stats", {}).get("start_time")
+    return trials, data.get("stats", {}).get("start_time"), states[-1].stat().st_mtime
 
 
 def sweep_status(experiment: Path) -> dict:
@@ -77,7 +77,7 @@ def sweep_status(experiment: Path) -> dict:
     alive = driver_alive(record)
     ended = read_table(str(experiment / "results" / TRIALS))
     ended = {} if ended.empty else {r["trial"]: r for r in ended.to_dict("records")}
-    tune, started = tune_trials(experiment)
+    tune, started, updated = tune_trials(experiment)
 
     rows = []
     for trial in tune:
@@ -104,8 +104,7 @@ def sweep_status(experiment: Path) -> dict:
             pick = (max if mode == "max" else min)(scored, key=lambda r: r[objective])
             best[objective] = (pick[objective], pick["trial"])
 
-    now = time.time() if alive else max([p.stat().st_mtime for p in experiment.glob("experiment_state-*.json")]
-                                        + [record["started"]])
+    now = time.time() if alive else max(updated or 0.0, record["started"])
     elapsed = now - (started or record["started"])
     durations = [r["seconds"] for r in rows if r["seconds"]]
     left = None
@@ -119,7 +118,7 @@ def sweep_status(experiment: Path) -> dict:
 
 
 def format_status(status: dict) -> str:
-    from classit.sweep.space import format_count
+    from classit.sweep.space import format_count, format_params, text_table
 
     counts = ", ".join(f"{n} {state}" for state, n in status["counts"].items() if n)
     driver = {True: "running", False: "not running (resume with --resume)", None: "on another host"}
@@ -131,12 +130,10 @@ def format_status(status: dict) -> str:
     header = ["trial", "state", "parameters", "stage", "words seen", *objectives]
     table = [header]
     for r in status["trials"]:
-        shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items())
-        table.append([r["trial"], r["state"], shown, str(r["stage"] or "-"),
+        table.append([r["trial"], r["state"], format_params(r["params"]), str(r["stage"] or "-"),
                       "-" if r["words_seen"] is None else format_count(r["words_seen"]),
                       *["-" if r[o] is None else f"{r[o]:.4g}" for o in objectives]])
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+    lines.append(text_table(table))
     for objective, (value, trial) in status["best"].items():
         lines.append(f"best {objective}: {value:.4g} (trial {trial})")
     return "\n".join(lines)
