@@ -89,7 +89,8 @@ def cmd_evaluate(args) -> int:
     jobs = [EvalJob(str(Path(m).resolve()), t, str(Path(args.data_dir).resolve()), trial=Path(m).name,
                     fast=args.fast, export_dir=export_dir, pooling=args.pooling) for m in args.model for t in tasks]
     with ray_session(args.address):
-        rows = EvaluationPool(num_actors=args.actors, num_gpus=args.gpus_per_actor).run(jobs, results_dir=args.output)
+        pool = EvaluationPool(num_actors=args.actors, num_gpus=args.gpus_per_actor)
+        rows = pool.run(jobs, results_dir=args.output, show_progress=True)
     print(f"{'model':<28} {'task':<18} {'subtask':<18} {'metric':<11} {'value':>8} {'n':>7}")
     for row in rows:
         if row["subtask"] in HEADLINE_SUBTASKS or row["metric"] == "error":
@@ -160,7 +161,7 @@ def cmd_aoa(args) -> int:
     jobs = aoa_jobs(runs, str(Path(args.data_dir).resolve()), trial=runs[-1].name,
                     export_dir=str(Path(args.export).resolve()) if args.export else "")
     with ray_session(args.address):
-        rows = EvaluationPool(num_actors=args.actors).run(jobs, results_dir=args.output)
+        rows = EvaluationPool(num_actors=args.actors).run(jobs, results_dir=args.output, show_progress=True)
     [score] = [r for r in rows if r["task"] == "aoa" and r["revision"] == "main"]
     if score["error"]:
         print(f"classit: error: aoa: {score['error']}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """The Ray evaluation actor pool: parallel jobs, error rows for bad checkpoints, rows once each."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -34,7 +35,7 @@ def make_data_dir(tmp):
     return tmp / "data"
 
 
-def test_pool_runs_checkpoints_by_tasks_and_turns_failures_into_rows(ray_local, tmp_path):
+def test_pool_runs_checkpoints_by_tasks_and_turns_failures_into_rows(ray_local, tmp_path, capfd):
     good = train_tiny_checkpoint(tmp_path / "train")
     checkpoints = {}
     for trial in ("a", "b", "corrupt"):
@@ -47,7 +48,8 @@ def test_pool_runs_checkpoints_by_tasks_and_turns_failures_into_rows(ray_local, 
 
     pool = EvaluationPool(num_actors=2)
     try:
-        rows = pool.run(jobs, results_dir=results_dir)
+        rows = pool.run(jobs, results_dir=results_dir, show_progress=True)
+        bars = capfd.readouterr().err.splitlines()
         again = pool.run(jobs[:3], results_dir=results_dir)  # a resumed trial evaluates some jobs again
     finally:
         pool.shutdown()
@@ -67,6 +69,23 @@ def test_pool_runs_checkpoints_by_tasks_and_turns_failures_into_rows(ray_local, 
     b = averages[averages["trial"] == "b"].set_index("task")["value"].sort_index()
     assert (a == b).all()
     assert table.loc[table["task"] == "blimp_supplement", "subtask"].str.contains("UID:turn_taking").any()
+    # One finished bar per job (stderr is not a terminal: rich prints them once, at the end): a good
+    # checkpoint's bar full at its count of candidates (two per pair), the corrupt one's marked failed.
+    for job in jobs:
+        [bar] = [line for line in bars if line.startswith(f"{job.trial} {job.task} ")]
+        pairs = averages.set_index(["trial", "task"])["n_items"].get((job.trial, job.task))
+        assert re.search(rf" {2 * pairs}/{2 * pairs} +candidates " if pairs else " failed ", bar), bar
+
+
+def test_progress_counts_every_item_of_a_job(tmp_path):
+    from classit.evaluate.jobs import ModelCache, run_job
+    from classit.evaluate.progress import Progress
+
+    checkpoint = train_tiny_checkpoint(tmp_path / "train")
+    data, progress = make_data_dir(tmp_path), Progress()
+    rows = run_job(EvalJob(str(checkpoint), "blimp", str(data)), ModelCache("cpu"), progress)
+    [average] = [r for r in rows if r["subtask"] == "average"]
+    assert progress.snapshot() == (2 * average["n_items"], 2 * average["n_items"], "candidates")
 
 
 def test_unknown_task_and_missing_data_are_error_rows(tmp_path):

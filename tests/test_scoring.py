@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from classit.evaluate.progress import Progress
 from classit.evaluate.scoring import choose, encode_candidates, load_model, reference_scores
 from classit.evaluate.tasks.zero_shot import accuracies, fast_subset, read_task, score_items
 from conftest import SHARED_DATA, train_tiny_checkpoint
@@ -87,6 +88,21 @@ def test_prefix_trees_score_each_candidate_as_if_alone(checkpoint):
             assert len(trees.predicting) == int(encoded.scored.sum())  # each scored token once
     reference = reference_scores(model, encoded)
     for row_tokens, max_tokens in ((128, 4096), (4, 16), (1, 8)):
+        progress = CountedSteps()
         got = score(model, encoded, tokenizer.pad_token_id, max_tokens=max_tokens, row_tokens=row_tokens,
-                    chunk_cells=5 * encoded.ids.shape[1])
+                    chunk_cells=5 * encoded.ids.shape[1], progress=progress)
         assert got == pytest.approx(reference, abs=1e-4)
+        # The progress bars' count: every candidate once, batch by batch, never past the total.
+        assert progress.snapshot() == (len(encoded), len(encoded), "candidates")
+        assert progress.seen == sorted(progress.seen) and progress.seen[-1] <= len(encoded)
+        assert len(progress.seen) >= (2 if row_tokens == 128 else 5)  # two chunks at least
+
+
+class CountedSteps(Progress):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def advance(self, n: int = 1) -> None:
+        super().advance(n)
+        self.seen.append(self.done)

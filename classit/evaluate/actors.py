@@ -10,25 +10,33 @@ its AoA score.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from pathlib import Path
 
 import ray
 
 from classit.evaluate.jobs import AOA_SURPRISAL, EvalJob, ModelCache, aoa_scores, result_row, run_job, split_tables
+from classit.evaluate.progress import JobBars, Progress
 from classit.results import AOA_SURPRISAL_SCHEMA, EVAL_SCORES_SCHEMA, write_rows
 
+PROGRESS_SECONDS = 0.5  # how often the bars ask the busy actors how far their jobs are
 
-@ray.remote
+
+@ray.remote(max_concurrency=2)  # a second thread answers `progress` while `run` works
 class Evaluator:
     def __init__(self):
         import transformers
 
         transformers.utils.logging.disable_progress_bar()
-        self.cache = ModelCache()
+        self.cache, self.job_progress = ModelCache(), Progress()
 
     def run(self, job: EvalJob) -> list[dict]:
-        return run_job(job, self.cache)
+        self.job_progress.start(0, "")
+        return run_job(job, self.cache, self.job_progress)
+
+    def progress(self) -> tuple[int, int, str]:
+        return self.job_progress.snapshot()
 
 
 class EvaluationPool:
@@ -38,10 +46,14 @@ class EvaluationPool:
         self.actors = [Evaluator.options(**self.options).remote() for _ in range(num_actors)]
         self.max_retries = max_retries
 
-    def run(self, jobs: Iterable[EvalJob], results_dir: str | None = None) -> list[dict]:
+    def run(self, jobs: Iterable[EvalJob], results_dir: str | None = None, show_progress: bool = False) -> list[dict]:
         """Run every job; returns all `eval_scores` rows (and writes each job's rows to `results_dir`, the
-        `eval_scores` folder, as they come)."""
-        jobs = list(jobs)
+        `eval_scores` folder, as they come). `show_progress`: a bar per job on stderr."""
+        bars = JobBars() if show_progress else None
+        with bars or contextlib.nullcontext():
+            return self._run(list(jobs), results_dir, bars)
+
+    def _run(self, jobs: list[EvalJob], results_dir: str | None, bars: JobBars | None) -> list[dict]:
         pending = sorted(jobs, key=lambda j: (j.checkpoint, j.task))
         tries: dict[tuple, int] = {}
         loaded: dict[int, str] = {}  # actor index -> checkpoint it holds
@@ -57,7 +69,10 @@ class EvaluationPool:
                 job = pending.pop(pick)
                 loaded[index] = job.checkpoint
                 in_flight[self.actors[index].run.remote(job)] = (index, job)
-            done, _ = ray.wait(list(in_flight), num_returns=1)
+            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=PROGRESS_SECONDS if bars else None)
+            if not done:
+                self._draw(bars, list(in_flight.values()))
+                continue
             index, job = in_flight.pop(done[0])
             try:
                 job_rows = ray.get(done[0])
@@ -74,6 +89,8 @@ class EvaluationPool:
                     continue
             idle.append(index)
             job_rows, detail = split_tables(job_rows)
+            if bars:  # before the actor's next job resets its count
+                self._draw(bars, [(index, job)], failed=any(r["error"] for r in job_rows))
             if results_dir and detail:
                 write_rows(str(Path(results_dir).parent / AOA_SURPRISAL), detail, AOA_SURPRISAL_SCHEMA, key=job.row_key)
             surprisals += detail
@@ -86,6 +103,19 @@ class EvaluationPool:
                 rows += key_rows
         return rows
 
+    def _draw(self, bars: JobBars, running: list[tuple[int, EvalJob]], failed: bool = False) -> None:
+        try:
+            snapshots = ray.get([self.actors[index].progress.remote() for index, _ in running])
+        except ray.exceptions.RayActorError:
+            return  # the job's own future reports the death
+        for (_, job), (done, total, unit) in zip(running, snapshots):
+            bars.update(job.row_key, _label(job), done, total, "failed" if failed else unit)
+
     def shutdown(self) -> None:
         for actor in self.actors:
             ray.kill(actor)
+
+
+def _label(job: EvalJob) -> str:
+    revision = f" {job.revision}" if job.revision != "main" else ""
+    return f"{job.model_name}{revision} {job.task}"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from classit.evaluate import export
 from classit.evaluate.catalog import TASKS
+from classit.evaluate.progress import Progress
 from classit.evaluate.scoring import Encoded, encode_candidates, load_model
 from classit.evaluate.tasks import aoa, finetune, reading, zero_shot
 
@@ -77,10 +78,10 @@ def read_items(job: EvalJob) -> tuple[Path, list[zero_shot.Item]]:
     return zero_shot.read_for_evaluation(job.task, job.data_dir, job.fast, FAST_ITEMS_PER_SUBTASK)
 
 
-def run_zero_shot(job: EvalJob, model, tokenizer, cache: ModelCache) -> list[dict]:
+def run_zero_shot(job: EvalJob, model, tokenizer, cache: ModelCache, progress: Progress) -> list[dict]:
     start = time.perf_counter()
     folder, items, encoded = cache.prepared(job)
-    scores = zero_shot.score_items(model, tokenizer, items, encoded)
+    scores = zero_shot.score_items(model, tokenizer, items, encoded, progress=progress)
     seconds = time.perf_counter() - start
     spec = zero_shot.TASKS[job.task]
     is_wug = spec.metric == "spearman"
@@ -96,20 +97,20 @@ def run_zero_shot(job: EvalJob, model, tokenizer, cache: ModelCache) -> list[dic
     return rows
 
 
-def run_reading(job: EvalJob, model, tokenizer) -> list[dict]:
+def run_reading(job: EvalJob, model, tokenizer, progress: Progress) -> list[dict]:
     start = time.perf_counter()
     frame = reading.read_reading(job.data_dir)  # the official fast set is the full set
-    pred, prev_pred = reading.surprisals(model, tokenizer, frame)
+    pred, prev_pred = reading.surprisals(model, tokenizer, frame, progress)
     gains = reading.reading_scores(frame, pred, prev_pred)
     _export(job, export.reading_predictions(pred, prev_pred))
     seconds = time.perf_counter() - start
     return [result_row(job, name, "r2_gain_pct", value, len(frame), seconds) for name, value in gains.items()]
 
 
-def run_finetune(job: EvalJob, device: str | None) -> list[dict]:
+def run_finetune(job: EvalJob, device: str | None, progress: Progress) -> list[dict]:
     start = time.perf_counter()
     scores, preds, best_epoch = finetune.finetune(job.checkpoint, job.task, job.data_dir, device=device,
-                                                  pooling=job.pooling)
+                                                  pooling=job.pooling, progress=progress)
     _export(job, export.finetune_predictions(job.task, preds, job.pooling))
     seconds = time.perf_counter() - start
     rows = [result_row(job, "validation", metric, value, len(preds), seconds) for metric, value in scores.items()]
@@ -132,7 +133,7 @@ def aoa_jobs(run_dirs: list[str | Path], data_dir: str, series: str = "", **fiel
                     series=series, **fields) for name, path in chosen.items()]
 
 
-def run_aoa_surprisal(job: EvalJob, model, tokenizer) -> list[dict]:
+def run_aoa_surprisal(job: EvalJob, model, tokenizer, progress: Progress) -> list[dict]:
     """One mark checkpoint's surprisals: a summary row (their mean) and every (word, context) row,
     marked for the `aoa_surprisal` table."""
     start = time.perf_counter()
@@ -140,7 +141,7 @@ def run_aoa_surprisal(job: EvalJob, model, tokenizer) -> list[dict]:
         raise ValueError(f"{Path(job.series).parent}: no checkpoint at a BabyLM mark (AoA needs a run's "
                          f"checkpoints at 1M, 2M, ... words; see checkpoints.schedule)")
     contexts = aoa.read_contexts(Path(job.data_dir) / "aoa" / "cdi_childes.json")
-    rows = aoa.surprisal_rows(model, tokenizer, contexts, job.revision, job.words_seen)
+    rows = aoa.surprisal_rows(model, tokenizer, contexts, job.revision, job.words_seen, progress)
     mean = sum(r["surprisal"] for r in rows) / len(rows) if rows else float("nan")
     summary = result_row(job, "surprisal", "mean", mean, len(rows), time.perf_counter() - start)
     return [summary, *({"table": AOA_SURPRISAL, "trial": job.trial, "checkpoint": job.checkpoint,
@@ -237,19 +238,21 @@ def _fingerprint(tokenizer) -> str | None:
     return hashlib.sha256(backend.to_str().encode()).hexdigest() if backend is not None else None
 
 
-def run_job(job: EvalJob, cache: ModelCache) -> list[dict]:
-    """The job's rows; any failure (corrupt checkpoint, missing data) becomes one error row."""
+def run_job(job: EvalJob, cache: ModelCache, progress: Progress | None = None) -> list[dict]:
+    """The job's rows; any failure (corrupt checkpoint, missing data) becomes one error row.
+    `progress` counts the job's items (candidates, words, steps) as they are scored."""
     start = time.perf_counter()
+    progress = progress or Progress()
     try:
         if job.task not in TASKS:
             raise ValueError(f"unknown task {job.task!r} (known: {', '.join(TASKS)})")
         if job.task in finetune.TASKS:  # trains its own copy: the cached scoring model stays as it is
-            return run_finetune(job, cache.device)
+            return run_finetune(job, cache.device, progress)
         model, tokenizer = cache.get(job.checkpoint)
         if job.task == "reading":
-            return run_reading(job, model, tokenizer)
+            return run_reading(job, model, tokenizer, progress)
         if job.task == "aoa":
-            return run_aoa_surprisal(job, model, tokenizer)
-        return run_zero_shot(job, model, tokenizer, cache)
+            return run_aoa_surprisal(job, model, tokenizer, progress)
+        return run_zero_shot(job, model, tokenizer, cache, progress)
     except Exception as err:  # noqa: BLE001 - every failure must become a row, not stop the pool
         return [result_row(job, "", "error", float("nan"), 0, time.perf_counter() - start, error=_reason(err))]

@@ -26,6 +26,8 @@ from itertools import chain
 import numpy as np
 import torch
 
+from classit.evaluate.progress import Progress
+
 
 @dataclass(frozen=True)
 class Encoded:
@@ -168,7 +170,7 @@ def _batches_by_length(lengths: np.ndarray, max_tokens: int):
 
 @torch.inference_mode()
 def score(model, encoded: Encoded, pad_id: int, max_tokens: int = 4096, row_tokens: int = 128,
-          chunk_cells: int = 2**21) -> np.ndarray:
+          chunk_cells: int = 2**21, progress: Progress | None = None) -> np.ndarray:
     """Summed log-probability of each candidate's scored tokens (float64, in order).
 
     Candidates are planted in prefix trees a chunk at a time (chunk size x longest candidate <=
@@ -176,6 +178,8 @@ def score(model, encoded: Encoded, pad_id: int, max_tokens: int = 4096, row_toke
     one sequence whose tokens attend to their ancestors only, at positions equal to their depth.
     The LM head and log-softmax run once per node that predicts a scored token.
     """
+    progress = progress or Progress()
+    progress.start(len(encoded), "candidates")
     device = next(model.parameters()).device
     transformer, head = model.base_model, model.get_output_embeddings()
     totals = torch.zeros(len(encoded), dtype=torch.float64)
@@ -214,6 +218,8 @@ def score(model, encoded: Encoded, pad_id: int, max_tokens: int = 4096, row_toke
             logprobs = torch.log_softmax(head(hidden[at]).float(), dim=-1)
             picked = logprobs[torch.from_numpy(which).to(device), torch.from_numpy(forest.targets[mine]).to(device)]
             totals.index_add_(0, torch.from_numpy(part[forest.owners[mine]]), picked.double().cpu())
+            progress.advance(len(np.unique(forest.owners[mine])))  # a candidate's path lies in one row
+        progress.done = first + len(part)  # with those that had nothing to score
     return totals.numpy()
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from classit.evaluate.progress import Progress
+
 CHANCE_VOCABULARY = 300_000  # the pipeline's "random chance" vocabulary for the model's threshold
 MONTHS = [str(age) for age in range(16, 31)]
 
@@ -92,7 +94,8 @@ def read_contexts(path: str | Path, min_context: int = 0) -> dict[str, list[str]
             if len(word) > 1 and len(contexts) >= min_context}
 
 
-def surprisal_rows(model, tokenizer, contexts: dict[str, list[str]], revision: str, words_seen: int) -> list[dict]:
+def surprisal_rows(model, tokenizer, contexts: dict[str, list[str]], revision: str, words_seen: int,
+                   progress: Progress | None = None) -> list[dict]:
     """One checkpoint's rows of the official `surprisal.json`: each word's surprisal (nats) after
     each of its contexts, `context.strip() + " " + word` tokenized with the tokenizer's special
     tokens and the word's tokens scored, computed as the pipeline computes it (`sentence_surprisal`)."""
@@ -101,8 +104,14 @@ def surprisal_rows(model, tokenizer, contexts: dict[str, list[str]], revision: s
     pairs = [(word, i, context) for word, word_contexts in contexts.items() for i, context in enumerate(word_contexts)]
     encoded = encode_candidates(tokenizer, [(f"{context.strip()} {word.strip()}", word.strip())
                                             for word, _, context in pairs])
-    return [{"step": revision, "word_count": words_seen, "target_word": word, "context_id": i, "context": context,
-             "surprisal": sentence_surprisal(model, *encoded.candidate(k))} for k, (word, i, context) in enumerate(pairs)]
+    progress = progress or Progress()
+    progress.start(len(pairs), "contexts")
+    rows = []
+    for k, (word, i, context) in enumerate(pairs):
+        rows.append({"step": revision, "word_count": words_seen, "target_word": word, "context_id": i,
+                     "context": context, "surprisal": sentence_surprisal(model, *encoded.candidate(k))})
+        progress.advance()
+    return rows
 
 
 def sentence_surprisal(model, ids: list[int], scored: list[bool]) -> float:

@@ -41,6 +41,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from classit.evaluate.progress import Progress
+
 
 @dataclass(frozen=True)
 class FinetuneTask:
@@ -198,7 +200,7 @@ def load_for_finetuning(checkpoint: str | Path, pooling: str):
 
 def finetune(checkpoint: str | Path, task: str, data_dir: str | Path,
              settings: FinetuneSettings = FinetuneSettings(), device: str | None = None,
-             pooling: str = "final") -> tuple[dict[str, float], list[int], int]:
+             pooling: str = "final", progress: Progress | None = None) -> tuple[dict[str, float], list[int], int]:
     """Fine-tune on the task's train file; the best epoch's validation metrics and predictions, and its epoch."""
     spec = TASKS[task]
     train_file, valid_file = task_files(task, data_dir)
@@ -220,6 +222,8 @@ def finetune(checkpoint: str | Path, task: str, data_dir: str | Path,
     labels = torch.tensor(train_labels)
     batches = _loader(tokenizer, train_texts, settings.max_length, spec.batch_size, shuffle=True)
 
+    progress = progress or Progress()
+    progress.start(total, "steps")
     best, best_state, best_epoch = None, None, 0
     for epoch in range(1, spec.epochs + 1):
         model.train()
@@ -229,6 +233,7 @@ def finetune(checkpoint: str | Path, task: str, data_dir: str | Path,
             optimizer.step()
             schedule.step()
             optimizer.zero_grad()
+            progress.advance()
         scores = classification_metrics(valid_labels, predict(model, tokenizer, valid_texts, settings), spec.metrics)
         if best is None or scores[spec.select_by] > best[spec.select_by]:
             best, best_state, best_epoch = scores, copy.deepcopy(model.state_dict()), epoch

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from classit.evaluate.progress import Progress
+
 EYE_TRACKING = ("RTfirstfix", "RTfirstpass", "RTgopast", "RTrightbound")
 SELF_PACED = "self_paced_reading_time"
 BASE_TERMS = ("Subtlex_log10", "length", "context_length")
@@ -48,15 +50,20 @@ def read_reading(data_dir: str | Path):
     return frame
 
 
-def surprisals(model, tokenizer, frame) -> tuple[np.ndarray, np.ndarray]:
+def surprisals(model, tokenizer, frame, progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
     """-ln P(word | item) per row, and the same for the previous word (NaN where there is none)."""
+    progress = progress or Progress()
     pairs = list(zip(frame["item"], frame["word"]))
     has_prev = [isinstance(item, str) for item in frame["prev_item"]]
     pairs += [(i, w) for i, w, ok in zip(frame["prev_item"], frame["prev_word"], has_prev) if ok]
     unique = list(dict.fromkeys(pairs))  # the previous word is usually another row's word: score once
     contexts = tokenizer([c for c, _ in unique])["input_ids"]
     words = tokenizer([w for _, w in unique], add_special_tokens=False)["input_ids"]
-    surprisal = {pair: -math.log(word_probability(model, c, w)) for pair, c, w in zip(unique, contexts, words)}
+    progress.start(len(unique), "words")
+    surprisal = {}
+    for pair, context, word in zip(unique, contexts, words):
+        surprisal[pair] = -math.log(word_probability(model, context, word))
+        progress.advance()
     pred = np.array([surprisal[p] for p in zip(frame["item"], frame["word"])])
     prev = np.array([surprisal[(i, w)] if ok else np.nan
                      for i, w, ok in zip(frame["prev_item"], frame["prev_word"], has_prev)])

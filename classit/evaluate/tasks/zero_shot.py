@@ -192,12 +192,12 @@ def fast_subset(items: list[Item], per_uid: int, seed: int = 0) -> list[Item]:
     return [item for i, item in enumerate(items) if i in keep]
 
 
-def score_items(model, tokenizer, items: list[Item], encoded: Encoded | None = None, **batching) -> list[np.ndarray]:
+def score_items(model, tokenizer, items: list[Item], encoded: Encoded | None = None, **options) -> list[np.ndarray]:
     """Each item's candidate scores (summed log-probs of the scored tokens); `encoded`: the items'
     candidates already tokenized (`encode_candidates`), in order."""
     if encoded is None:
         encoded = encode_candidates(tokenizer, [c for item in items for c in item.candidates])
-    flat = score(model, encoded, tokenizer.pad_token_id, **batching)
+    flat = score(model, encoded, tokenizer.pad_token_id, **options)  # batching, progress
     bounds = np.cumsum([0] + [len(item.candidates) for item in items])
     return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
