@@ -59,7 +59,7 @@ class CorpusConfig(Section):
     validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     block_size: PositiveInt = 128
     split_seed: int = 0
-    num_proc: PositiveInt = 2
+    num_proc: PositiveInt | None = Field(None, description="processes tokenizing the corpus; default: every core")
 
     @model_validator(mode="after")
     def _one_source(self) -> CorpusConfig:
@@ -348,6 +348,9 @@ class RunConfig(Section):
     name: str | None = Field(None, min_length=1, description="default: <pretrain|instruct-<curriculum>>-<config hash>")
     storage_path: str = Field("runs", description="Ray storage: local folder or cloud URI")
     cache_dir: Path = Path(".cache/classit")
+    keep_optimizer_states: PositiveInt | None = Field(
+        1, description="checkpoints that keep their DeepSpeed optimizer state (the newest); older ones keep their "
+                       "weights only. null: all keep it")
 
 
 class ClassitConfig(Section):

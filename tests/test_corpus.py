@@ -65,7 +65,7 @@ def test_prepare_corpus_counts_words_exactly_and_reuses_cache(tmp_path, monkeypa
         raise AssertionError("tokenized again despite a cached corpus")
 
     monkeypatch.setattr(corpus_mod, "tokenize_and_pack", no_tokenizing)
-    monkeypatch.setattr(corpus_mod, "_tokenize_batch", no_tokenizing)
+    monkeypatch.setattr(corpus_mod, "tokenize_shard", no_tokenizing)
     second = prepare_corpus(cfg)
     assert second.root == first.root and second.stats == first.stats
     assert len(second.load_blocks("train")) == len(train)
@@ -122,3 +122,51 @@ def test_changed_corpus_file_is_not_served_from_cache(tmp_path):
     second = prepare_corpus(cfg)
     assert second.root != first.root
     assert second.stats["sources"]["childes"]["lines"] == 200
+
+
+KILLABLE_PREPARATION = """
+import sys, time
+from classit.config import ClassitConfig
+from classit.data import corpus
+corpus.SHARD_LINES = 300
+tokenize = corpus.tokenize_shard
+corpus.tokenize_shard = lambda lines, tokenizer: (time.sleep(0.5), tokenize(lines, tokenizer))[1]  # killable
+corpus.prepare_corpus(ClassitConfig.model_validate_json(open(sys.argv[1]).read()))
+"""
+
+
+def test_a_killed_preparation_resumes_from_its_shards_to_the_same_blocks(tmp_path, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = small_config(tmp_path / "killed", corpus={"num_proc": 2})
+    config = tmp_path / "config.json"
+    config.write_text(cfg.model_dump_json())
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE_PREPARATION, str(config)], start_new_session=True)
+    shards = lambda: list((tmp_path / "killed" / "cache").glob("corpus-*/tokenized/train/shard-*.npz"))  # noqa: E731
+    deadline = time.time() + 120
+    while time.time() < deadline and len(shards()) < 3 and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the preparation and its tokenizing processes
+    proc.wait()
+    done = len(shards())
+    assert done >= 3, "no shards finished before the kill"
+    assert not list((tmp_path / "killed" / "cache").glob("corpus-*/blocks-*/stats.json"))
+
+    monkeypatch.setattr(corpus_mod, "SHARD_LINES", 300)
+    calls = []
+    tokenize = corpus_mod.tokenize_shard
+    monkeypatch.setattr(corpus_mod, "tokenize_shard", lambda lines, tok: calls.append(len(lines)) or tokenize(lines, tok))
+    resumed = prepare_corpus(cfg.model_copy(update={"corpus": cfg.corpus.model_copy(update={"num_proc": 1})}))
+    monkeypatch.undo()
+    # Only the missing shards were tokenized: the finished (whole, first) ones' lines were not seen again.
+    lines = sum(source["lines"] for source in resumed.stats["sources"].values())  # train and validation
+    assert sum(calls) == lines - 300 * done
+    whole = prepare_corpus(small_config(tmp_path / "whole", corpus={"num_proc": 1}))
+    assert resumed.stats == whole.stats
+    for split in ("train", "validation"):
+        a, b = resumed.load_blocks(split), whole.load_blocks(split)
+        assert a["input_ids"] == b["input_ids"] and a["num_words"] == b["num_words"]

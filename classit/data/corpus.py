@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 import shutil
@@ -184,24 +185,53 @@ def corpus_train_words(cfg: ClassitConfig) -> int:
     return sum(map(count_words, train))
 
 
-def _tokenize_batch(batch, tokenizer):
-    ids = tokenizer(batch["text"])["input_ids"]
+SHARD_LINES = 200_000  # lines per tokenized shard: the unit a killed preparation resumes from
+
+
+def tokenize_shard(lines: list[str], tokenizer) -> dict[str, np.ndarray]:
+    """Each line's token ids (BOS ... EOS) concatenated, with each line's length and word count."""
+    ids = tokenizer(lines)["input_ids"]
     eos = tokenizer.eos_token_id
-    return {"input_ids": [seq + [eos] for seq in ids], "words": [count_words(t) for t in batch["text"]]}
+    return {"flat": np.fromiter((t for seq in ids for t in (*seq, eos)), np.int32),
+            "lengths": np.fromiter((len(seq) + 1 for seq in ids), np.int64, len(ids)),
+            "words": np.fromiter((count_words(line) for line in lines), np.int64, len(lines))}
 
 
-def tokenize_and_pack(lines: list[str], tokenizer, block_size: int, num_proc: int):
-    """Tokenize with a multi-process `datasets.map`, then pack into a blocks dataset."""
+def _tokenize_to(job: tuple[list[str], str, str]) -> None:
+    """In a worker process: tokenize one shard and commit it by rename (a kill leaves no partial shard)."""
+    lines, tokenizer_path, path = job
+    from classit.tokenizer import load_tokenizer
+
+    tmp = f"{path}.tmp.npz"
+    np.savez(tmp, **tokenize_shard(lines, load_tokenizer(tokenizer_path)))
+    Path(tmp).rename(path)
+
+
+def tokenize_and_pack(lines: list[str], tokenizer_path: Path, shards: Path, block_size: int, num_proc: int):
+    """Tokenize `lines` shard by shard on `num_proc` processes, each shard kept in `shards` as it is
+    finished (a rerun tokenizes only the missing ones), then pack them, in order, into a blocks
+    dataset: the same blocks whatever the shard size."""
+    import multiprocessing
+
     import datasets
 
-    texts = datasets.Dataset.from_dict({"text": lines})
-    tokenized = texts.map(_tokenize_batch, batched=True, batch_size=2000, fn_kwargs={"tokenizer": tokenizer},
-                          num_proc=num_proc if len(lines) > 20_000 else None, remove_columns=["text"])
-    column = tokenized.data.column("input_ids").combine_chunks()
-    lengths = np.diff(column.offsets.to_numpy())
-    flat = column.values.to_numpy().astype(np.int32)
-    words = tokenized.data.column("words").to_numpy()
-    blocks, block_words = pack_blocks(flat, lengths, words, block_size, tokenizer.pad_token_id)
+    from classit.tokenizer import load_tokenizer
+
+    shards.mkdir(parents=True, exist_ok=True)
+    paths = [shards / f"shard-{k:05d}.npz" for k in range(-(-len(lines) // SHARD_LINES))]
+    missing = [(lines[k * SHARD_LINES:(k + 1) * SHARD_LINES], str(tokenizer_path), str(path))
+               for k, path in enumerate(paths) if not path.exists()]
+    if num_proc > 1 and len(missing) > 1:
+        # Forked, as `datasets.map` does: no re-import of the caller's main module, lines shared.
+        with multiprocessing.get_context("fork").Pool(min(num_proc, len(missing))) as pool:
+            for _ in pool.imap_unordered(_tokenize_to, missing):
+                pass
+    else:
+        for job in missing:
+            _tokenize_to(job)
+    parts = [np.load(path) for path in paths]
+    flat, lengths, words = (np.concatenate([part[key] for part in parts]) for key in ("flat", "lengths", "words"))
+    blocks, block_words = pack_blocks(flat, lengths, words, block_size, load_tokenizer(tokenizer_path).pad_token_id)
     table = pa.table({
         "input_ids": pa.FixedSizeListArray.from_arrays(pa.array(blocks.ravel()), block_size),
         "num_words": pa.array(block_words),
@@ -237,16 +267,17 @@ def prepare_corpus(cfg: ClassitConfig) -> PreparedCorpus:
         shutil.rmtree(tmp, ignore_errors=True)
         save_tokenizer(train_tokenizer(train, vocab_size, cfg.tokenizer.min_frequency), tmp)
         tmp.rename(tok_path)
-    tokenizer = load_tokenizer(tok_path)
-
     tmp_root = blocks_root.with_name(blocks_root.name + ".tmp")
     shutil.rmtree(tmp_root, ignore_errors=True)
-    stats = {"sources": source_stats, "block_size": corpus.block_size, "vocab_size": len(tokenizer)}
+    stats = {"sources": source_stats, "block_size": corpus.block_size, "vocab_size": len(load_tokenizer(tok_path))}
     for split, lines in (("train", train), ("validation", valid)):
-        blocks, counts = tokenize_and_pack(lines, tokenizer, corpus.block_size, corpus.num_proc)
+        # Tokenized shards depend on the lines and the tokenizer, not the block size: kept beside it.
+        blocks, counts = tokenize_and_pack(lines, tok_path, tok_root / "tokenized" / split, corpus.block_size,
+                                           corpus.num_proc or os.cpu_count() or 1)
         blocks.save_to_disk(str(tmp_root / split))
         stats[split] = counts
     (tmp_root / "stats.json").write_text(json.dumps(stats, indent=2))
     shutil.rmtree(blocks_root, ignore_errors=True)
     tmp_root.rename(blocks_root)  # only a complete cache entry ever has this name
+    shutil.rmtree(tok_root / "tokenized")  # the blocks hold it all now
     return PreparedCorpus(blocks_root, stats)
