@@ -28,7 +28,8 @@ from classit.config import DistributedConfig, TrainConfig, parse_config  # noqa:
 from classit.data.corpus import prepare_corpus  # noqa: E402
 from classit.models import build_model, count_parameters  # noqa: E402
 from classit.tokenizer import load_tokenizer  # noqa: E402
-from classit.train.loop import Stage, collate_blocks, init_single_process, train_stage  # noqa: E402
+from classit.train.distributed import init_single_process  # noqa: E402
+from classit.train.loop import Stage, collate_blocks, train_stage  # noqa: E402
 
 
 WORLD_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from classit.train.loop import DEEPSPEED_DIR, TRAINER_STATE, load_trainer_state
+from classit.train.checkpoints import DEEPSPEED_DIR, TRAINER_STATE, load_trainer_state
 
 # Weights go through Git LFS, as on every Hub model repository (`git lfs install` before pushing).
 GITATTRIBUTES = "*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"

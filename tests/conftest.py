@@ -61,7 +61,8 @@ def train_tiny_checkpoint(tmp: Path, steps: int = 40) -> Path:
     from classit.data.corpus import prepare_corpus
     from classit.models import build_model
     from classit.tokenizer import load_tokenizer
-    from classit.train.loop import Stage, collate_blocks, init_single_process, train_stage
+    from classit.train.distributed import init_single_process
+    from classit.train.loop import Stage, collate_blocks, train_stage
 
     init_single_process()
     corpus = prepare_corpus(small_config(tmp))

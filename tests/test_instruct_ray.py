@@ -74,7 +74,7 @@ def test_over_budget_fails_before_training(base):
 
 
 def test_instruction_tuning_continues_the_checkpoint_schedule_past_the_base(base):
-    from classit.train.loop import checkpoint_marks, load_trainer_state
+    from classit.train.checkpoints import checkpoint_marks, load_trainer_state
 
     tmp, checkpoint = base
     base_exposure = load_trainer_state(checkpoint).total_exposure_words

@@ -13,8 +13,9 @@ from classit.config import DistributedConfig, TrainConfig
 from classit.data.corpus import prepare_corpus
 from classit.models import build_model
 from classit.tokenizer import load_tokenizer
-from classit.train.loop import (NonFiniteLossError, Stage, checkpoint_marks, collate_blocks, init_single_process,
-                                load_trainer_state, lr_factor, token_loss, train_stage)
+from classit.train.checkpoints import checkpoint_marks, load_trainer_state
+from classit.train.distributed import init_single_process
+from classit.train.loop import NonFiniteLossError, Stage, collate_blocks, lr_factor, token_loss, train_stage
 from conftest import small_config
 
 
@@ -64,6 +65,36 @@ def test_checkpoint_marks_are_the_babylm_marks_unless_scaled():
     # A stage that starts where the base left off continues the schedule past its exposure.
     assert checkpoint_marks(5_500_000, None)[:2] == [6_000_000, 7_000_000]
     assert checkpoint_marks(0, word_scale=0.01)[:2] == [10_000, 20_000]  # only where a config asks
+
+
+def test_only_the_newest_registered_checkpoints_keep_optimizer_state(tmp_path):
+    """Two stages' checkpoints (exposure grows across them, names do not sort by it), one weights-only
+    folder, one persisted after the registered one (not registered yet: never pruned)."""
+    import json
+    from dataclasses import asdict
+
+    from pyarrow.fs import LocalFileSystem
+
+    from classit.train.checkpoints import DEEPSPEED_DIR, TRAINER_STATE, TrainerState, prune_optimizer_states
+
+    def checkpoint(name, stage_index, prior, words, state=True):
+        folder = tmp_path / name
+        (folder / DEEPSPEED_DIR if state else folder).mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"weights")
+        trainer = TrainerState(stage=name[0], stage_index=stage_index, prior_exposure_words=prior, words_seen=words)
+        (folder / TRAINER_STATE).write_text(json.dumps(asdict(trainer)))
+        return str(folder)
+
+    runs = [checkpoint("z-1", 0, 100, 10), checkpoint("z-2", 0, 100, 20), checkpoint("a-1", 1, 120, 10),
+            checkpoint("a-2", 1, 120, 20)]
+    weights_only = checkpoint("z-0", 0, 100, 5, state=False)
+    (tmp_path / "results").mkdir()  # not a checkpoint
+    fs = LocalFileSystem()
+    assert prune_optimizer_states(fs, runs[2], keep=2) == runs[:1]  # a-2 is newer than a-1: not registered yet
+    assert prune_optimizer_states(fs, runs[3], keep=1) == runs[1:3]
+    assert [Path(r, DEEPSPEED_DIR).is_dir() for r in runs] == [False, False, False, True]
+    assert all(Path(r, "model.safetensors").is_file() for r in [*runs, weights_only])
+    assert prune_optimizer_states(fs, weights_only, keep=1) == []
 
 
 def test_loop_loss_is_token_cross_entropy_and_needs_no_mask(corpus):

@@ -1,6 +1,7 @@
 """The sweep's search space, plan and validation, without Ray."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,7 +95,28 @@ def test_dry_run_prints_trials_budgets_and_cost(tmp_path):
                            "--dry-run"], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "6 trials" in proc.stdout and "GPU-h" in proc.stdout and "curriculum=switch_wiki (tiny): " in proc.stdout and "within budget" in proc.stdout
+    assert "of checkpoints in all (optimizer state in the newest 1 of each run)" in proc.stdout
+    assert re.search(r"curriculum=switch_wiki \(tiny\): .* 2 checkpoints ~[\d.]+ MB", proc.stdout)  # one per stage
     assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_planned_disk_counts_every_mark_and_the_optimizer_state_kept():
+    from classit.config import CheckpointConfig, DistributedConfig
+    from classit.train.checkpoints import planned_checkpoints, run_disk_bytes
+
+    scaled = CheckpointConfig(word_scale=0.01)  # marks every 10k words up to 100k
+    assert planned_checkpoints(0, 25_000, scaled) == 3  # 10k, 20k and the end
+    assert planned_checkpoints(15_000, 20_000, scaled) == 1  # the mark at its end is its last checkpoint
+    assert planned_checkpoints(0, 25_000, CheckpointConfig(schedule="final")) == 1
+    assert planned_checkpoints(0, 100_000_000, CheckpointConfig()) == 19  # 1M..10M, 20M..90M, 100M
+    two = DistributedConfig(num_workers=2, zero_stage=2)  # fp32: 4-byte weights, 4 + 8 + 4 of state
+    assert run_disk_bytes(10, 3, two, keep=1, resumable=True) == 3 * 40 + 1 * (40 + 120)
+    assert run_disk_bytes(10, 3, two, keep=None, resumable=True) == 3 * 40 + 3 * (40 + 120)
+    assert run_disk_bytes(10, 3, two, keep=1, resumable=False) == 3 * 40
+    bf16 = DistributedConfig(num_workers=8, zero_stage=2, use_gpu=True)  # auto: bf16 weights, fp32 master
+    assert run_disk_bytes(10, 3, bf16, keep=1, resumable=True) == 3 * 20 + (20 + 120)
+    alone = DistributedConfig(num_workers=1, zero_stage=2)  # no ZeRO in a world of one: no master copy
+    assert run_disk_bytes(10, 1, alone, keep=1, resumable=True) == 40 + (40 + 80)
 
 
 def test_objectives_and_pareto_front():

@@ -102,7 +102,8 @@ def test_the_console_has_classit_lines_only_unless_verbose(tmp_path, shared):
     built = re.search(r"^base tiny: not cached", quiet, re.MULTILINE)  # the module's first sweep builds it
     assert re.search(r"^base tiny: reused ", quiet, re.MULTILINE) or (built and "\nbase tiny built: " in quiet)
     assert "leaderboard (2 trials" in quiet and "Wrote the latest version" not in quiet  # nor Tune's INFO lines
-    assert worker_line.search(outputs["console-verbose"])
+    assert "Started a local Ray instance" not in quiet and "A new study created" not in quiet
+    assert worker_line.search(outputs["console-verbose"]) and "Started a local Ray instance" in outputs["console-verbose"]
 
 
 def sweep_command(path: Path) -> list[str]:

@@ -13,6 +13,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from classit.results import read_table, table_dir
+from classit.models import count_parameters
+from classit.train.checkpoints import DEEPSPEED_DIR, checkpoint_bytes, load_trainer_state
+from classit.train.loop import lr_factor
 from classit.train.runner import run_pretraining
 from conftest import actors, small_config
 
@@ -52,25 +55,55 @@ def test_pretrain_two_workers_zero2_learns_and_checkpoints_load(ray_local, tmp_p
     assert all((Path(c.path) / "config.json").exists() for c, _ in result.best_checkpoints)
 
 
-def test_killed_worker_resumes_from_newest_checkpoint(ray_local, tmp_path):
+def test_killed_worker_resumes_from_the_newest_checkpoint_the_only_one_with_optimizer_state(ray_local, tmp_path):
+    """run.keep_optimizer_states 1 (the default): every mark keeps its weights, the newest registered
+    checkpoint alone its optimizer state, and a worker killed after the 4th mark resumes from there."""
     cfg = small_config(tmp_path, pretrain={"epochs": 3, "checkpoints": {"word_scale": 0.005}})
+    assert cfg.run.keep_optimizer_states == 1
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.setdefault("result", run_pretraining(cfg)))
     thread.start()
     run_dir = Path(cfg.run.storage_path) / cfg.run.name
+
+    def with_state() -> list[bool]:
+        return [(c / DEEPSPEED_DIR).is_dir() for c in sorted(run_dir.glob("pretrain-step*"))]
+
+    # The 4th checkpoint is registered once the first 3 have lost their optimizer state.
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(run_dir.glob("pretrain-step*"))) < 3:
-        time.sleep(0.5)
+    while time.time() < deadline and with_state()[:4] != [False, False, False, True]:
+        time.sleep(0.2)
     workers = actors("RayTrainWorker")
-    assert len(workers) == 2, "training never reached its third checkpoint"
+    assert len(workers) == 2 and len(with_state()) >= 4, "training never registered its fourth checkpoint"
+    killed_at = time.time()
     os.kill(workers[1].pid, signal.SIGKILL)
     thread.join(timeout=600)
 
     result = outcome["result"]
     assert result.error is None
+    checkpoints = sorted(run_dir.glob("pretrain-step*"))
+    assert len(checkpoints) >= 5 and Path(result.checkpoint.path) == checkpoints[-1]
+    assert all((c / "config.json").is_file() and (c / "model.safetensors").is_file() for c in checkpoints)
+    assert with_state() == [False] * (len(checkpoints) - 1) + [True]
+    # The sizes --dry-run plans disk with (fp32, ZeRO-2 over 2 workers) are the ones written.
+    parameters = count_parameters(AutoModelForCausalLM.from_pretrained(checkpoints[-1]))
+    weights, state = checkpoint_bytes(parameters, bf16=False, zero_stage=2)
+    assert (checkpoints[0] / "model.safetensors").stat().st_size == pytest.approx(weights, rel=0.01)
+    written = sum(f.stat().st_size for f in (checkpoints[-1] / DEEPSPEED_DIR).rglob("*") if f.is_file())
+    assert written == pytest.approx(state, rel=0.05)
     rows = metrics_of(cfg)
     assert (rows["step"] == 0).sum() == 1  # never restarted from scratch
     assert rows["step"].max() == rows["total_steps"].iloc[0]
+    # The restarted workers' first row follows the checkpoint they resumed from: the 4th or a newer
+    # one registered before the kill landed.
+    first_after = rows.loc[rows["time"] > killed_at, "step"].min()
+    steps = [load_trainer_state(c).step for c in checkpoints]
+    resumed_from = max(k for k, step in enumerate(steps) if step < first_after)
+    assert resumed_from >= 3
+    # With its optimizer and schedule state: every step's learning rate is the uninterrupted schedule's.
+    logged = rows[rows["step"] > 0]
+    total = int(rows["total_steps"].iloc[0])
+    expected = [2e-3 * lr_factor(int(step), 10, total, "linear") for step in logged["step"]]
+    assert logged["lr"].tolist() == pytest.approx(expected, rel=1e-6)
     killed = [a for a in actors("RayTrainWorker", alive_only=False) if a.pid == workers[1].pid]
     assert killed and killed[0].state == "DEAD"
 

@@ -22,13 +22,12 @@ def _value(result: dict, key: str) -> str:
 
 
 class SweepConsole(tune.Callback):
-    def __init__(self, objectives: list[str], seeds: list[int], pending_bases: dict, log=print,
+    def __init__(self, objectives: list[str], seeds: list[int], pending_bases: dict, planned: int, log=print,
                  live: bool | None = None):
-        self.objectives, self.seeds, self.log = objectives, seeds, log
+        self.objectives, self.seeds, self.planned, self.log = objectives, seeds, planned, log
         self.pending_bases = dict(pending_bases)  # preset -> config whose base was not cached at the start
         self.live_table = sys.stdout.isatty() if live is None else live
         self.latest: dict[str, dict] = {}
-        self.finished = 0
         self.live = None
 
     def key(self, trial) -> str:
@@ -66,10 +65,10 @@ class SweepConsole(tune.Callback):
         self.redraw(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.finished += 1
         result = self.latest.get(trial.trial_id, {})
         scores = ", ".join(f"{o} {_value(result, o)}" for o in self.objectives)
-        self.say(f"trial {self.key(trial)} scored and finished: {scores} ({self.finished} of {len(trials)} done)")
+        done = 1 + sum(t.is_finished() for t in trials if t is not trial)  # a resumed sweep's earlier ones too
+        self.say(f"trial {self.key(trial)} scored and finished: {scores} ({done} of {self.planned} done)")
         self.redraw(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):

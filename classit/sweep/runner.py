@@ -17,6 +17,7 @@ from classit.sweep.space import (
     DefineByRun,
     check_space,
     corner_trials,
+    format_bytes,
     format_count,
     format_params,
     gpu_hours,
@@ -27,6 +28,7 @@ from classit.sweep.space import (
 from classit.evaluate.aggregates import NAMES as AGGREGATES
 from classit.evaluate.aggregates import component_tasks
 from classit.sweep.trial import EVAL_SCORES, TRIALS, objective_key
+from classit.train.checkpoints import planned_checkpoints, run_disk_bytes
 
 STATE_FILE = "tuner.pkl"  # what Tune writes into an experiment folder it can restore
 OPTUNA_JOURNAL = "optuna.journal"  # a TPE or random sweep's Optuna study, on disk: optuna-dashboard reads it
@@ -139,24 +141,48 @@ def describe_plan(cfg: ClassitConfig) -> str:
     groups: dict[tuple, list] = {}  # candidates whose plans are the same (they differ by lr, seed, ...)
     for params, plan in plans:
         groups.setdefault((params.get("model_preset", cfg.model.preset), plan.summary()), []).append((params, plan))
-    most_hours = 0.0
+    most_hours = most_disk = 0.0
     for (preset, summary), members in groups.items():
         common = {k: v for k, v in members[0][0].items() if k != "seed" and all(p.get(k) == v for p, _ in members)}
         shown = format_params(common)
         plan = members[0][1]
         hours = gpu_hours(parameter_count(preset), plan.exposure_words - plan.base_exposure_words)
-        most_hours = max(most_hours, hours)
+        checkpoints, disk = trial_disk(cfg, preset, plan)
+        most_hours, most_disk = max(most_hours, hours), max(most_disk, disk)
         label = (shown or "every trial") + ("" if "model_preset" in common else f" ({preset})")
         lines.append(f"    {label}: {format_count(plan.input_words)} input / "
-                     f"{format_count(plan.exposure_words)} exposure words, within budget; ~{hours:.3g} GPU-h")
+                     f"{format_count(plan.exposure_words)} exposure words, within budget; ~{hours:.3g} GPU-h, "
+                     f"{checkpoints} checkpoint{'s' * (checkpoints != 1)} ~{format_bytes(disk)}")
         lines.append(f"      {summary}")
+    base_disk = 0
     for preset, (words, exposure) in bases.items():
+        checkpoints = planned_checkpoints(0, exposure, cfg.pretrain.checkpoints)
+        disk = run_disk_bytes(parameter_count(preset), checkpoints, cfg.distributed, cfg.run.keep_optimizer_states,
+                              cfg.pretrain.checkpoints.resumable)
+        base_disk += disk
         lines.append(f"  base {preset}: pretraining on {format_count(words)} words, {format_count(exposure)} of "
-                     f"exposure, ~{gpu_hours(parameter_count(preset), exposure):.3g} GPU-h, once (cached)")
+                     f"exposure, ~{gpu_hours(parameter_count(preset), exposure):.3g} GPU-h, "
+                     f"{checkpoints} checkpoint{'s' * (checkpoints != 1)} ~{format_bytes(disk)}, once (cached)")
     estimate = sum(gpu_hours(parameter_count(p), e) for p, (_, e) in bases.items()) + \
         most_hours * planned_trial_count(cfg)
-    lines.append(f"  estimate: at most ~{estimate:.3g} GPU-hours in all (A100 bf16 at 40% utilisation)")
+    lines.append(f"  estimate: at most ~{estimate:.3g} GPU-hours (A100 bf16 at 40% utilisation) and "
+                 f"~{format_bytes(base_disk + most_disk * planned_trial_count(cfg))} of checkpoints in all "
+                 f"(optimizer state in the newest {cfg.run.keep_optimizer_states or 'all'} of each run)")
     return "\n".join(lines)
+
+
+def trial_disk(cfg: ClassitConfig, preset: str, plan) -> tuple[int, int]:
+    """A trial's planned checkpoints and their bytes on disk at its end."""
+    from classit.models import parameter_count
+
+    start, checkpoints = plan.base_exposure_words, 0
+    for stage in plan.stages:
+        checkpoints += planned_checkpoints(start, start + stage.exposure_words, stage.train.checkpoints)
+        start += stage.exposure_words
+    resumable = any(stage.train.checkpoints.resumable for stage in plan.stages)
+    checkpoints = max(checkpoints, 1)  # the `pt` curriculum records its base as one
+    return checkpoints, run_disk_bytes(parameter_count(preset), checkpoints, cfg.distributed,
+                                       cfg.run.keep_optimizer_states, resumable)
 
 
 def _tune_setup(cfg: ClassitConfig):
@@ -300,7 +326,11 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
     if not verbose:
         for name in ("ray.tune", "ray.train"):  # their INFO lines (state saved, trial dirs) on the driver
             logging.getLogger(name).setLevel(logging.WARNING)
-    with ray_session(address, **({} if verbose else {"log_to_driver": False})):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in Journal ..."
+    quiet = {} if verbose else {"log_to_driver": False, "logging_level": logging.WARNING}  # "Started a local Ray ..."
+    with ray_session(address, **quiet):
         services = start_services(cfg, f"{results_root}/{EVAL_SCORES}")  # held for the whole sweep
         service_name = evaluation_service_name(sweep.name)
         trainable = tune.with_resources(
@@ -315,7 +345,8 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
                                run_config=tune.RunConfig(
                                    name=sweep.name, storage_path=str(experiment.parent), verbose=0,
                                    failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-                                   callbacks=[SweepConsole(objectives, sweep.seeds, pending_bases, log=log),
+                                   callbacks=[SweepConsole(objectives, sweep.seeds, pending_bases,
+                                                           planned_trial_count(cfg), log=log),
                                               *tracking_callbacks(cfg)]))
         grid = tuner.fit()
         for actor in services:

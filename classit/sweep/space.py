@@ -200,3 +200,10 @@ def format_count(n: float) -> str:
         if abs(n) >= size:
             return f"{n / size:.{0 if n % size == 0 else 1}f}{unit}"
     return f"{n:g}" if not math.isnan(n) else "-"
+
+
+def format_bytes(n: float) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:g} B"

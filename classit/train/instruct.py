@@ -38,7 +38,9 @@ def _evaluate_base_only(cfg: ClassitConfig, base: Path, tokenizer, validation, c
     """The `pt` curriculum: no training; the base is scored and recorded as this run's checkpoint."""
     import tempfile
 
-    from classit.train.loop import device, save_tokenizer_and_model, validation_losses
+    from classit.train.checkpoints import save_tokenizer_and_model
+    from classit.train.distributed import device
+    from classit.train.loop import validation_losses
 
     model = _model_with(base, None).to(device())
     losses = validation_losses(model, validation, collate, cfg.instruct.train.batch_size)
@@ -57,7 +59,8 @@ def instruct_worker(loop_config: dict) -> None:
     from classit.config import InstructTrainConfig
     from classit.data.instruct import collate_instruct
     from classit.tokenizer import load_tokenizer
-    from classit.train.loop import Stage, full_state_dict, load_trainer_state, train_stage
+    from classit.train.checkpoints import load_trainer_state
+    from classit.train.loop import Stage, full_state_dict, train_stage
 
     quiet_worker()
     cfg = ClassitConfig.model_validate(loop_config["config"])
@@ -99,7 +102,7 @@ def instruct_worker(loop_config: dict) -> None:
 
 def base_word_counts(base: Path) -> tuple[int, int]:
     """Input and exposure words of everything that made a base checkpoint (0, 0 if it does not say)."""
-    from classit.train.loop import TRAINER_STATE, load_trainer_state
+    from classit.train.checkpoints import TRAINER_STATE, load_trainer_state
 
     if not (base / TRAINER_STATE).exists():
         return 0, 0

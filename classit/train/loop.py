@@ -7,49 +7,24 @@ is up to the `Reporter` it is given: Ray Train's in `runner.py`, a no-op in benc
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from classit.config import DistributedConfig, TrainConfig
-
-BABYLM_WORD_MARKS = (
-    [m * 1_000_000 for m in range(1, 10)]
-    + [m * 10_000_000 for m in range(1, 10)]
-    + [m * 100_000_000 for m in range(1, 11)]
-)
-TRAINER_STATE = "trainer_state.json"
-DEEPSPEED_DIR = "deepspeed"
-
+from classit.train.checkpoints import (DEEPSPEED_DIR, TRAINER_STATE, TrainerState, checkpoint_marks,
+                                       load_trainer_state, save_checkpoint, scaled_marks)
+from classit.train.distributed import all_sum, device, world
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-def checkpoint_marks(prior_exposure_words: int, word_scale: float | None) -> list[int]:
-    """The BabyLM word marks still ahead of a stage that starts at `prior_exposure_words` of exposure.
-
-    Marks count total exposure, the base model's included, so instruction tuning continues the
-    schedule pretraining began. `word_scale` (None: 1, the BabyLM marks exactly) shrinks the
-    schedule for small runs.
-    """
-    return [m for m in sorted(scaled_marks(word_scale)) if m > prior_exposure_words]
-
-
-def scaled_marks(word_scale: float | None) -> dict[int, int]:
-    """Each BabyLM mark's word count under `word_scale` -> the mark (the largest where several coincide)."""
-    scale = 1.0 if word_scale is None else word_scale
-    return {max(1, round(m * scale)): m for m in BABYLM_WORD_MARKS}
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str, restarts: int = 1) -> float:
@@ -95,36 +70,6 @@ def collate_blocks(rows: dict[str, list], pad_id: int) -> dict[str, torch.Tensor
             "num_words": torch.as_tensor(rows["num_words"], dtype=torch.long)}
 
 
-@dataclass
-class TrainerState:
-    """What a resumed worker needs besides weights and optimizer state.
-
-    Word counts follow the BabyLM rules: `prior_*` are the input and exposure words of everything
-    that made the starting model (pretraining, earlier stages), `input_words` the new input this
-    stage adds, `words_seen` this stage's exposure, repeats included.
-    """
-
-    stage: str
-    stage_index: int = 0
-    prior_input_words: int = 0
-    prior_exposure_words: int = 0
-    input_words: int = 0
-    step: int = 0
-    words_seen: int = 0
-    tokens_seen: int = 0
-    next_mark: int = 0
-    babylm_mark: int = 0  # the BabyLM mark (in unscaled words) the checkpoint saved now stands for; 0: none
-    initial_val_loss: float | None = None
-
-    @property
-    def total_input_words(self) -> int:
-        return self.prior_input_words + self.input_words
-
-    @property
-    def total_exposure_words(self) -> int:
-        return self.prior_exposure_words + self.words_seen
-
-
 class Reporter(Protocol):
     def __call__(self, metrics: dict, checkpoint_dir: str | None = None, name: str | None = None) -> None: ...
 
@@ -147,39 +92,6 @@ class Stage:
     def fresh_state(self) -> TrainerState:
         return TrainerState(stage=self.name, stage_index=self.index, prior_input_words=self.prior_input_words,
                             prior_exposure_words=self.prior_exposure_words, input_words=self.input_words)
-
-
-def world() -> tuple[int, int]:
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-def init_single_process() -> None:
-    """A world of one, for running the loop outside Ray (benchmarks, tests, notebooks)."""
-    if dist.is_initialized():
-        return
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
-                       "LOCAL_RANK": "0"}.items():
-        os.environ.setdefault(key, value)
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-
-
-def device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
-def _all_sum(values: list[float]) -> list[float]:
-    if world()[1] == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device() if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(t)
-    return t.tolist()
 
 
 def steps_per_epoch(n_rows: int, tcfg: TrainConfig, world_size: int) -> int:
@@ -228,7 +140,7 @@ def validation_losses(model, sets: dict[str, object], collate, batch_size: int) 
                 total, count = total + loss_sum.item(), count + int(n)
         sums += [total, count]
     model.train(was_training)
-    sums = _all_sum(sums)
+    sums = all_sum(sums)
     losses = {"val_loss": sum(sums[0::2]) / max(sum(sums[1::2]), 1)}
     for name, total, count in zip(sets, sums[0::2], sums[1::2]):
         if name:
@@ -265,26 +177,6 @@ def effective(dcfg: DistributedConfig) -> DistributedConfig:
     return dcfg if world()[1] > 1 else dcfg.model_copy(update={"zero_stage": 0})
 
 
-def save_tokenizer_and_model(model, tokenizer, folder: Path, state_dict: dict | None = None) -> None:
-    """An HF checkpoint folder that AutoModelForCausalLM and AutoTokenizer load (transformers 4.51 and 5)."""
-    from classit.tokenizer import save_tokenizer
-
-    model.save_pretrained(folder, state_dict=state_dict if state_dict is not None else model.state_dict())
-    save_tokenizer(tokenizer, folder)
-
-
-def save_checkpoint(engine, tokenizer, state: TrainerState, folder: Path, resumable: bool) -> None:
-    """HF-format weights and tokenizer (rank 0), plus DeepSpeed state from every rank when resumable."""
-    rank, _ = world()
-    # A collective under ZeRO-3 (it gathers the partitioned weights), so every rank calls it.
-    weights = engine._zero3_consolidated_16bit_state_dict() if engine.zero_optimization_stage() == 3 else None
-    if rank == 0:
-        save_tokenizer_and_model(engine.module, tokenizer, folder, weights)
-        (folder / TRAINER_STATE).write_text(json.dumps(asdict(state), indent=2))
-    if resumable:
-        engine.save_checkpoint(str(folder / DEEPSPEED_DIR), tag="state", client_state={"trainer_state": asdict(state)})
-
-
 def full_state_dict(engine) -> dict[str, torch.Tensor]:
     """The model's whole weights on every rank, on CPU (gathered from the partitions under ZeRO-3)."""
     import deepspeed
@@ -293,10 +185,6 @@ def full_state_dict(engine) -> dict[str, torch.Tensor]:
     zero3 = engine.zero_optimization_stage() == 3
     with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None, enabled=zero3):
         return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-
-
-def load_trainer_state(folder: Path) -> TrainerState:
-    return TrainerState(**json.loads((folder / TRAINER_STATE).read_text()))
 
 
 def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report: Reporter,
@@ -373,7 +261,7 @@ def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report:
             micro += 1
             if micro % tcfg.gradient_accumulation_steps:
                 continue
-            loss_total, targets, words, tokens = _all_sum(acc)
+            loss_total, targets, words, tokens = all_sum(acc)
             acc = [0.0, 0.0, 0.0, 0.0]
             loss = loss_total / max(targets, 1)
             if not math.isfinite(loss):

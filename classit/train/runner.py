@@ -13,8 +13,11 @@ from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 
+from ray.train import UserCallback
+
 from classit.config import ClassitConfig
 from classit.results import storage_uri, table_dir, train_metrics_schema, write_rows
+from classit.train.checkpoints import prune_optimizer_states
 
 # Workers print their own progress lines; Ray's print patch would log each one twice.
 WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
@@ -129,13 +132,29 @@ def pretrain_worker(loop_config: dict) -> None:
         report.flush()
 
 
+class OptimizerStateRetention(UserCallback):
+    """Runs in Ray Train's controller: once a checkpoint is registered, the older checkpoints beyond
+    the newest `keep` lose their optimizer state (their weights stay)."""
+
+    def __init__(self, keep: int):
+        self.keep = keep
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        if checkpoint is not None:
+            prune_optimizer_states(checkpoint.filesystem, checkpoint.path, self.keep)
+
+
 def make_trainer(cfg: ClassitConfig, worker_fn, loop_config: dict, callbacks: list = ()):
-    """A TorchTrainer running `worker_fn` on the configured workers (each gets the whole config)."""
-    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    """A TorchTrainer running `worker_fn` on the configured workers (each gets the whole config).
+    Ray keeps every checkpoint (each mark's weights are evaluated); the optimizer state is pruned
+    to `run.keep_optimizer_states`."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     dcfg = cfg.distributed
     env = dict(WORKER_ENV, **({} if dcfg.use_gpu else {"DS_ACCELERATOR": "cpu"}))
+    keep = cfg.run.keep_optimizer_states
+    retention = [OptimizerStateRetention(keep)] if keep else []
     return TorchTrainer(
         worker_fn,
         train_loop_config={"config": cfg.model_dump(mode="json"), **loop_config},
@@ -144,7 +163,8 @@ def make_trainer(cfg: ClassitConfig, worker_fn, loop_config: dict, callbacks: li
                                      resources_per_worker={"CPU": dcfg.cpus_per_worker, **dcfg.worker_resources}),
         run_config=RunConfig(name=cfg.run.name, storage_path=storage_uri(cfg.run.storage_path),
                              failure_config=FailureConfig(max_failures=dcfg.max_failures),
-                             worker_runtime_env={"env_vars": env}, callbacks=list(callbacks),
+                             checkpoint_config=CheckpointConfig(num_to_keep=None),
+                             worker_runtime_env={"env_vars": env}, callbacks=[*retention, *callbacks],
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
 
