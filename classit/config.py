@@ -105,6 +105,9 @@ class TrainConfig(Section):
     adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)
     max_grad_norm: PositiveFloat = 1.0
     eval_every_steps: PositiveInt = 200
+    max_validation_rows: PositiveInt | None = Field(
+        None, description="evaluate on this many rows of each validation set, evenly spaced through it "
+                          "(every source alike); default: all")
     log_every_steps: PositiveInt = 10
     seed: int = 42
     checkpoints: CheckpointConfig = CheckpointConfig()

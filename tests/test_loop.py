@@ -97,6 +97,18 @@ def test_only_the_newest_registered_checkpoints_keep_optimizer_state(tmp_path):
     assert prune_optimizer_states(fs, weights_only, keep=1) == []
 
 
+def test_a_validation_sample_is_evenly_spaced_through_the_set():
+    import datasets
+
+    from classit.train.loop import evenly_spaced
+
+    rows = datasets.Dataset.from_dict({"source": ["a"] * 50 + ["b"] * 30 + ["c"] * 20, "i": list(range(100))})
+    sample = evenly_spaced(rows, 10)
+    assert sample["i"][0] == 0 and sample["i"][-1] == 99 and len(set(sample["i"])) == 10
+    assert {"a", "b", "c"} <= set(sample["source"])  # every source stored in turn is sampled
+    assert evenly_spaced(rows, None) is rows and evenly_spaced(rows, 500) is rows
+
+
 def test_loop_loss_is_token_cross_entropy_and_needs_no_mask(corpus):
     _, tokenizer = corpus
     model = build_model("tiny", tokenizer).eval()
