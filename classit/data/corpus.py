@@ -197,13 +197,21 @@ def tokenize_shard(lines: list[str], tokenizer) -> dict[str, np.ndarray]:
             "words": np.fromiter((count_words(line) for line in lines), np.int64, len(lines))}
 
 
-def _tokenize_to(job: tuple[list[str], str, str]) -> None:
-    """In a worker process: tokenize one shard and commit it by rename (a kill leaves no partial shard)."""
-    lines, tokenizer_path, path = job
+_shard_tokenizer = None  # a tokenizing process's tokenizer, loaded once per process
+
+
+def _load_shard_tokenizer(path: str) -> None:
+    global _shard_tokenizer
     from classit.tokenizer import load_tokenizer
 
+    _shard_tokenizer = load_tokenizer(path)
+
+
+def _tokenize_to(job: tuple[list[str], str]) -> None:
+    """Tokenize one shard and commit it by rename: a kill never leaves a partial shard."""
+    lines, path = job
     tmp = f"{path}.tmp.npz"
-    np.savez(tmp, **tokenize_shard(lines, load_tokenizer(tokenizer_path)))
+    np.savez(tmp, **tokenize_shard(lines, _shard_tokenizer))
     Path(tmp).rename(path)
 
 
@@ -215,22 +223,24 @@ def tokenize_and_pack(lines: list[str], tokenizer_path: Path, shards: Path, bloc
 
     import datasets
 
-    from classit.tokenizer import load_tokenizer
-
     shards.mkdir(parents=True, exist_ok=True)
     paths = [shards / f"shard-{k:05d}.npz" for k in range(-(-len(lines) // SHARD_LINES))]
-    missing = [(lines[k * SHARD_LINES:(k + 1) * SHARD_LINES], str(tokenizer_path), str(path))
+    missing = [(lines[k * SHARD_LINES:(k + 1) * SHARD_LINES], str(path))
                for k, path in enumerate(paths) if not path.exists()]
     if num_proc > 1 and len(missing) > 1:
-        # Forked, as `datasets.map` does: no re-import of the caller's main module, lines shared.
-        with multiprocessing.get_context("fork").Pool(min(num_proc, len(missing))) as pool:
+        # Forked, as `datasets.map` does: the caller's main module is not imported again.
+        with multiprocessing.get_context("fork").Pool(min(num_proc, len(missing)), _load_shard_tokenizer,
+                                                      (str(tokenizer_path),)) as pool:
             for _ in pool.imap_unordered(_tokenize_to, missing):
                 pass
     else:
+        _load_shard_tokenizer(str(tokenizer_path))
         for job in missing:
             _tokenize_to(job)
     parts = [np.load(path) for path in paths]
     flat, lengths, words = (np.concatenate([part[key] for part in parts]) for key in ("flat", "lengths", "words"))
+    from classit.tokenizer import load_tokenizer
+
     blocks, block_words = pack_blocks(flat, lengths, words, block_size, load_tokenizer(tokenizer_path).pad_token_id)
     table = pa.table({
         "input_ids": pa.FixedSizeListArray.from_arrays(pa.array(blocks.ravel()), block_size),
