@@ -48,7 +48,9 @@ def driver_alive(record: dict) -> bool | None:
 def tune_trials(experiment: Path) -> tuple[list[dict], float | None, float | None]:
     """Every trial in Tune's newest experiment state (config, state, last result, start time),
     the experiment's start, and when that state was written."""
-    states = sorted(experiment.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    # Named by the start of the Tune session that writes it (a resumed sweep adds one). Not by
+    # modification time: Tune's final sync rewrites every state file of the folder at once.
+    states = sorted(experiment.glob("experiment_state-*.json"))
     if not states:
         return [], None, None
     data = json.loads(states[-1].read_text())
