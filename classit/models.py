@@ -6,6 +6,8 @@ no biases, RMSNorm, head size 64, full multi-head attention, FFN = 4 x hidden).
 
 from __future__ import annotations
 
+import functools
+
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -48,6 +50,7 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@functools.cache  # a plan asks for it per trial group and per base: build the meta model once
 def parameter_count(preset: str) -> int:
     """The preset's parameter count, without allocating it (meta device)."""
     import torch

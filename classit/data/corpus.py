@@ -218,7 +218,8 @@ def _tokenize_to(job: tuple[list[str], str]) -> None:
     Path(tmp).rename(path)
 
 
-def tokenize_and_pack(lines: list[str], tokenizer_path: Path, shards: Path, block_size: int, num_proc: int):
+def tokenize_and_pack(lines: list[str], tokenizer_path: Path, pad_id: int, shards: Path, block_size: int,
+                      num_proc: int):
     """Tokenize `lines` shard by shard on `num_proc` processes, each shard kept in `shards` as it is
     finished (a rerun tokenizes only the missing ones), then pack them, in order, into a blocks
     dataset: the same blocks whatever the shard size."""
@@ -242,9 +243,7 @@ def tokenize_and_pack(lines: list[str], tokenizer_path: Path, shards: Path, bloc
             _tokenize_to(job)
     parts = [np.load(path) for path in paths]
     flat, lengths, words = (np.concatenate([part[key] for part in parts]) for key in ("flat", "lengths", "words"))
-    from classit.tokenizer import load_tokenizer
-
-    blocks, block_words = pack_blocks(flat, lengths, words, block_size, load_tokenizer(tokenizer_path).pad_token_id)
+    blocks, block_words = pack_blocks(flat, lengths, words, block_size, pad_id)
     table = pa.table({
         "input_ids": pa.FixedSizeListArray.from_arrays(pa.array(blocks.ravel()), block_size),
         "num_words": pa.array(block_words),
@@ -282,11 +281,12 @@ def prepare_corpus(cfg: ClassitConfig) -> PreparedCorpus:
         tmp.rename(tok_path)
     tmp_root = blocks_root.with_name(blocks_root.name + ".tmp")
     shutil.rmtree(tmp_root, ignore_errors=True)
-    stats = {"sources": source_stats, "block_size": corpus.block_size, "vocab_size": len(load_tokenizer(tok_path))}
+    tokenizer = load_tokenizer(tok_path)
+    stats = {"sources": source_stats, "block_size": corpus.block_size, "vocab_size": len(tokenizer)}
     for split, lines in (("train", train), ("validation", valid)):
         # Tokenized shards depend on the lines and the tokenizer, not the block size: kept beside it.
-        blocks, counts = tokenize_and_pack(lines, tok_path, tok_root / "tokenized" / split, corpus.block_size,
-                                           corpus.num_proc or os.cpu_count() or 1)
+        blocks, counts = tokenize_and_pack(lines, tok_path, tokenizer.pad_token_id, tok_root / "tokenized" / split,
+                                           corpus.block_size, corpus.num_proc or os.cpu_count() or 1)
         blocks.save_to_disk(str(tmp_root / split))
         stats[split] = counts
     (tmp_root / "stats.json").write_text(json.dumps(stats, indent=2))

@@ -152,17 +152,16 @@ def describe_plan(cfg: ClassitConfig) -> str:
         label = (shown or "every trial") + ("" if "model_preset" in common else f" ({preset})")
         lines.append(f"    {label}: {format_count(plan.input_words)} input / "
                      f"{format_count(plan.exposure_words)} exposure words, within budget; ~{hours:.3g} GPU-h, "
-                     f"{checkpoints} checkpoint{'s' * (checkpoints != 1)} ~{format_bytes(disk)}")
+                     f"{format_disk(checkpoints, disk)}")
         lines.append(f"      {summary}")
     base_disk = 0
     for preset, (words, exposure) in bases.items():
         checkpoints = planned_checkpoints(0, exposure, cfg.pretrain.checkpoints)
-        disk = run_disk_bytes(parameter_count(preset), checkpoints, cfg.distributed, cfg.run.keep_optimizer_states,
-                              cfg.pretrain.checkpoints.resumable)
+        disk = run_disk(cfg, preset, checkpoints, cfg.pretrain.checkpoints.resumable)
         base_disk += disk
         lines.append(f"  base {preset}: pretraining on {format_count(words)} words, {format_count(exposure)} of "
                      f"exposure, ~{gpu_hours(parameter_count(preset), exposure):.3g} GPU-h, "
-                     f"{checkpoints} checkpoint{'s' * (checkpoints != 1)} ~{format_bytes(disk)}, once (cached)")
+                     f"{format_disk(checkpoints, disk)}, once (cached)")
     estimate = sum(gpu_hours(parameter_count(p), e) for p, (_, e) in bases.items()) + \
         most_hours * planned_trial_count(cfg)
     lines.append(f"  estimate: at most ~{estimate:.3g} GPU-hours (A100 bf16 at 40% utilisation) and "
@@ -171,18 +170,27 @@ def describe_plan(cfg: ClassitConfig) -> str:
     return "\n".join(lines)
 
 
-def trial_disk(cfg: ClassitConfig, preset: str, plan) -> tuple[int, int]:
-    """A trial's planned checkpoints and their bytes on disk at its end."""
+def run_disk(cfg: ClassitConfig, preset: str, checkpoints: int, resumable: bool) -> int:
+    """Bytes a run of `checkpoints` checkpoints of the preset leaves on disk, under the config's retention."""
     from classit.models import parameter_count
 
+    return run_disk_bytes(parameter_count(preset), checkpoints, cfg.distributed, cfg.run.keep_optimizer_states,
+                          resumable)
+
+
+def format_disk(checkpoints: int, disk: int) -> str:
+    return f"{checkpoints} checkpoint{'s' * (checkpoints != 1)} ~{format_bytes(disk)}"
+
+
+def trial_disk(cfg: ClassitConfig, preset: str, plan) -> tuple[int, int]:
+    """A trial's planned checkpoints and their bytes on disk at its end."""
     start, checkpoints = plan.base_exposure_words, 0
     for stage in plan.stages:
         checkpoints += planned_checkpoints(start, start + stage.exposure_words, stage.train.checkpoints)
         start += stage.exposure_words
     resumable = any(stage.train.checkpoints.resumable for stage in plan.stages)
     checkpoints = max(checkpoints, 1)  # the `pt` curriculum records its base as one
-    return checkpoints, run_disk_bytes(parameter_count(preset), checkpoints, cfg.distributed,
-                                       cfg.run.keep_optimizer_states, resumable)
+    return checkpoints, run_disk(cfg, preset, checkpoints, resumable)
 
 
 def _tune_setup(cfg: ClassitConfig):
