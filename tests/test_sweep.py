@@ -166,3 +166,24 @@ def test_a_tracker_whose_package_is_missing_fails_before_ray_with_one_line(monke
     with pytest.raises(ConfigError, match="tracking.tensorboard.logdir: unknown key"):
         validate(parse_config({"sweep": {"space": {"learning_rate": {"choice": [1e-4]}}},
                                "tracking": {"tensorboard": {"logdir": "x"}}}))
+
+
+
+def test_the_console_callback_pickles_after_ray_swaps_the_builtin_print(monkeypatch):
+    """Tune pickles its callbacks when the Tuner is made; Ray's tqdm patch may have replaced
+    `builtins.print` in the driver by then (a CI run failed so), after which the original builtin
+    no longer pickles by reference."""
+    import builtins
+    import pickle
+
+    from ray import cloudpickle
+
+    from classit.sweep.console import SweepConsole
+
+    original, lines = builtins.print, []
+    monkeypatch.setattr(builtins, "print", lambda line, **kwargs: lines.append(line))
+    with pytest.raises(pickle.PicklingError, match="not the same object as builtins.print"):
+        cloudpickle.dumps(original)  # what a console holding `print` itself hit
+    restored = cloudpickle.loads(cloudpickle.dumps(SweepConsole(["blimp"], [0], {}, planned=2, live=False)))
+    restored.say("trial x started")
+    assert lines == ["trial x started"]  # the default sink calls whatever print is now

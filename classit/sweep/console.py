@@ -16,13 +16,20 @@ from classit.sweep.space import format_count, format_params
 from classit.sweep.trial import trial_key, trial_params
 
 
+def echo(line: str) -> None:
+    """The console's default sink. Tune pickles its callbacks, and Ray may swap `builtins.print` in
+    the driver (its tqdm patch), after which the original builtin no longer pickles: a module
+    function always does, and it looks `print` up when called."""
+    print(line, flush=True)
+
+
 def _value(result: dict, key: str) -> str:
     value = result.get(key)
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
 
 
 class SweepConsole(tune.Callback):
-    def __init__(self, objectives: list[str], seeds: list[int], pending_bases: dict, planned: int, log=print,
+    def __init__(self, objectives: list[str], seeds: list[int], pending_bases: dict, planned: int, log=echo,
                  live: bool | None = None):
         self.objectives, self.seeds, self.planned, self.log = objectives, seeds, planned, log
         self.pending_bases = dict(pending_bases)  # preset -> config whose base was not cached at the start

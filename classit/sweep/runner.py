@@ -285,7 +285,7 @@ def base_configs(cfg: ClassitConfig) -> dict[str, ClassitConfig]:
     return configs
 
 
-def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = False, log=print,
+def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = False, log=None,
               verbose: bool = False):
     """Run (or resume) the sweep to completion; returns the leaderboard DataFrame. Without
     `verbose` the console has classit's event lines only: the output of Ray's workers (Train,
@@ -295,13 +295,14 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
 
     from classit.data.synthetic import write_probe_data
     from classit.results import read_table
-    from classit.sweep.console import SweepConsole
+    from classit.sweep.console import SweepConsole, echo
     from classit.sweep.services import cached_base, evaluation_service_name, start_services
     from classit.sweep.status import write_sweep_file
     from classit.sweep.tracking import tracking_callbacks
     from classit.sweep.trial import run_trial
     from classit.train.runner import ray_session
 
+    log = log or echo
     cfg = validate(cfg)
     sweep = cfg.sweep
     plan_trials(cfg)  # every planned trial within the word budget, before Ray starts
