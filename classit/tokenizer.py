@@ -23,7 +23,9 @@ SPECIAL_TOKENS = [PAD, BOS, EOS, REPLY]
 PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 
 
-def train_tokenizer(lines: Iterable[str], vocab_size: int, min_frequency: int = 2) -> PreTrainedTokenizerFast:
+def train_tokenizer(lines: Iterable[str] | Iterable[list[str]], vocab_size: int,
+                    min_frequency: int = 2) -> PreTrainedTokenizerFast:
+    """Train on `lines` (or batches of lines: `tokenizers` reads either), streamed."""
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()

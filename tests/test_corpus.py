@@ -22,7 +22,7 @@ def test_short_lines_dropped():
 
 def test_switchboard_turns_of_one_speaker_merged():
     lines = ["A: well i think so", "A: you know it is", "B: yeah right", "A: and then we went home"]
-    assert merge_speaker_turns(lines) == ["well i think so you know it is", "yeah right", "and then we went home"]
+    assert list(merge_speaker_turns(lines)) == ["well i think so you know it is", "yeah right", "and then we went home"]
     # After merging, "yeah right" (2 words) is dropped by the length rule.
     assert clean_source("switchboard", lines) == ["well i think so you know it is", "and then we went home"]
 
@@ -55,8 +55,10 @@ def test_prepare_corpus_counts_words_exactly_and_reuses_cache(tmp_path, monkeypa
     first = prepare_corpus(cfg)
     train = first.load_blocks("train")
     # Words in the blocks equal a direct count over the cleaned training lines.
+    # The whole corpus in memory, each source cleaned and split at once (the pipeline streams it in chunks).
     raw = read_babylm_folder(next((tmp_path / "cache").glob("synthetic-*")))
-    train_lines, _, _ = corpus_mod.clean_and_split(raw, cfg.corpus.validation_fraction, cfg.corpus.split_seed)
+    train_lines = [line for source in sorted(raw) for line in split_train_validation(
+        clean_source(source, raw[source]), cfg.corpus.validation_fraction, cfg.corpus.split_seed)[0]]
     assert sum(train["num_words"]) == sum(map(count_words, train_lines)) == first.stats["train"]["words"]
     tokenizer = load_tokenizer(first.tokenizer_path)
     assert first.stats["train"]["tokens"] == sum(len(tokenizer(line)["input_ids"]) + 1 for line in train_lines)
@@ -64,8 +66,8 @@ def test_prepare_corpus_counts_words_exactly_and_reuses_cache(tmp_path, monkeypa
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("tokenized again despite a cached corpus")
 
-    monkeypatch.setattr(corpus_mod, "tokenize_and_pack", no_tokenizing)
-    monkeypatch.setattr(corpus_mod, "tokenize_shard", no_tokenizing)
+    monkeypatch.setattr(corpus_mod, "clean_corpus", no_tokenizing)
+    monkeypatch.setattr(corpus_mod, "tokenize_lines", no_tokenizing)
     second = prepare_corpus(cfg)
     assert second.root == first.root and second.stats == first.stats
     assert len(second.load_blocks("train")) == len(train)
@@ -129,13 +131,18 @@ import sys, time
 from classit.config import ClassitConfig
 from classit.data import corpus
 corpus.SHARD_LINES = 300
-tokenize = corpus.tokenize_shard
-corpus.tokenize_shard = lambda lines, tokenizer: (time.sleep(0.5), tokenize(lines, tokenizer))[1]  # killable
+step = getattr(corpus, sys.argv[2])
+setattr(corpus, sys.argv[2], lambda *args: (time.sleep(0.5), step(*args))[1])  # slow enough to kill mid-way
 corpus.prepare_corpus(ClassitConfig.model_validate_json(open(sys.argv[1]).read()))
 """
+KILLED_IN = {  # step -> the files its finished chunks leave
+    "clean_lines": "lines-*/*/chunk-*.arrow",
+    "tokenize_lines": "corpus-*/tokenized/*/*/chunk-*.npz",
+}
 
 
-def test_a_killed_preparation_resumes_from_its_shards_to_the_same_blocks(tmp_path, monkeypatch):
+@pytest.mark.parametrize("step", KILLED_IN)
+def test_a_killed_preparation_resumes_from_its_chunks_to_the_same_blocks(tmp_path, monkeypatch, step):
     import os
     import signal
     import subprocess
@@ -145,26 +152,26 @@ def test_a_killed_preparation_resumes_from_its_shards_to_the_same_blocks(tmp_pat
     cfg = small_config(tmp_path / "killed", corpus={"num_proc": 2})
     config = tmp_path / "config.json"
     config.write_text(cfg.model_dump_json())
-    proc = subprocess.Popen([sys.executable, "-c", KILLABLE_PREPARATION, str(config)], start_new_session=True)
-    shards = lambda: list((tmp_path / "killed" / "cache").glob("corpus-*/tokenized/train/shard-*.npz"))  # noqa: E731
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE_PREPARATION, str(config), step], start_new_session=True)
+    finished = lambda: list((tmp_path / "killed" / "cache").glob(KILLED_IN[step]))  # noqa: E731
     deadline = time.time() + 120
-    while time.time() < deadline and len(shards()) < 3 and proc.poll() is None:
+    while time.time() < deadline and len(finished()) < 3 and proc.poll() is None:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the preparation and its tokenizing processes
+    os.killpg(proc.pid, signal.SIGKILL)  # the preparation and its worker processes
     proc.wait()
-    done = len(shards())
-    assert done >= 3, "no shards finished before the kill"
+    done = len(finished())
+    assert done >= 3, "no chunks finished before the kill"
     assert not list((tmp_path / "killed" / "cache").glob("corpus-*/blocks-*/stats.json"))
 
     monkeypatch.setattr(corpus_mod, "SHARD_LINES", 300)
     calls = []
-    tokenize = corpus_mod.tokenize_shard
-    monkeypatch.setattr(corpus_mod, "tokenize_shard", lambda lines, tok: calls.append(len(lines)) or tokenize(lines, tok))
+    work = getattr(corpus_mod, step)
+    monkeypatch.setattr(corpus_mod, step, lambda *args: calls.append(1) or work(*args))
     resumed = prepare_corpus(cfg.model_copy(update={"corpus": cfg.corpus.model_copy(update={"num_proc": 1})}))
     monkeypatch.undo()
-    # Only the missing shards were tokenized: the finished (whole, first) ones' lines were not seen again.
-    lines = sum(source["lines"] for source in resumed.stats["sources"].values())  # train and validation
-    assert sum(calls) == lines - 300 * done
+    chunks = len(list((tmp_path / "killed" / "cache").glob(KILLED_IN["clean_lines"])))
+    # Only the missing chunks were worked on (tokenizing: a call for each one's train and validation lines).
+    assert len(calls) == (chunks - done) * (1 if step == "clean_lines" else 2) > 0
     whole = prepare_corpus(small_config(tmp_path / "whole", corpus={"num_proc": 1}))
     assert resumed.stats == whole.stats
     for split in ("train", "validation"):

@@ -15,7 +15,9 @@ import random
 import re
 import shutil
 from dataclasses import dataclass
-from itertools import chain
+from collections import deque
+from collections.abc import Iterable, Iterator
+from itertools import chain, count, islice
 from pathlib import Path
 
 import numpy as np
@@ -47,42 +49,66 @@ def split_speaker(line: str) -> tuple[str | None, str]:
     return (match.group(1).upper(), line[match.end():].strip()) if match else (None, line.strip())
 
 
-def merge_speaker_turns(lines: list[str]) -> list[str]:
-    """Merge consecutive utterances of one speaker (`A: ...`) into one turn, labels dropped."""
-    turns: list[tuple[str | None, str]] = []
+def merge_speaker_turns(lines: Iterable[str]) -> Iterator[str]:
+    """Merge consecutive utterances of one speaker (`A: ...`) into one turn, labels dropped; streamed."""
+    turn_speaker, turn = None, None
     for line in lines:
         speaker, text = split_speaker(line)
         if not text:
             continue
-        if turns and speaker is not None and turns[-1][0] == speaker:
-            turns[-1] = (speaker, f"{turns[-1][1]} {text}")
+        if turn is not None and speaker is not None and turn_speaker == speaker:
+            turn = f"{turn} {text}"
         else:
-            turns.append((speaker, text))
-    return [text for _, text in turns]
+            if turn is not None:
+                yield turn
+            turn_speaker, turn = speaker, text
+    if turn is not None:
+        yield turn
 
 
-def clean_source(source: str, lines: list[str]) -> list[str]:
-    if source == "switchboard":
-        lines = merge_speaker_turns(lines)
+def source_turns(source: str, lines: Iterable[str]) -> Iterable[str]:
+    """The lines cleaning sees: Switchboard's turns merged first (a stream, in order)."""
+    return merge_speaker_turns(lines) if source == "switchboard" else lines
+
+
+def clean_lines(lines: Iterable[str]) -> list[str]:
     cleaned = (clean_text(line) for line in lines)
     return [line for line in cleaned if count_words(line) >= MIN_WORDS]
 
 
-def split_train_validation(lines: list[str], validation_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    order = list(range(len(lines)))
+def clean_source(source: str, lines: Iterable[str]) -> list[str]:
+    """A whole source cleaned at once: what `clean_corpus` does a chunk at a time."""
+    return clean_lines(source_turns(source, lines))
+
+
+def validation_mask(n: int, validation_fraction: float, seed: int) -> np.ndarray:
+    """Which of `n` lines are validation: a seeded shuffle's first `round(n * fraction)`."""
+    order = list(range(n))
     random.Random(seed).shuffle(order)
-    n_valid = round(len(lines) * validation_fraction)
-    valid_idx = set(order[:n_valid])
-    train = [line for i, line in enumerate(lines) if i not in valid_idx]
-    valid = [line for i, line in enumerate(lines) if i in valid_idx]
-    return train, valid
+    mask = np.zeros(n, dtype=bool)
+    mask[order[:round(n * validation_fraction)]] = True
+    return mask
 
 
-def read_babylm_folder(folder: Path) -> dict[str, list[str]]:
+def split_train_validation(lines: list, validation_fraction: float, seed: int) -> tuple[list, list]:
+    mask = validation_mask(len(lines), validation_fraction, seed)
+    return ([line for line, valid in zip(lines, mask) if not valid],
+            [line for line, valid in zip(lines, mask) if valid])
+
+
+def file_lines(path: Path) -> Iterator[str]:
+    """A text file's lines, cut as `str.splitlines` cuts them, read a line at a time."""
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            yield from line.splitlines()
+
+
+def read_babylm_folder(folder: Path) -> dict[str, Iterator[str]]:
+    """Each `<source>.train` file's lines, streamed."""
     files = sorted(folder.glob("*.train"))
     if not files:
         raise FileNotFoundError(f"{folder}: no <source>.train files (expected the BabyLM layout)")
-    return {f.stem: f.read_text(encoding="utf-8", errors="replace").splitlines() for f in files}
+    return {f.stem: file_lines(f) for f in files}
 
 
 def read_hf_dataset(name: str, split: str, text_column: str) -> dict[str, list[str]]:
@@ -149,8 +175,8 @@ class PreparedCorpus:
         return datasets.load_from_disk(str(self.blocks_path(split)))
 
 
-def _load_lines(cfg: ClassitConfig, cache_dir: Path) -> tuple[dict[str, list[str]], str]:
-    """Raw lines per source, and a fingerprint of their content."""
+def _load_lines(cfg: ClassitConfig, cache_dir: Path) -> tuple[dict[str, Iterable[str]], str]:
+    """Raw lines per source (streamed from files), and a fingerprint of their content."""
     corpus = cfg.corpus
     if corpus.synthetic is not None:
         from classit.data.synthetic import generate_corpus
@@ -167,29 +193,130 @@ def _load_lines(cfg: ClassitConfig, cache_dir: Path) -> tuple[dict[str, list[str
         corpus.hf_dataset, corpus.hf_split, corpus.text_column)
 
 
-def clean_and_split(raw: dict[str, list[str]], validation_fraction: float, seed: int):
-    train, valid, stats = [], [], {}
-    for source in sorted(raw):
-        lines = clean_source(source, raw[source])
-        t, v = split_train_validation(lines, validation_fraction, seed)
-        train += t
-        valid += v
-        stats[source] = {"raw_lines": len(raw[source]), "lines": len(lines),
-                         "train_words": sum(map(count_words, t)), "validation_words": sum(map(count_words, v))}
-    return train, valid, stats
+SHARD_LINES = 200_000  # lines per chunk, cleaned and then tokenized: the unit a killed preparation resumes from
+
+
+def _batched(lines: Iterable[str], size: int) -> Iterator[list[str]]:
+    lines = iter(lines)
+    while batch := list(islice(lines, size)):
+        yield batch
+
+
+def _run_all(jobs: Iterable, work, num_proc: int, initializer=None, initargs=()) -> None:
+    """`work(job)` for every job, on `num_proc` forked processes (as `datasets.map` forks: the
+    caller's main module is not imported again), with at most two jobs per process in flight:
+    `Pool.imap` would read every job ahead, and a job here can be a chunk of a corpus's lines."""
+    import multiprocessing
+
+    if num_proc <= 1:
+        if initializer is not None:
+            initializer(*initargs)
+        for job in jobs:
+            work(job)
+        return
+    with multiprocessing.get_context("fork").Pool(num_proc, initializer, initargs) as pool:
+        pending = deque()
+        for job in jobs:
+            pending.append(pool.apply_async(work, (job,)))
+            if len(pending) >= 2 * num_proc:
+                pending.popleft().get()
+        for result in pending:
+            result.get()
+
+
+def _commit(write, path: str, suffix: str = "") -> None:
+    """Write through a temporary name and rename: a kill never leaves a partial file at `path`."""
+    tmp = f"{path}.tmp{suffix}"
+    write(tmp)
+    Path(tmp).rename(path)
+
+
+def _clean_to(job: tuple[list[str], str]) -> None:
+    """Clean one chunk of a source's lines into an Arrow file: the kept lines and their word counts."""
+    from pyarrow import feather
+
+    lines, path = job
+    kept = clean_lines(lines)
+    table = pa.table({"text": pa.array(kept, pa.string()), "words": pa.array(map(count_words, kept), pa.int32())})
+    _commit(lambda tmp: feather.write_feather(table, tmp, compression="uncompressed"), path)
+
+
+def _read_chunk(path: Path, columns: list[str]) -> pa.Table:
+    from pyarrow import feather
+
+    return feather.read_table(str(path), columns=columns, memory_map=True)
+
+
+def clean_corpus(raw: dict[str, Iterable[str]], root: Path, num_proc: int) -> dict:
+    """Clean every source a chunk of SHARD_LINES lines at a time, on `num_proc` processes, into
+    `root/<source>/chunk-<k>.arrow`, each kept as it is finished (a rerun cleans only the missing
+    ones). Returns each source's raw line count and chunks (file, lines), kept in `chunks.json`,
+    whose presence marks the cleaned corpus complete: from then on no raw line is read again."""
+    index_file = root / "chunks.json"
+    if index_file.exists():
+        return json.loads(index_file.read_text())
+    raw_counts, chunk_paths = {}, {}
+
+    def jobs():
+        for source in sorted(raw):
+            (root / source).mkdir(parents=True, exist_ok=True)
+            raw_counts[source], chunk_paths[source] = count(), []  # the count advances once per raw line read
+            lines = (line for line, _ in zip(raw[source], raw_counts[source]))
+            for k, chunk in enumerate(_batched(source_turns(source, lines), SHARD_LINES)):
+                path = root / source / f"chunk-{k:05d}.arrow"
+                chunk_paths[source].append(path)
+                if not path.exists():
+                    yield chunk, str(path)
+
+    _run_all(jobs(), _clean_to, num_proc)
+    index = {source: {"raw_lines": next(raw_counts[source]),
+                      "chunks": [{"file": path.name, "lines": _read_chunk(path, ["words"]).num_rows}
+                                 for path in chunk_paths[source]]}
+             for source in sorted(raw)}
+    _commit(lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1)), str(index_file))
+    return index
+
+
+@dataclass
+class CleanedCorpus:
+    """The cleaned lines on disk, chunk by chunk, and which of them are validation lines."""
+
+    root: Path
+    chunks: list[tuple[str, Path, np.ndarray]]  # (source, chunk file, validation mask), in corpus order
+    source_stats: dict
+
+    def lines(self, split: str) -> Iterator[list[str]]:
+        """The split's lines, a chunk at a time, in corpus order (sources sorted, lines in order)."""
+        for _, path, is_valid in self.chunks:
+            keep = is_valid if split == "validation" else ~is_valid
+            yield [line for line, k in zip(_read_chunk(path, ["text"])["text"].to_pylist(), keep) if k]
+
+
+def cleaned_corpus(cfg: ClassitConfig, raw: dict[str, Iterable[str]], fingerprint: str) -> CleanedCorpus:
+    """The config's corpus (`raw`, of that content fingerprint) cleaned, cached by its content, and
+    split 90/10 per source."""
+    cache_dir = Path(cfg.run.cache_dir)
+    root = cache_dir / f"lines-{config_hash(fingerprint, CLEANING_VERSION, SHARD_LINES)}"
+    index = clean_corpus(raw, root, cfg.corpus.num_proc or os.cpu_count() or 1)
+    chunks, stats = [], {}
+    for source, entry in index.items():
+        sizes = [chunk["lines"] for chunk in entry["chunks"]]
+        mask = validation_mask(sum(sizes), cfg.corpus.validation_fraction, cfg.corpus.split_seed)
+        paths = [root / source / chunk["file"] for chunk in entry["chunks"]]
+        chunks += [(source, path, is_valid) for path, is_valid in zip(paths, np.split(mask, np.cumsum(sizes)[:-1]))]
+        words = np.concatenate([_read_chunk(path, ["words"])["words"].to_numpy() for path in paths] or [[]])
+        stats[source] = {"raw_lines": entry["raw_lines"], "lines": len(mask),
+                         "train_words": int(words[~mask].sum()), "validation_words": int(words[mask].sum())}
+    return CleanedCorpus(root, chunks, stats)
 
 
 def corpus_train_words(cfg: ClassitConfig) -> int:
     """Words in the cleaned training split, without tokenizing (for plans and estimates)."""
-    raw, _ = _load_lines(cfg, Path(cfg.run.cache_dir))
-    train, _, _ = clean_and_split(raw, cfg.corpus.validation_fraction, cfg.corpus.split_seed)
-    return sum(map(count_words, train))
+    cleaned = cleaned_corpus(cfg, *_load_lines(cfg, Path(cfg.run.cache_dir)))
+    return sum(s["train_words"] for s in cleaned.source_stats.values())
 
 
-SHARD_LINES = 200_000  # lines per tokenized shard: the unit a killed preparation resumes from
-
-
-def tokenize_shard(lines: list[str], tokenizer) -> dict[str, np.ndarray]:
+def tokenize_lines(lines: list[str], words: np.ndarray, tokenizer) -> dict[str, np.ndarray]:
     """Each line's token ids (BOS ... EOS) concatenated, with each line's length and word count.
     The Rust tokenizer straight (`encode_batch_fast`: the ids `tokenizer(lines)` gives, without
     offsets or Python-side conversion)."""
@@ -197,7 +324,7 @@ def tokenize_shard(lines: list[str], tokenizer) -> dict[str, np.ndarray]:
     lengths = np.fromiter(map(len, ids), np.int64, len(ids))
     flat = np.fromiter(chain.from_iterable(ids), np.int32, int(lengths.sum()))
     return {"flat": np.insert(flat, np.cumsum(lengths), tokenizer.eos_token_id), "lengths": lengths + 1,
-            "words": np.fromiter(map(count_words, lines), np.int64, len(lines))}
+            "words": words.astype(np.int64)}
 
 
 _shard_tokenizer = None  # a tokenizing process's tokenizer, loaded once per process
@@ -210,39 +337,38 @@ def _load_shard_tokenizer(path: str) -> None:
     _shard_tokenizer = load_tokenizer(path)
 
 
-def _tokenize_to(job: tuple[list[str], str]) -> None:
-    """Tokenize one shard and commit it by rename: a kill never leaves a partial shard."""
-    lines, path = job
-    tmp = f"{path}.tmp.npz"
-    np.savez(tmp, **tokenize_shard(lines, _shard_tokenizer))
-    Path(tmp).rename(path)
+def _tokenize_to(job: tuple[str, np.ndarray, str]) -> None:
+    """Tokenize one cleaned chunk, its train and its validation lines apart, into one `.npz`."""
+    chunk, is_valid, path = job
+    table = _read_chunk(Path(chunk), ["text", "words"])
+    lines, words = table["text"].to_pylist(), table["words"].to_numpy()
+    arrays = {}
+    for split, keep in (("train", ~is_valid), ("validation", is_valid)):
+        part = tokenize_lines([line for line, k in zip(lines, keep) if k], words[keep], _shard_tokenizer)
+        arrays |= {f"{split}.{key}": value for key, value in part.items()}
+    _commit(lambda tmp: np.savez(tmp, **arrays), path, suffix=".npz")
 
 
-def tokenize_and_pack(lines: list[str], tokenizer_path: Path, pad_id: int, shards: Path, block_size: int,
-                      num_proc: int):
-    """Tokenize `lines` shard by shard on `num_proc` processes, each shard kept in `shards` as it is
-    finished (a rerun tokenizes only the missing ones), then pack them, in order, into a blocks
-    dataset: the same blocks whatever the shard size."""
-    import multiprocessing
+def tokenize_corpus(cleaned: CleanedCorpus, tokenizer_path: Path, shards: Path, num_proc: int) -> list[Path]:
+    """Tokenize every cleaned chunk on `num_proc` processes into `shards`, each kept as it is
+    finished (a rerun tokenizes only the missing ones); the shard files, in corpus order."""
+    paths = [shards / source / f"{chunk.stem}.npz" for source, chunk, _ in cleaned.chunks]
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    jobs = [(str(chunk), is_valid, str(path))
+            for (_, chunk, is_valid), path in zip(cleaned.chunks, paths) if not path.exists()]
+    _run_all(jobs, _tokenize_to, min(num_proc, len(jobs)), _load_shard_tokenizer, (str(tokenizer_path),))
+    return paths
 
+
+def pack_split(shards: list[Path], split: str, block_size: int, pad_id: int):
+    """One split's tokenized shards packed, in order, into a blocks dataset: the same blocks
+    whatever the chunk size."""
     import datasets
 
-    shards.mkdir(parents=True, exist_ok=True)
-    paths = [shards / f"shard-{k:05d}.npz" for k in range(-(-len(lines) // SHARD_LINES))]
-    missing = [(lines[k * SHARD_LINES:(k + 1) * SHARD_LINES], str(path))
-               for k, path in enumerate(paths) if not path.exists()]
-    if num_proc > 1 and len(missing) > 1:
-        # Forked, as `datasets.map` does: the caller's main module is not imported again.
-        with multiprocessing.get_context("fork").Pool(min(num_proc, len(missing)), _load_shard_tokenizer,
-                                                      (str(tokenizer_path),)) as pool:
-            for _ in pool.imap_unordered(_tokenize_to, missing):
-                pass
-    else:
-        _load_shard_tokenizer(str(tokenizer_path))
-        for job in missing:
-            _tokenize_to(job)
-    parts = [np.load(path) for path in paths]
-    flat, lengths, words = (np.concatenate([part[key] for part in parts]) for key in ("flat", "lengths", "words"))
+    parts = [np.load(path) for path in shards]
+    flat, lengths, words = (np.concatenate([part[f"{split}.{key}"] for part in parts])
+                            for key in ("flat", "lengths", "words"))
     blocks, block_words = pack_blocks(flat, lengths, words, block_size, pad_id)
     table = pa.table({
         "input_ids": pa.FixedSizeListArray.from_arrays(pa.array(blocks.ravel()), block_size),
@@ -252,13 +378,15 @@ def tokenize_and_pack(lines: list[str], tokenizer_path: Path, pad_id: int, shard
 
 
 def prepare_corpus(cfg: ClassitConfig) -> PreparedCorpus:
-    """Tokenizer and blocks for this config, built once and then read from the cache."""
+    """Tokenizer and blocks for this config, built once and then read from the cache. Each step
+    streams the corpus a chunk at a time and keeps what it finished: the cleaned lines (kept, for
+    other tokenizers and block sizes), the tokenizer, the tokenized shards (deleted once packed)."""
     from classit.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 
     cache_dir = Path(cfg.run.cache_dir)
+    corpus = cfg.corpus
     raw, fingerprint = _load_lines(cfg, cache_dir)
     vocab_size = cfg.tokenizer.vocab_size or PRESETS[cfg.model.preset]["vocab_size"]
-    corpus = cfg.corpus
     tokenizer_key = config_hash(fingerprint, CLEANING_VERSION, corpus.validation_fraction, corpus.split_seed,
                                 cfg.tokenizer, vocab_size)
     tok_root = cache_dir / f"corpus-{tokenizer_key}"
@@ -266,29 +394,31 @@ def prepare_corpus(cfg: ClassitConfig) -> PreparedCorpus:
     if (blocks_root / "stats.json").exists():
         return PreparedCorpus.load(blocks_root)
 
-    train, valid, source_stats = clean_and_split(raw, corpus.validation_fraction, corpus.split_seed)
-    if not train or not valid:
-        raise ValueError(f"corpus: too few lines after cleaning ({len(train)} train, {len(valid)} validation)")
+    cleaned = cleaned_corpus(cfg, raw, fingerprint)
+    n_valid = sum(int(is_valid.sum()) for _, _, is_valid in cleaned.chunks)
+    n_train = sum(s["lines"] for s in cleaned.source_stats.values()) - n_valid
+    if not n_train or not n_valid:
+        raise ValueError(f"corpus: too few lines after cleaning ({n_train} train, {n_valid} validation)")
     from classit.budget import check_budget
 
-    words = sum(s["train_words"] for s in source_stats.values())  # the input limit, before any tokenizing
+    words = sum(s["train_words"] for s in cleaned.source_stats.values())  # the input limit, before any tokenizing
     check_budget(words, 0, cfg.budget, f"the pretraining corpus ({words:,} input words)")
     tok_path = tok_root / "tokenizer"
     if not (tok_path / "tokenizer_config.json").exists():
         tmp = tok_root / "tokenizer.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        save_tokenizer(train_tokenizer(train, vocab_size, cfg.tokenizer.min_frequency), tmp)
+        save_tokenizer(train_tokenizer(cleaned.lines("train"), vocab_size, cfg.tokenizer.min_frequency), tmp)
         tmp.rename(tok_path)
     tmp_root = blocks_root.with_name(blocks_root.name + ".tmp")
     shutil.rmtree(tmp_root, ignore_errors=True)
     tokenizer = load_tokenizer(tok_path)
-    stats = {"sources": source_stats, "block_size": corpus.block_size, "vocab_size": len(tokenizer)}
-    for split, lines in (("train", train), ("validation", valid)):
-        # Tokenized shards depend on the lines and the tokenizer, not the block size: kept beside it.
-        blocks, counts = tokenize_and_pack(lines, tok_path, tokenizer.pad_token_id, tok_root / "tokenized" / split,
-                                           corpus.block_size, corpus.num_proc or os.cpu_count() or 1)
+    # Tokenized shards depend on the lines and the tokenizer, not the block size: kept beside it.
+    shards = tokenize_corpus(cleaned, tok_path, tok_root / "tokenized" / cleaned.root.name,
+                             corpus.num_proc or os.cpu_count() or 1)
+    stats = {"sources": cleaned.source_stats, "block_size": corpus.block_size, "vocab_size": len(tokenizer)}
+    for split in ("train", "validation"):
+        blocks, stats[split] = pack_split(shards, split, corpus.block_size, tokenizer.pad_token_id)
         blocks.save_to_disk(str(tmp_root / split))
-        stats[split] = counts
     (tmp_root / "stats.json").write_text(json.dumps(stats, indent=2))
     shutil.rmtree(blocks_root, ignore_errors=True)
     tmp_root.rename(blocks_root)  # only a complete cache entry ever has this name
