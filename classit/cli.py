@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--pooling", choices=("final", "official"), default="final",
                           help="(Super)GLUE head input: final = the last real token; official = right padding and "
                                "the first position, as the official pipeline (for leaderboard-comparable numbers)")
-    evaluate.add_argument("--actors", type=int, default=2, help="evaluation actors")
+    evaluate.add_argument("--actors", type=int, default=2, help="evaluation actors (the machine's cores shared "
+                                                                "out among them)")
     evaluate.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPU fraction per actor")
     evaluate.add_argument("--output", default="runs/eval/results/eval_scores", help="Parquet folder for the rows")
     evaluate.add_argument("--export", help="also write predictions in the BabyLM leaderboard layout here")

@@ -32,8 +32,9 @@ every row also carries `schema_version`):
 - `eval_scores` (`EVAL_SCORES_SCHEMA`): one row per (trial, checkpoint, task, subtask, metric):
   `trial`, `checkpoint`, `words_seen`, `task`, `subtask`, `metric`, `value`, `n_items`, `seconds`,
   `error` (an error row has metric `error` and the reason), the job's `data_dir`, `fast`,
-  `revision`, `pooling` (fine-tuning: `final` or `official`), `series` (AoA) and the trial's whole config
-  (`config`, JSON; empty for a `classit evaluate` of a bare checkpoint). Age of acquisition adds
+  `revision`, `pooling` (fine-tuning: `final` or `official`), `series` (AoA), when the job ran on its
+  actor (`started`, `finished`: Unix seconds) and the trial's whole config (`config`, JSON; empty for
+  a `classit evaluate` of a bare checkpoint). Age of acquisition adds
   one `aoa`/`surprisal`/`mean` row per mark checkpoint and its score, `aoa`/`average`/`pearson`
   (`n_items`: the words both fits keep), on the run's final checkpoint.
 - `aoa_surprisal` (`AOA_SURPRISAL_SCHEMA`): one row per (trial, mark checkpoint, word, context):
@@ -63,9 +64,11 @@ import pyarrow.parquet as pq
 
 from classit.evaluate.aggregates import NAMES as AGGREGATES
 
-SCHEMA_VERSION = 5  # 4: trials carry the leaderboard aggregates (babylm:*); 5: eval_scores `series` (AoA)
+# 4: trials carry the leaderboard aggregates (babylm:*); 5: eval_scores `series` (AoA); 6: eval_scores
+# `started`/`finished` (when the job ran)
+SCHEMA_VERSION = 6
 ADDED_SINCE_V1 = {"trials": ("gpu_hours", "versions", "git_commit", *AGGREGATES), "train_metrics": ("config",),
-                  "eval_scores": ("revision", "config", "series")}
+                  "eval_scores": ("revision", "config", "series", "started", "finished")}
 
 EVAL_SCORES_SCHEMA = pa.schema([
     ("checkpoint", pa.string()), ("task", pa.string()), ("data_dir", pa.string()), ("trial", pa.string()),
@@ -73,7 +76,7 @@ EVAL_SCORES_SCHEMA = pa.schema([
     ("pooling", pa.string()), ("config", pa.string()), ("series", pa.string()), ("subtask", pa.string()),
     ("metric", pa.string()),
     ("value", pa.float64()), ("n_items", pa.int64()), ("seconds", pa.float64()), ("error", pa.string()),
-    ("schema_version", pa.int64()),
+    ("started", pa.float64()), ("finished", pa.float64()), ("schema_version", pa.int64()),
 ])
 
 AOA_SURPRISAL_SCHEMA = pa.schema([

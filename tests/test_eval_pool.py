@@ -3,6 +3,7 @@
 import json
 import re
 import shutil
+from dataclasses import replace
 
 import pytest
 
@@ -135,3 +136,52 @@ def test_a_task_is_read_and_tokenized_once_per_tokenizer(tmp_path):
     assert values(rows[1]) == values(fresh) == values(rows[0]) and not any(r["error"] for r in fresh)
     run_job(EvalJob(str(second), "blimp", str(data), fast=True), cache)
     assert len(cache.tasks) == 2  # a different subset is another entry
+
+
+def test_a_split_job_writes_exactly_the_rows_of_the_whole_job(ray_local, tmp_path, capfd):
+    checkpoint = train_tiny_checkpoint(tmp_path / "train")
+    data = make_data_dir(tmp_path)
+    job = EvalJob(str(checkpoint), "blimp", str(data), trial="m")
+    runs = {}
+    for name, min_items in (("whole", 10**9), ("split", 1)):
+        pool = EvaluationPool(num_actors=2, num_cpus=1, split_min_items=min_items)
+        try:
+            runs[name] = pool.run([replace(job, export_dir=str(tmp_path / name))],
+                                  results_dir=str(tmp_path / name / "eval_scores"), show_progress=True)
+        finally:
+            pool.shutdown()
+    bars = capfd.readouterr().err.splitlines()
+    timeless = lambda rows: [{k: v for k, v in r.items() if k not in ("started", "finished", "seconds", "export_dir")}  # noqa: E731
+                             for r in rows]
+    assert timeless(runs["split"]) == timeless(runs["whole"]) and not any(r["error"] for r in runs["whole"])
+    assert len(runs["whole"]) > 3  # the average, fields, terms, UIDs
+    predictions = "m/main/zero_shot/causal/blimp/blimp/predictions.json"
+    assert (tmp_path / "split" / predictions).read_text() == (tmp_path / "whole" / predictions).read_text()
+    # One bar per share, each full: every share ran, each on an actor of its own.
+    shares = [line for line in bars if re.match(r"m blimp [12]/2 ", line)]
+    assert len(shares) == 2 and all(re.search(r" (\d+)/\1 +candidates ", line) for line in shares), bars
+
+
+def test_trials_evaluated_at_once_share_the_actors(ray_local, tmp_path):
+    """The sweep's evaluation service serves every waiting trial at once: two trials' single jobs
+    run at the same time on the two actors (one trial's call does not wait for the other's)."""
+    import ray
+
+    from classit.config import EvaluationConfig
+    from classit.sweep.services import EvaluationService
+
+    good = train_tiny_checkpoint(tmp_path / "train")
+    data = make_data_dir(tmp_path)
+    service = EvaluationService.remote(EvaluationConfig(actors=2, cpus_per_actor=1).model_dump(mode="json"),
+                                       str(tmp_path / "eval_scores"))
+    try:
+        calls = [service.evaluate.remote([EvalJob(str(shutil.copytree(good, tmp_path / trial)), "blimp", str(data),
+                                                  trial=trial)])
+                 for trial in ("a", "b")]
+        a, b = (rows[0] for rows in ray.get(calls))
+    finally:
+        ray.kill(service)
+    assert a["trial"] == "a" and b["trial"] == "b" and not a["error"] and not b["error"]
+    assert max(a["started"], b["started"]) < min(a["finished"], b["finished"])  # they overlapped
+    table = read_table(str(tmp_path / "eval_scores"))
+    assert set(table["trial"]) == {"a", "b"} and table["started"].notna().all()

@@ -45,6 +45,25 @@ def test_engine_matches_simple_reference_on_blimp(checkpoint):
     assert 0.0 <= result["average"]["accuracy"] <= 100.0
 
 
+def test_shares_of_a_job_sum_to_its_scores_bit_for_bit(checkpoint):
+    """A job split over n actors (`share`): each share scores its own batches only, and their
+    totals add up to the whole job's exactly (the same batches, the same floats)."""
+    from classit.evaluate.progress import Progress
+    from classit.evaluate.scoring import score
+
+    model, tokenizer = load_model(checkpoint, device="cpu")
+    encoded = encode_candidates(tokenizer, [(f"the {a} {v} {b} .", None) for a in ("dog", "cat", "farmer", "bird")
+                                            for v in ("runs", "sees", "reads") for b in ("fast", "the dog", "a cat")])
+    whole = score(model, encoded, tokenizer.pad_token_id, max_tokens=32, row_tokens=8)
+    progress = [Progress() for _ in range(3)]
+    shares = [score(model, encoded, tokenizer.pad_token_id, max_tokens=32, row_tokens=8, share=(k, 3),
+                    progress=progress[k]) for k in range(3)]
+    assert all((share != 0).sum() > 0 for share in shares)  # each share scored some candidates ...
+    assert ((np.stack(shares) != 0).sum(axis=0) == 1).all()  # ... and every candidate in one share
+    assert np.array_equal(sum(shares), whole)
+    assert [p.snapshot() for p in progress] == [(len(encoded), len(encoded), "candidates")] * 3
+
+
 def test_supplement_layout_takes_the_paradigm_from_the_file_name(tmp_path):
     folder = tmp_path / "supplement_filtered"
     folder.mkdir()

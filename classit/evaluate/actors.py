@@ -1,22 +1,27 @@
 """A pool of Ray evaluation actors, each holding one model on CPU or a GPU fraction.
 
-Jobs from any number of trials go in; each finished job's rows are written as one Parquet part
-file named by the job's (trial, checkpoint, task), so every row lands exactly once: a retried,
-resumed or re-run job replaces its part. A job whose actor dies is retried on a fresh actor.
-Age of acquisition runs as one job per mark checkpoint, its surprisals written to the
-`aoa_surprisal` table beside `eval_scores`; when every job is in, each run's marks are fitted into
-its AoA score.
+Jobs from any number of trials go in, from any number of threads at once (the sweep's evaluation
+service calls `run` once per trial, concurrently): an idle actor takes the next job of whichever
+call reaches it first, so one trial's last job never leaves the other actors waiting. A large
+zero-shot job is split into a share per actor, merged into the rows the whole job would write.
+Each finished job's rows are written as one Parquet part file named by the job's (trial,
+checkpoint, task), so every row lands exactly once: a retried, resumed or re-run job replaces its
+part. A job whose actor dies is retried on a fresh actor. Age of acquisition runs as one job per
+mark checkpoint, its surprisals written to the `aoa_surprisal` table beside `eval_scores`; when
+every job is in, each run's marks are fitted into its AoA score.
 """
 
 from __future__ import annotations
 
 import contextlib
+import queue
 from collections.abc import Iterable
 from pathlib import Path
 
 import ray
 
-from classit.evaluate.jobs import AOA_SURPRISAL, EvalJob, ModelCache, aoa_scores, result_row, run_job, split_tables
+from classit.evaluate.jobs import (AOA_SURPRISAL, SPLIT_MIN_ITEMS, EvalJob, ModelCache, aoa_scores, merge_shares,
+                                   result_row, run_job, split_jobs, split_tables)
 from classit.evaluate.progress import JobBars, Progress
 from classit.results import AOA_SURPRISAL_SCHEMA, EVAL_SCORES_SCHEMA, write_rows
 
@@ -26,25 +31,37 @@ PROGRESS_SECONDS = 0.5  # how often the bars ask the busy actors how far their j
 @ray.remote(max_concurrency=2)  # a second thread answers `progress` while `run` works
 class Evaluator:
     def __init__(self):
+        import torch
         import transformers
 
+        # Threads follow the CPUs Ray gave the actor (Ray's OMP_NUM_THREADS default, made explicit).
+        torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
         transformers.utils.logging.disable_progress_bar()
         self.cache, self.job_progress = ModelCache(), Progress()
 
-    def run(self, job: EvalJob) -> list[dict]:
+    def run(self, job: EvalJob, share: tuple[int, int] = (0, 1)) -> list[dict]:
         self.job_progress.start(0, "")
-        return run_job(job, self.cache, self.job_progress)
+        return run_job(job, self.cache, self.job_progress, share)
 
     def progress(self) -> tuple[int, int, str]:
         return self.job_progress.snapshot()
 
 
 class EvaluationPool:
-    def __init__(self, num_actors: int = 2, num_cpus: float = 1, num_gpus: float = 0, max_retries: int = 2,
-                 resources: dict[str, float] | None = None):
+    def __init__(self, num_actors: int = 2, num_cpus: float | None = None, num_gpus: float = 0, max_retries: int = 2,
+                 resources: dict[str, float] | None = None, split_min_items: int = SPLIT_MIN_ITEMS):
+        """`num_cpus` per actor; None: the cluster's CPUs shared out (`classit evaluate` uses every core).
+        A zero-shot job of at least `split_min_items` items is split over all the actors."""
+        if num_cpus is None:
+            num_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // num_actors)
         self.options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources or {}}
         self.actors = [Evaluator.options(**self.options).remote() for _ in range(num_actors)]
-        self.max_retries = max_retries
+        self.max_retries, self.split_min_items = max_retries, split_min_items
+        # Shared by concurrent `run` calls: which actors are free, and the checkpoint each holds.
+        self.idle: queue.Queue[int] = queue.Queue()
+        for index in range(num_actors):
+            self.idle.put(index)
+        self.loaded: dict[int, str] = {}
 
     def run(self, jobs: Iterable[EvalJob], results_dir: str | None = None, show_progress: bool = False) -> list[dict]:
         """Run every job; returns all `eval_scores` rows (and writes each job's rows to `results_dir`, the
@@ -54,43 +71,56 @@ class EvaluationPool:
             return self._run(list(jobs), results_dir, bars)
 
     def _run(self, jobs: list[EvalJob], results_dir: str | None, bars: JobBars | None) -> list[dict]:
-        pending = sorted(jobs, key=lambda j: (j.checkpoint, j.task))
+        # A large zero-shot job goes to every actor, a share each; the others run whole.
+        pending = sorted(split_jobs(jobs, len(self.actors), self.split_min_items), key=lambda p: (p[0].checkpoint, p[0].task, p[1]))
         tries: dict[tuple, int] = {}
-        loaded: dict[int, str] = {}  # actor index -> checkpoint it holds
-        in_flight: dict = {}  # future -> (actor index, job)
+        in_flight: dict = {}  # future -> (actor index, job, share)
+        shares: dict[str, list] = {}  # a split job's row key -> its finished shares' results
         rows: list[dict] = []
         surprisals: list[dict] = []
-        idle = list(range(len(self.actors)))
         while pending or in_flight:
-            while idle and pending:
-                index = idle.pop()
+            while pending:
+                try:  # with nothing in flight, wait for an actor another call frees
+                    index = self.idle.get(block=not in_flight, timeout=PROGRESS_SECONDS)
+                except queue.Empty:
+                    break
                 # Prefer a job on the checkpoint this actor already holds: no reload.
-                pick = next((k for k, j in enumerate(pending) if j.checkpoint == loaded.get(index)), 0)
-                job = pending.pop(pick)
-                loaded[index] = job.checkpoint
-                in_flight[self.actors[index].run.remote(job)] = (index, job)
-            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=PROGRESS_SECONDS if bars else None)
-            if not done:
-                self._draw(bars, list(in_flight.values()))
+                pick = next((k for k, (j, _) in enumerate(pending) if j.checkpoint == self.loaded.get(index)), 0)
+                job, share = pending.pop(pick)
+                self.loaded[index] = job.checkpoint
+                in_flight[self.actors[index].run.remote(job, share)] = (index, job, share)
+            if not in_flight:
                 continue
-            index, job = in_flight.pop(done[0])
+            # While jobs wait, look for an actor another call frees at least every PROGRESS_SECONDS.
+            done, _ = ray.wait(list(in_flight), num_returns=1,
+                               timeout=PROGRESS_SECONDS if bars or pending else None)
+            if not done:
+                if bars:
+                    self._draw(bars, list(in_flight.values()))
+                continue
+            index, job, share = in_flight.pop(done[0])
             try:
                 job_rows = ray.get(done[0])
             except ray.exceptions.RayActorError:
-                tries[job.key] = tries.get(job.key, 0) + 1
+                tries[job.key, share] = tries.get((job.key, share), 0) + 1
                 self.actors[index] = Evaluator.options(**self.options).remote()
-                loaded.pop(index, None)
-                if tries[job.key] > self.max_retries:
+                self.loaded.pop(index, None)
+                if tries[job.key, share] > self.max_retries:
                     job_rows = [result_row(job, "", "error", float("nan"), 0, 0.0,
-                                           error=f"evaluation actor died {tries[job.key]} times")]
+                                           error=f"evaluation actor died {tries[job.key, share]} times")]
                 else:
-                    pending.insert(0, job)
-                    idle.append(index)
+                    pending.insert(0, (job, share))
+                    self.idle.put(index)
                     continue
-            idle.append(index)
+            if bars:  # before the actor is freed: its next job resets its count
+                self._draw(bars, [(index, job, share)], failed=any(r.get("error") for r in job_rows))
+            self.idle.put(index)
+            if share[1] > 1:
+                shares.setdefault(job.row_key, []).append(job_rows)
+                if len(shares[job.row_key]) < share[1]:
+                    continue
+                job_rows = merge_shares(job, shares.pop(job.row_key))
             job_rows, detail = split_tables(job_rows)
-            if bars:  # before the actor's next job resets its count
-                self._draw(bars, [(index, job)], failed=any(r["error"] for r in job_rows))
             if results_dir and detail:
                 write_rows(str(Path(results_dir).parent / AOA_SURPRISAL), detail, AOA_SURPRISAL_SCHEMA, key=job.row_key)
             surprisals += detail
@@ -103,19 +133,20 @@ class EvaluationPool:
                 rows += key_rows
         return rows
 
-    def _draw(self, bars: JobBars, running: list[tuple[int, EvalJob]], failed: bool = False) -> None:
+    def _draw(self, bars: JobBars, running: list[tuple[int, EvalJob, tuple]], failed: bool = False) -> None:
         try:
-            snapshots = ray.get([self.actors[index].progress.remote() for index, _ in running])
+            snapshots = ray.get([self.actors[index].progress.remote() for index, _, _ in running])
         except ray.exceptions.RayActorError:
             return  # the job's own future reports the death
-        for (_, job), (done, total, unit) in zip(running, snapshots):
-            bars.update(job.row_key, _label(job), done, total, "failed" if failed else unit)
+        for (_, job, share), (done, total, unit) in zip(running, snapshots):
+            bars.update(f"{job.row_key}\x1f{share}", _label(job, share), done, total, "failed" if failed else unit)
 
     def shutdown(self) -> None:
         for actor in self.actors:
             ray.kill(actor)
 
 
-def _label(job: EvalJob) -> str:
+def _label(job: EvalJob, share: tuple[int, int]) -> str:
     revision = f" {job.revision}" if job.revision != "main" else ""
-    return f"{job.model_name}{revision} {job.task}"
+    part = f" {share[0] + 1}/{share[1]}" if share[1] > 1 else ""
+    return f"{job.model_name}{revision} {job.task}{part}"

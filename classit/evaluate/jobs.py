@@ -5,6 +5,7 @@ Plain Python, so the same code runs in a test, in the CLI and inside a Ray evalu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections import defaultdict
@@ -14,7 +15,7 @@ from pathlib import Path
 from classit.evaluate import export
 from classit.evaluate.catalog import TASKS
 from classit.evaluate.progress import Progress
-from classit.evaluate.scoring import Encoded, encode_candidates, load_model
+from classit.evaluate.scoring import Encoded, encode_candidates, load_model, score
 from classit.evaluate.tasks import aoa, finetune, reading, zero_shot
 
 FAST_ITEMS_PER_SUBTASK = 100  # the fixed, seeded subset of `fast` mode, per UID
@@ -22,6 +23,8 @@ FAST_ITEMS_PER_SUBTASK = 100  # the fixed, seeded subset of `fast` mode, per UID
 HEADLINE_SUBTASKS = ("average", "eye_tracking", "self_paced_reading", "validation")
 assert set(TASKS) == {*zero_shot.TASKS, "reading", "aoa", *finetune.TASKS}, "catalog.py lists every task module's tasks"
 AOA_SURPRISAL = "aoa_surprisal"  # the table an AoA job's per-context surprisals go to
+SHARE = "share"  # a split job's share: its candidates' scores, merged into the job's rows by the pool
+SPLIT_MIN_ITEMS = 10_000  # a zero-shot task this large is split over the actors (BLiMP whole: 67,000)
 
 
 def headline_keys(task: str) -> list[str]:
@@ -75,14 +78,29 @@ def _export(job: EvalJob, predictions: dict, dataset: str = "") -> None:
 
 
 def read_items(job: EvalJob) -> tuple[Path, list[zero_shot.Item]]:
-    return zero_shot.read_for_evaluation(job.task, job.data_dir, job.fast, FAST_ITEMS_PER_SUBTASK)
+    return _task_items(job.task, job.data_dir, job.fast)
 
 
-def run_zero_shot(job: EvalJob, model, tokenizer, cache: ModelCache, progress: Progress) -> list[dict]:
+@functools.lru_cache(maxsize=8)  # the pool reads a task to split it, then to merge its shares
+def _task_items(task: str, data_dir: str, fast: bool) -> tuple[Path, list[zero_shot.Item]]:
+    return zero_shot.read_for_evaluation(task, data_dir, fast, FAST_ITEMS_PER_SUBTASK)
+
+
+def run_zero_shot(job: EvalJob, model, tokenizer, cache: ModelCache, progress: Progress,
+                  share: tuple[int, int] = (0, 1)) -> list[dict]:
+    """The job's rows; for a share of a split job (`split_jobs`), its candidates' scores instead
+    (one row of the `SHARE` table), which `merge_shares` makes into the same rows."""
     start = time.perf_counter()
     folder, items, encoded = cache.prepared(job)
-    scores = zero_shot.score_items(model, tokenizer, items, encoded, progress=progress)
-    seconds = time.perf_counter() - start
+    flat = score(model, encoded, tokenizer.pad_token_id, progress=progress, share=share)
+    if share != (0, 1):
+        return [{"table": SHARE, "share": share, "scores": flat, "seconds": time.perf_counter() - start}]
+    return zero_shot_rows(job, folder, items, flat, time.perf_counter() - start)
+
+
+def zero_shot_rows(job: EvalJob, folder: Path, items: list[zero_shot.Item], flat, seconds: float) -> list[dict]:
+    """A zero-shot job's rows (and exported predictions) from all its candidates' scores, in order."""
+    scores = zero_shot.per_item(items, flat)
     spec = zero_shot.TASKS[job.task]
     is_wug = spec.metric == "spearman"
     _export(job, export.zero_shot_predictions(items, scores, with_prob=is_wug, whole_sentence=spec.predicts_sentence),
@@ -95,6 +113,37 @@ def run_zero_shot(job: EvalJob, model, tokenizer, cache: ModelCache, progress: P
         for name, value in per_name.items():
             rows.append(result_row(job, f"{key}:{name}", "accuracy", value, _count(items, key, name), seconds))
     return rows
+
+
+def split_jobs(jobs: list[EvalJob], shares: int, min_items: int = SPLIT_MIN_ITEMS) -> list[tuple[EvalJob, tuple]]:
+    """Each job with its share: a zero-shot job of at least `min_items` items split into `shares`
+    (one per actor), the rest whole, (0, 1). Items are read here to count them (cached)."""
+    split = []
+    for job in jobs:
+        n = shares if shares > 1 and job.task in zero_shot.TASKS and _item_count(job) >= min_items else 1
+        split += [(job, (k, n)) for k in range(n)]
+    return split
+
+
+def _item_count(job: EvalJob) -> int:
+    try:
+        return len(read_items(job)[1])
+    except Exception:  # noqa: BLE001 - unreadable data: the job runs whole and its actor writes the error row
+        return 0
+
+
+def merge_shares(job: EvalJob, results: list[list[dict]]) -> list[dict]:
+    """A split job's rows from its shares' results: the first error row if a share failed, else the
+    rows the whole job writes, its scores the shares' summed (`score`: exactly the whole job's)."""
+    for rows in results:
+        if not (len(rows) == 1 and rows[0].get("table") == SHARE):
+            return [row for row in rows if "table" not in row][:1]
+    shares = [rows[0] for rows in results]
+    folder, items = read_items(job)
+    rows = zero_shot_rows(job, folder, items, sum(share["scores"] for share in shares),
+                          sum(share["seconds"] for share in shares))
+    started, finished = min(s["started"] for s in shares), max(s["finished"] for s in shares)
+    return [{**row, "started": started, "finished": finished} for row in rows]
 
 
 def run_reading(job: EvalJob, model, tokenizer, progress: Progress) -> list[dict]:
@@ -238,11 +287,19 @@ def _fingerprint(tokenizer) -> str | None:
     return hashlib.sha256(backend.to_str().encode()).hexdigest() if backend is not None else None
 
 
-def run_job(job: EvalJob, cache: ModelCache, progress: Progress | None = None) -> list[dict]:
-    """The job's rows; any failure (corrupt checkpoint, missing data) becomes one error row.
-    `progress` counts the job's items (candidates, words, steps) as they are scored."""
+def run_job(job: EvalJob, cache: ModelCache, progress: Progress | None = None,
+            share: tuple[int, int] = (0, 1)) -> list[dict]:
+    """The job's rows (or a zero-shot share's scores), each with when the job ran (`started`,
+    `finished`); any failure (corrupt checkpoint, missing data) becomes one error row. `progress`
+    counts the job's items (candidates, words, steps) as they are scored."""
+    started = time.time()
+    rows = _job_rows(job, cache, progress or Progress(), share)
+    times = {"started": started, "finished": time.time()}
+    return [row if row.get("table") == AOA_SURPRISAL else {**row, **times} for row in rows]
+
+
+def _job_rows(job: EvalJob, cache: ModelCache, progress: Progress, share: tuple[int, int]) -> list[dict]:
     start = time.perf_counter()
-    progress = progress or Progress()
     try:
         if job.task not in TASKS:
             raise ValueError(f"unknown task {job.task!r} (known: {', '.join(TASKS)})")
@@ -253,6 +310,6 @@ def run_job(job: EvalJob, cache: ModelCache, progress: Progress | None = None) -
             return run_reading(job, model, tokenizer, progress)
         if job.task == "aoa":
             return run_aoa_surprisal(job, model, tokenizer, progress)
-        return run_zero_shot(job, model, tokenizer, cache, progress)
+        return run_zero_shot(job, model, tokenizer, cache, progress, share)
     except Exception as err:  # noqa: BLE001 - every failure must become a row, not stop the pool
         return [result_row(job, "", "error", float("nan"), 0, time.perf_counter() - start, error=_reason(err))]

@@ -170,13 +170,17 @@ def _batches_by_length(lengths: np.ndarray, max_tokens: int):
 
 @torch.inference_mode()
 def score(model, encoded: Encoded, pad_id: int, max_tokens: int = 4096, row_tokens: int = 128,
-          chunk_cells: int = 2**21, progress: Progress | None = None) -> np.ndarray:
+          chunk_cells: int = 2**21, progress: Progress | None = None, share: tuple[int, int] = (0, 1)) -> np.ndarray:
     """Summed log-probability of each candidate's scored tokens (float64, in order).
 
     Candidates are planted in prefix trees a chunk at a time (chunk size x longest candidate <=
     `chunk_cells`, bounding memory), in sorted order so that a chunk holds neighbours; each row is
     one sequence whose tokens attend to their ancestors only, at positions equal to their depth.
     The LM head and log-softmax run once per node that predicts a scored token.
+
+    `share` (k, n): only every n-th batch from the k-th is run, the other candidates' totals left 0.
+    A candidate's tokens lie in one batch, so the n shares' totals summed are the whole run's, to
+    the bit: the same batches, the same floats, on n actors at once.
     """
     progress = progress or Progress()
     progress.start(len(encoded), "candidates")
@@ -199,7 +203,7 @@ def score(model, encoded: Encoded, pad_id: int, max_tokens: int = 4096, row_toke
         bounds = np.searchsorted(target_batch[by_batch], np.arange(len(batches) + 1))
         for b, rows in enumerate(batches):
             mine = by_batch[bounds[b]:bounds[b + 1]]
-            if not len(mine):  # rows of candidates with nothing to score (a single token)
+            if not len(mine) or b % share[1] != share[0]:  # nothing to score (single tokens), or another share's
                 continue
             starts, local = forest.row_starts[rows][:, None], np.arange(int(row_len[rows].max()))
             real = local < row_len[rows][:, None]

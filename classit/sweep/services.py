@@ -6,7 +6,7 @@
   request at a time: two trials that need the same missing base wait for one build.
 - `EvaluationService`: the evaluation actor pool. A trial hands over its checkpoints after its
   training workers are gone, and gets its score rows back; every row is also written to the
-  sweep's `eval_scores` table.
+  sweep's `eval_scores` table. Trials are served at once, all sharing the pool's actors.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def ensure_base(cfg: ClassitConfig) -> Path:
     return Path(ray.get(builder.ensure.remote(cfg.model_dump(mode="json"))))
 
 
-@ray.remote(num_cpus=0)
+@ray.remote(num_cpus=0, max_concurrency=1000)  # a thread per trial waiting for its scores
 class EvaluationService:
     def __init__(self, evaluation: dict, results_dir: str):
         from classit.config import EvaluationConfig

@@ -197,7 +197,11 @@ def score_items(model, tokenizer, items: list[Item], encoded: Encoded | None = N
     candidates already tokenized (`encode_candidates`), in order."""
     if encoded is None:
         encoded = encode_candidates(tokenizer, [c for item in items for c in item.candidates])
-    flat = score(model, encoded, tokenizer.pad_token_id, **options)  # batching, progress
+    return per_item(items, score(model, encoded, tokenizer.pad_token_id, **options))  # batching, progress
+
+
+def per_item(items: list[Item], flat: np.ndarray) -> list[np.ndarray]:
+    """The items' candidate scores, from all candidates' scores in order."""
     bounds = np.cumsum([0] + [len(item.candidates) for item in items])
     return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
