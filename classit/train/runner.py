@@ -25,7 +25,9 @@ WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "RAY_T
 
 # Ray Train's controller takes a worker's report, checkpoint included, on its health-check tick
 # (2 s by default) and the worker waits for it: a quarter second keeps training from idling.
-RAY_JOB_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+# Its preemption watcher only logs node drains (a worker lost is retried by `max_failures`
+# anyway), yet costs an actor per run and prints an error line when it starts.
+RAY_JOB_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 # A report's key for the steps logged since the previous report, as JSON: a list of
 # {"exposure_words": n, "train": {metric: value}} (experiment trackers log each one).
 TRACKED_STEPS = "tracked_steps"
