@@ -1,6 +1,8 @@
-"""Kill a sweep's driver after some trials finish; `--resume` completes it without rerunning any."""
+"""Kill a sweep's driver after some trials finish; `--resume` completes it without rerunning any.
+The same sweeps check the console: quiet when captured, Ray's and the workers' lines back with `--verbose`."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -31,10 +33,11 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, share
     config = sweep_config(shared, name="resumable", space={"curriculum": {"choice": ["switch", "wiki", "merged"]}})
     finished_before, resumed, storage = kill_and_resume(config, tmp_path, finished=1)
     assert "leaderboard (3 trials" in resumed.stdout
+    planned = {trial_key(p) for p in grid_trials(parse_config(config))}
+    assert_quiet_console(resumed.stdout + resumed.stderr, planned - finished_before, planned)
 
     trials_dir = str(storage / "resumable" / "results" / "trials")
     trials = read_table(trials_dir)
-    planned = {trial_key(p) for p in grid_trials(parse_config(config))}
     assert set(trials["trial"]) == planned and len(trials) == len(planned)  # each finished once
     assert_not_retrained(storage / "resumable", finished_before)
     scores = read_table(str(storage / "resumable" / "results" / "eval_scores"))
@@ -73,37 +76,20 @@ def test_killed_tpe_sweep_resumes_the_same_optuna_study_with_every_trial_once(tm
     assert [t.value for t in study.trials] == pytest.approx([by_key.loc[k, "blimp:average:accuracy"] for k in drawn])
 
 
-def test_the_console_has_classit_lines_only_unless_verbose(tmp_path, shared):
-    """Captured (not a terminal): no Ray worker output, no progress bars, one line per finished
-    trial; `--verbose` brings the workers' output back."""
-    import re
+# Ray's prefix on a worker's forwarded output, colored or not.
+WORKER_LINE = re.compile(r"^(\x1b\[\d+m)?\(\w+ pid=\d+", re.MULTILINE)
 
-    ray_tmp = Path(tempfile.mkdtemp(prefix="rc-", dir="/tmp"))
-    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
-    outputs = {}
-    try:
-        for name, flags in (("console", []), ("console-verbose", ["--verbose"])):
-            config = sweep_config(shared, name=name, space={"curriculum": {"choice": ["switch", "wiki"]}})
-            path = tmp_path / f"{name}.yaml"
-            path.write_text(yaml.safe_dump(config))
-            proc = subprocess.run([*sweep_command(path), *flags], env=env, cwd=tmp_path, capture_output=True,
-                                  text=True, timeout=900)
-            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-            outputs[name] = proc.stdout + proc.stderr
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    # Ray's prefix on a worker's forwarded output, colored or not.
-    worker_line = re.compile(r"^(\x1b\[\d+m)?\(\w+ pid=\d+", re.MULTILINE)
-    quiet = outputs["console"]
-    assert "core_worker" not in quiet and not worker_line.search(quiet), quiet[-3000:]
-    assert not re.search(r"\d+%\|", quiet) and "examples/s" not in quiet  # no progress bars
-    finished = re.findall(r"^trial (\w+) scored and finished: blimp:average:accuracy [\d.]+", quiet, re.MULTILINE)
-    assert len(finished) == 2 and len(set(finished)) == 2, quiet[-3000:]
-    built = re.search(r"^base tiny: not cached", quiet, re.MULTILINE)  # the module's first sweep builds it
-    assert re.search(r"^base tiny: reused ", quiet, re.MULTILINE) or (built and "\nbase tiny built: " in quiet)
-    assert "leaderboard (2 trials" in quiet and "Wrote the latest version" not in quiet  # nor Tune's INFO lines
-    assert "Started a local Ray instance" not in quiet and "A new study created" not in quiet
-    assert worker_line.search(outputs["console-verbose"]) and "Started a local Ray instance" in outputs["console-verbose"]
+
+def assert_quiet_console(output: str, must_finish: set[str], planned: set[str]) -> None:
+    """Captured (not a terminal): no Ray worker output, no progress bars, no Ray or Tune INFO lines,
+    one line per trial finished (a resumed sweep may finish again one whose row it had)."""
+    assert "core_worker" not in output and not WORKER_LINE.search(output), output[-3000:]
+    assert not re.search(r"\d+%\|", output) and "examples/s" not in output  # no progress bars
+    finished = re.findall(r"^trial (\w+) scored and finished: blimp:average:accuracy [\d.]+", output, re.MULTILINE)
+    assert len(finished) == len(set(finished)) and must_finish <= set(finished) <= planned, output[-3000:]
+    assert re.search(r"^base tiny: reused ", output, re.MULTILINE), output[-3000:]  # built before the kill
+    assert "Wrote the latest version" not in output  # Tune's INFO lines
+    assert "Started a local Ray instance" not in output and "A new study created" not in output
 
 
 def sweep_command(path: Path) -> list[str]:
@@ -169,10 +155,13 @@ def test_a_corrupt_final_checkpoint_ends_eval_failed_and_the_sweep_exits_non_zer
     path.write_text(yaml.safe_dump(config))
     ray_tmp = Path(tempfile.mkdtemp(prefix="rb-", dir="/tmp"))
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
-    command = [sys.executable, str(REPO / "sweeps" / "curriculum_sweep.py"), "--config", str(path)]
+    command = sweep_command(path)
     try:
-        first = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        # --verbose brings back what the console keeps out by default (assert_quiet_console).
+        first = subprocess.run([*command, "--verbose"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                               timeout=900)
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        assert WORKER_LINE.search(first.stdout + first.stderr) and "Started a local Ray instance" in first.stdout + first.stderr
         key = trial_key(grid_trials(parse_config(config))[0])
         # The trial's training run stays; its final checkpoint's weights are damaged, and the sweep
         # is started afresh: the trial finds its run finished and hands that checkpoint to evaluation.
