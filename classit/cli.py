@@ -70,7 +70,8 @@ def cmd_instruct(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from classit.evaluate.jobs import HEADLINE_SUBTASKS, TASKS, EvalJob
+    from classit.evaluate.catalog import HEADLINE_SUBTASKS, TASKS
+    from classit.evaluate.jobs import EvalJob
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]

@@ -102,7 +102,7 @@ def train_metrics_schema(validation_sets: list[str] = ()) -> pa.Schema:
 def trials_schema(cfg) -> pa.Schema:
     """Columns of a sweep's `trials` table, derived from its config: parameters, datasets, tasks, config."""
     from classit.config import ClassitConfig
-    from classit.evaluate.jobs import headline_keys
+    from classit.evaluate.catalog import headline_keys
 
     sweep = cfg.sweep
     params = [(f"param.{name}", _choice_type(dim.choice) if dim.choice is not None else

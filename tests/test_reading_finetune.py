@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from classit.evaluate import export
+from classit.evaluate.catalog import FINETUNE_METRICS, FINETUNE_SELECT_BY
 from classit.evaluate.jobs import EvalJob, ModelCache, run_job
 from classit.evaluate.scoring import Encoded, load_model, reference_scores
 from classit.evaluate.tasks import finetune, reading
@@ -136,8 +137,8 @@ def test_f1_takes_class_1_as_positive_and_mrpc_qqp_select_by_f1():
     # Class 1 positive: precision 1, recall 1/2 -> 2/3 (class 0 as positive would give 0.8).
     scores = finetune.classification_metrics([1, 1, 0, 0], [1, 0, 0, 0], ("accuracy", "f1", "mcc"))
     assert scores["f1"] == pytest.approx(2 / 3) and scores["accuracy"] == 0.75
-    assert {t for t, spec in finetune.TASKS.items() if spec.select_by == "f1"} == {"mrpc", "qqp"}
-    assert finetune.TASKS["mnli"].metrics == ("accuracy",) and finetune.TASKS["mnli"].num_labels == 3
+    assert {t for t, metric in FINETUNE_SELECT_BY.items() if metric == "f1"} == {"mrpc", "qqp"}
+    assert FINETUNE_METRICS["mnli"] == ("accuracy",) and finetune.TASKS["mnli"].num_labels == 3
     assert (finetune.TASKS["wsc"].epochs, finetune.TASKS["boolq"].batch_size, finetune.TASKS["rte"].batch_size) == (30, 16, 32)
 
 
@@ -160,7 +161,7 @@ def test_each_finetuning_task_runs_end_to_end_with_pipeline_defaults(tmp_path, c
     rows = run_job(job, ModelCache("cpu"))
     assert all(not r["error"] for r in rows), rows
     values = {r["metric"]: r["value"] for r in rows}
-    assert set(values) == {*spec.metrics, "best_epoch"}
+    assert set(values) == {*FINETUNE_METRICS[task], "best_epoch"}
     assert 0 <= values["accuracy"] <= 1 and 1 <= values["best_epoch"] <= spec.epochs
     saved = json.loads(export.prediction_path(tmp_path / "out", "m", "main", task).read_text())
     assert [p["id"] for p in saved[task]["predictions"]] == [f"{task}_{i}" for i in range(10)]

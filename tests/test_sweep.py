@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from classit.config import ConfigError, parse_config
+from classit.evaluate.catalog import objective_key
 from classit.sweep.runner import leaderboard, validate
 from classit.sweep.space import DefineByRun, apply_params, check_space, grid_trials
-from classit.sweep.trial import objective_key
 
 REPO = Path(__file__).resolve().parents[1]
 

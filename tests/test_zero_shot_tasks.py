@@ -146,3 +146,13 @@ def test_fast_mode_reads_the_official_fast_sets_whole_and_subsamples_only_tasks_
     write_jsonl(tmp_path / "fast" / "wug_past_tense" / "wug_past.jsonl",
                 [{"sentences": "a wug .\ttwo wugs .", "ratio": 0.5}] * 50)
     assert len(read_for_evaluation("wug_past", tmp_path / "fast", fast=True, per_uid=2)[1]) == 50
+
+
+def test_the_catalog_knows_every_task_modules_tasks_and_their_metrics():
+    from classit.evaluate import catalog
+    from classit.evaluate.tasks import finetune, zero_shot
+
+    assert set(catalog.ZERO_SHOT_METRIC) == set(zero_shot.TASKS)
+    assert set(catalog.FINETUNE_METRICS) == set(catalog.FINETUNE_SELECT_BY) == set(finetune.TASKS)
+    assert all(catalog.FINETUNE_SELECT_BY[t] in catalog.FINETUNE_METRICS[t] for t in finetune.TASKS)
+    assert catalog.headline_keys("wug_adj") == ["wug_adj:average:spearman"]

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from classit.evaluate.catalog import FINETUNE, SERIES
-from classit.sweep.trial import objective_key
+from classit.evaluate.catalog import FINETUNE, SERIES, objective_key
 
 READING_SPR = "reading:self_paced_reading:r2_gain_pct"
 

@@ -143,7 +143,7 @@ def write_learning_curves(results: data.Results, out: Path) -> list[Path]:
 
 
 def write_blimp_fields(results: data.Results, out: Path) -> list[Path]:
-    from classit.sweep.space import format_count
+    from classit.units import format_count
 
     table = data.blimp_fields(results)
     if table.empty:

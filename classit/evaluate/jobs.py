@@ -13,29 +13,16 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from classit.evaluate import export
-from classit.evaluate.catalog import TASKS
+from classit.evaluate.catalog import TASKS, ZERO_SHOT_METRIC
 from classit.evaluate.progress import Progress
 from classit.evaluate.scoring import Encoded, encode_candidates, load_model, score
 from classit.evaluate.tasks import aoa, finetune, reading, zero_shot
 
 FAST_ITEMS_PER_SUBTASK = 100  # the fixed, seeded subset of `fast` mode, per UID
-# The subtasks whose rows hold a task's headline scores (the rest are breakdowns).
-HEADLINE_SUBTASKS = ("average", "eye_tracking", "self_paced_reading", "validation")
 assert set(TASKS) == {*zero_shot.TASKS, "reading", "aoa", *finetune.TASKS}, "catalog.py lists every task module's tasks"
 AOA_SURPRISAL = "aoa_surprisal"  # the table an AoA job's per-context surprisals go to
 SHARE = "share"  # a split job's share: its candidates' scores, merged into the job's rows by the pool
 SPLIT_MIN_ITEMS = 10_000  # a zero-shot task this large is split over the actors (BLiMP whole: 67,000)
-
-
-def headline_keys(task: str) -> list[str]:
-    """A task's headline scores as `task:subtask:metric`: the columns a trial row gets for it."""
-    if task in finetune.TASKS:
-        return [f"{task}:validation:{m}" for m in (*finetune.TASKS[task].metrics, "best_epoch")]
-    if task == "reading":
-        return [f"reading:{s}:r2_gain_pct" for s in ("eye_tracking", "self_paced_reading")]
-    if task == "aoa":
-        return ["aoa:average:pearson"]
-    return [f"{task}:average:{zero_shot.TASKS[task].metric}"]
 
 
 @dataclass(frozen=True)
@@ -102,7 +89,7 @@ def zero_shot_rows(job: EvalJob, folder: Path, items: list[zero_shot.Item], flat
     """A zero-shot job's rows (and exported predictions) from all its candidates' scores, in order."""
     scores = zero_shot.per_item(items, flat)
     spec = zero_shot.TASKS[job.task]
-    is_wug = spec.metric == "spearman"
+    is_wug = ZERO_SHOT_METRIC[job.task] == "spearman"
     _export(job, export.zero_shot_predictions(items, scores, with_prob=is_wug, whole_sentence=spec.predicts_sentence),
             folder.name)
     if is_wug:

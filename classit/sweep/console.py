@@ -12,8 +12,9 @@ import sys
 
 from ray import tune
 
-from classit.sweep.space import format_count, format_params
+from classit.sweep.space import format_params
 from classit.sweep.trial import trial_key, trial_params
+from classit.units import format_count
 
 
 def echo(line: str) -> None:

@@ -17,8 +17,6 @@ from classit.sweep.space import (
     DefineByRun,
     check_space,
     corner_trials,
-    format_bytes,
-    format_count,
     format_params,
     gpu_hours,
     grid_trials,
@@ -27,7 +25,9 @@ from classit.sweep.space import (
 )
 from classit.evaluate.aggregates import NAMES as AGGREGATES
 from classit.evaluate.aggregates import component_tasks
-from classit.sweep.trial import EVAL_SCORES, TRIALS, objective_key
+from classit.evaluate.catalog import objective_key
+from classit.sweep.trial import EVAL_SCORES, TRIALS
+from classit.units import format_bytes, format_count
 from classit.train.checkpoints import planned_checkpoints, run_disk_bytes
 
 STATE_FILE = "tuner.pkl"  # what Tune writes into an experiment folder it can restore

@@ -67,7 +67,8 @@ def sweep_status(experiment: Path) -> dict:
     elapsed time and an estimate of the time left."""
     from classit.results import read_table
     from classit.sweep.space import planned_trial_count
-    from classit.sweep.trial import TRIALS, objective_key, trial_key, trial_params
+    from classit.evaluate.catalog import objective_key
+    from classit.sweep.trial import TRIALS, trial_key, trial_params
 
     path = experiment / SWEEP_FILE
     if not path.is_file():
@@ -120,7 +121,8 @@ def sweep_status(experiment: Path) -> dict:
 
 
 def format_status(status: dict) -> str:
-    from classit.sweep.space import format_count, format_params, text_table
+    from classit.sweep.space import format_params, text_table
+    from classit.units import format_count
 
     counts = ", ".join(f"{n} {state}" for state, n in status["counts"].items() if n)
     driver = {True: "running", False: "not running (resume with --resume)", None: "on another host"}

@@ -16,40 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from classit.config import ClassitConfig, config_hash
-from classit.evaluate.aggregates import NAMES as AGGREGATES
 from classit.evaluate.aggregates import aggregates
+from classit.evaluate.catalog import headline_keys, objective_key
 
 TRIALS, TRAIN_METRICS, EVAL_SCORES = "trials", "train_metrics", "eval_scores"
 
 
-def objective_key(spec: str) -> str:
-    """`val_loss`, a leaderboard aggregate (`babylm:macro`, `babylm:nlp`, `babylm:human_likeness`), or
-    `<task>[:<subtask>[:<metric>]]` completed with the task's headline score."""
-    if spec == "val_loss" or spec in AGGREGATES:
-        return spec
-    if spec.startswith("babylm:"):
-        raise ValueError(f"unknown aggregate (known: {', '.join(AGGREGATES)})")
-    from classit.evaluate.tasks import finetune, zero_shot
-
-    task, *rest = spec.split(":")
-    if task in finetune.TASKS:
-        default = ("validation", finetune.TASKS[task].select_by)
-    elif task == "reading":
-        default = ("eye_tracking", "r2_gain_pct")
-    elif task == "aoa":
-        default = ("average", "pearson")
-    elif task in zero_shot.TASKS:
-        default = ("average", zero_shot.TASKS[task].metric)
-    else:
-        raise ValueError(f"unknown task {task!r}")
-    subtask, metric = (rest + [None, None])[:2]
-    return f"{task}:{subtask or default[0]}:{metric or default[1]}"
-
-
 def scores_of(rows: list[dict], checkpoint: str) -> dict[str, float]:
     """The headline scores of one checkpoint's evaluation rows, keyed task:subtask:metric."""
-    from classit.evaluate.jobs import headline_keys
-
     scores = {f"{r['task']}:{r['subtask']}:{r['metric']}": float(r["value"]) for r in rows
               if r["checkpoint"] == checkpoint and not r["error"]}
     return {k: v for k, v in scores.items() if k in headline_keys(k.split(":")[0])}

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from classit.evaluate.catalog import FINETUNE_METRICS, FINETUNE_SELECT_BY
 from classit.evaluate.progress import Progress
 
 
@@ -52,8 +53,6 @@ class FinetuneTask:
     num_labels: int = 2
     batch_size: int = 32
     epochs: int = 10
-    select_by: str = "accuracy"  # the validation metric that picks the best epoch
-    metrics: tuple[str, ...] = ("accuracy", "f1", "mcc")
 
 
 TASKS = {
@@ -62,9 +61,9 @@ TASKS = {
     "rte": FinetuneTask(("sentence1",), ("sentence2",)),
     "wsc": FinetuneTask(("span2_text", "span1_text"), ("text",), 'Does "{}" refer to "{}" in this passage?',
                         epochs=30),
-    "mrpc": FinetuneTask(("sentence1",), ("sentence2",), select_by="f1"),
-    "qqp": FinetuneTask(("question1",), ("question2",), select_by="f1"),
-    "mnli": FinetuneTask(("premise",), ("hypothesis",), num_labels=3, metrics=("accuracy",)),
+    "mrpc": FinetuneTask(("sentence1",), ("sentence2",)),
+    "qqp": FinetuneTask(("question1",), ("question2",)),
+    "mnli": FinetuneTask(("premise",), ("hypothesis",), num_labels=3),
 }
 
 
@@ -234,8 +233,9 @@ def finetune(checkpoint: str | Path, task: str, data_dir: str | Path,
             schedule.step()
             optimizer.zero_grad()
             progress.advance()
-        scores = classification_metrics(valid_labels, predict(model, tokenizer, valid_texts, settings), spec.metrics)
-        if best is None or scores[spec.select_by] > best[spec.select_by]:
+        scores = classification_metrics(valid_labels, predict(model, tokenizer, valid_texts, settings),
+                                        FINETUNE_METRICS[task])
+        if best is None or scores[FINETUNE_SELECT_BY[task]] > best[FINETUNE_SELECT_BY[task]]:
             best, best_state, best_epoch = scores, copy.deepcopy(model.state_dict()), epoch
     model.load_state_dict(best_state)
     return best, predict(model, tokenizer, valid_texts, settings), best_epoch

@@ -113,7 +113,6 @@ def read_wug(folder: Path, uid: str) -> list[Item]:
 class Task:
     folders: tuple[str, ...]  # ours first, then the official pipeline's names
     read: Callable[[Path], list[Item]]
-    metric: str = "accuracy"
     meta_keys: tuple[str, ...] = ("UID",)
     predicts_sentence: bool = False  # exported predictions name the whole chosen text (COMPS)
     fast_folder: str | None = None  # the official fast_eval folder, read whole in fast mode when present
@@ -135,9 +134,9 @@ TASKS = {
                  fast_folder="ewok_fast", fast_size=100),
     "entity_tracking": Task(("entity_tracking",), read_entity_tracking, fast_folder="entity_tracking_fast",
                             fast_size=ENTITY_TRACKING_FAST_SIZE),
-    "wug_adj": Task(("wug_adj", "wug_adj_nominalization"), partial(read_wug, uid="wug_adj"), metric="spearman",
+    "wug_adj": Task(("wug_adj", "wug_adj_nominalization"), partial(read_wug, uid="wug_adj"),
                     fast_is_whole=True),
-    "wug_past": Task(("wug_past", "wug_past_tense"), partial(read_wug, uid="wug_past"), metric="spearman",
+    "wug_past": Task(("wug_past", "wug_past_tense"), partial(read_wug, uid="wug_past"),
                      fast_is_whole=True),
     "comps": Task(("comps",), read_comps, predicts_sentence=True),
 }
