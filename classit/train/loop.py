@@ -195,25 +195,57 @@ def full_state_dict(engine) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
-def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report: Reporter,
-                resume_from: Path | None = None, log: Callable[[str], None] = print):
-    """Train one stage to its planned steps. `resume_from`: a checkpoint folder of this stage.
+@dataclass
+class CheckpointSchedule:
+    """Where a stage saves besides its end: each BabyLM word mark (scaled by `word_scale`) that its
+    total exposure crosses, under the `babylm` schedule; none under `end`."""
 
-    Returns the final state and the engine (for `full_state_dict`, when a next stage needs the weights).
-    """
+    marks: list[int]  # in total exposure words, ascending
+    names: dict[int, int]  # mark -> the unscaled BabyLM mark it stands for
+
+    @classmethod
+    def of(cls, stage: Stage) -> CheckpointSchedule:
+        ccfg = stage.config.checkpoints
+        marks = checkpoint_marks(stage.prior_exposure_words, ccfg.word_scale) if ccfg.schedule == "babylm" else []
+        return cls(marks, scaled_marks(ccfg.word_scale))
+
+    def crossed(self, state: TrainerState) -> bool:
+        return state.next_mark < len(self.marks) and state.total_exposure_words >= self.marks[state.next_mark]
+
+    def advance(self, state: TrainerState, crossed: bool) -> None:
+        """Past every mark crossed now (one step can cross several); the checkpoint names the newest."""
+        while self.crossed(state):
+            state.next_mark += 1
+        state.babylm_mark = self.names[self.marks[state.next_mark - 1]] if crossed else 0
+
+
+def stage_steps(stage: Stage, world_size: int) -> int:
     tcfg = stage.config
-    rank, world_size = world()
     total_steps = planned_steps(len(stage.train), tcfg, world_size)
     if total_steps == 0:
         raise ValueError(f"stage {stage.name}: {len(stage.train)} rows are too few for one step "
                          f"of {tcfg.batch_size} x {world_size} workers x {tcfg.gradient_accumulation_steps} accumulation")
-    per_epoch = steps_per_epoch(len(stage.train), tcfg, world_size)
-    marks = checkpoint_marks(stage.prior_exposure_words, tcfg.checkpoints.word_scale) \
-        if tcfg.checkpoints.schedule == "babylm" else []
-    mark_names = scaled_marks(tcfg.checkpoints.word_scale)
+    return total_steps
 
+
+def check_finite(loss: float, stage: str, step: int) -> None:
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(f"stage {stage}: non-finite loss ({loss}) at step {step}; "
+                                 f"lower the learning rate or check the data")
+
+
+def checkpoint_name(stage: Stage, state: TrainerState) -> str:
+    # Named by total exposure, the BabyLM checkpoint's word count.
+    return f"{stage.name}-step{state.step:07d}-words{state.total_exposure_words:012d}"
+
+
+def start_engine(model, stage: Stage, dcfg: DistributedConfig, total_steps: int, resume_from: Path | None,
+                 log: Callable[[str], None]):
+    """The stage's state and DeepSpeed engine: fresh, or resumed from a checkpoint folder of this
+    stage (with its optimizer state where the folder keeps it, weights only otherwise)."""
     state = stage.fresh_state()
-    if resume_from is not None and (resume_from / TRAINER_STATE).exists():
+    resumable = resume_from is not None and (resume_from / TRAINER_STATE).exists()
+    if resumable:
         state = load_trainer_state(resume_from)
         if not (resume_from / DEEPSPEED_DIR).exists():  # weights only: optimizer restarts
             from transformers import AutoModelForCausalLM
@@ -222,88 +254,111 @@ def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report:
     engine = build_engine(model.to(device()), stage, dcfg, total_steps)
     if resume_from is not None and (resume_from / DEEPSPEED_DIR).exists():
         engine.load_checkpoint(str(resume_from / DEEPSPEED_DIR), tag="state")
-        if rank == 0:
+        if world()[0] == 0:
             log(f"[{stage.name}] resumed at step {state.step} ({state.words_seen:,} words seen)")
+    return state, engine
 
-    def checkpoint(metrics: dict, name: str) -> None:
-        with tempfile.TemporaryDirectory(prefix="classit-ckpt-") as tmp:
-            save_checkpoint(engine, tokenizer, state, Path(tmp), tcfg.checkpoints.resumable)
-            report(metrics, checkpoint_dir=tmp, name=name)
 
+def optimizer_steps(engine, batches, accumulation: int):
+    """Forward and backward over each micro-batch; per optimizer step, its mean token loss and the
+    words and input tokens it saw, summed over every rank."""
+    dev = engine.device
+    acc, micro = [0.0, 0.0, 0.0, 0.0], 0  # loss sum, target tokens, words, input tokens
+    for batch in batches:
+        # Batches are right-padded, so causal attention never lets a real token see padding:
+        # no mask is needed, and without one attention takes the fast is_causal kernel.
+        logits = engine(input_ids=batch["input_ids"].to(dev), use_cache=False).logits
+        loss_sum, n = token_loss(logits, batch["labels"].to(dev))
+        engine.backward(loss_sum / n.clamp(min=1))
+        engine.step()
+        step_loss, step_targets = torch.stack([loss_sum.detach().double(), n.double()]).tolist()
+        acc = [acc[0] + step_loss, acc[1] + step_targets, acc[2] + int(batch["num_words"].sum()),
+               acc[3] + int(batch["attention_mask"].sum())]
+        micro += 1
+        if micro % accumulation == 0:
+            loss_total, targets, words, tokens = all_sum(acc)
+            acc = [0.0, 0.0, 0.0, 0.0]
+            yield loss_total / max(targets, 1), int(words), int(tokens)
+
+
+class Throughput:
+    """Tokens per second of training alone: the window is reset after evaluating and checkpointing."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.tokens, self.start = 0, time.perf_counter()
+
+    def rate(self) -> float:
+        return self.tokens / max(time.perf_counter() - self.start, 1e-9)
+
+
+def progress_line(stage: str, total_steps: int, metrics: dict) -> str:
+    val = f" val_loss {metrics['val_loss']:.4f}" if "val_loss" in metrics else ""
+    return (f"[{stage}] step {metrics['step']}/{total_steps} loss {metrics['loss']:.4f}{val} "
+            f"lr {metrics['lr']:.2e} {metrics['tokens_per_s']:,.0f} tok/s {metrics['words_seen']:,} words")
+
+
+def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report: Reporter,
+                resume_from: Path | None = None, log: Callable[[str], None] = print):
+    """Train one stage to its planned steps. `resume_from`: a checkpoint folder of this stage.
+
+    Returns the final state and the engine (for `full_state_dict`, when a next stage needs the weights).
+    """
+    tcfg = stage.config
+    rank, world_size = world()
+    total_steps = stage_steps(stage, world_size)
+    schedule = CheckpointSchedule.of(stage)
+    state, engine = start_engine(model, stage, dcfg, total_steps, resume_from, log)
     validation = {name: evenly_spaced(rows, tcfg.max_validation_rows) for name, rows in stage.validation.items()}
 
     def evaluate() -> dict[str, float]:
         return validation_losses(engine.module, validation, stage.collate, tcfg.batch_size)
 
-    base = {"stage": stage.name, "stage_index": stage.index, "total_steps": total_steps, **stage.extra_metrics}
+    def counts() -> dict:
+        return {"stage": stage.name, "stage_index": stage.index, "total_steps": total_steps, **stage.extra_metrics,
+                "step": state.step, "words_seen": state.words_seen, "tokens_seen": state.tokens_seen,
+                "input_words": state.total_input_words, "exposure_words": state.total_exposure_words}
 
-    def word_counts() -> dict:
-        return {"input_words": state.total_input_words, "exposure_words": state.total_exposure_words}
+    def save(metrics: dict) -> None:
+        with tempfile.TemporaryDirectory(prefix="classit-ckpt-") as tmp:
+            save_checkpoint(engine, tokenizer, state, Path(tmp), tcfg.checkpoints.resumable)
+            report(metrics, checkpoint_dir=tmp, name=checkpoint_name(stage, state))
 
     if state.initial_val_loss is None:
         losses = evaluate()
         state.initial_val_loss = losses["val_loss"]
-        report({**base, "step": 0, "epoch": 0, "words_seen": 0, "tokens_seen": 0, **word_counts(),
-                "lr": engine.get_lr()[0], **losses})
+        report({**counts(), "epoch": 0, "lr": engine.get_lr()[0], **losses})
         if rank == 0:
             log(f"[{stage.name}] step 0/{total_steps} val_loss {state.initial_val_loss:.4f}")
 
     engine.train()
-    window_tokens, window_start = 0, time.perf_counter()
-    epoch, skip = divmod(state.step, per_epoch)
-    dev = engine.device
+    throughput = Throughput()
+    epoch, skip = divmod(state.step, steps_per_epoch(len(stage.train), tcfg, world_size))
     while state.step < total_steps:
-        batches = _batches(stage.train, epoch, tcfg.seed, skip * tcfg.gradient_accumulation_steps, tcfg,
-                           stage.collate)
+        batches = _batches(stage.train, epoch, tcfg.seed, skip * tcfg.gradient_accumulation_steps, tcfg, stage.collate)
         skip = 0
-        micro = 0
-        acc = [0.0, 0.0, 0.0, 0.0]  # loss sum, target tokens, words, input tokens
-        for batch in batches:
-            # Batches are right-padded, so causal attention never lets a real token see padding:
-            # no mask is needed, and without one attention takes the fast is_causal kernel.
-            logits = engine(input_ids=batch["input_ids"].to(dev), use_cache=False).logits
-            loss_sum, n = token_loss(logits, batch["labels"].to(dev))
-            engine.backward(loss_sum / n.clamp(min=1))
-            engine.step()
-            step_loss, step_targets = torch.stack([loss_sum.detach().double(), n.double()]).tolist()
-            acc = [acc[0] + step_loss, acc[1] + step_targets, acc[2] + int(batch["num_words"].sum()),
-                   acc[3] + int(batch["attention_mask"].sum())]
-            micro += 1
-            if micro % tcfg.gradient_accumulation_steps:
-                continue
-            loss_total, targets, words, tokens = all_sum(acc)
-            acc = [0.0, 0.0, 0.0, 0.0]
-            loss = loss_total / max(targets, 1)
-            if not math.isfinite(loss):
-                raise NonFiniteLossError(f"stage {stage.name}: non-finite loss ({loss}) at step {state.step + 1}; "
-                                         f"lower the learning rate or check the data")
+        for loss, words, tokens in optimizer_steps(engine, batches, tcfg.gradient_accumulation_steps):
+            check_finite(loss, stage.name, state.step + 1)
             state.step += 1
-            state.words_seen += int(words)
-            state.tokens_seen += int(tokens)
-            window_tokens += int(tokens)
-            metrics = {**base, "step": state.step, "words_seen": state.words_seen, "tokens_seen": state.tokens_seen,
-                       **word_counts(), "loss": loss, "lr": engine.get_lr()[0], "epoch": epoch}
-            done = state.step >= total_steps
-            crossed = state.next_mark < len(marks) and state.total_exposure_words >= marks[state.next_mark]
+            state.words_seen += words
+            state.tokens_seen += tokens
+            throughput.tokens += tokens
+            done, crossed = state.step >= total_steps, schedule.crossed(state)
             evaluating = state.step % tcfg.eval_every_steps == 0 or done
-            if state.step % tcfg.log_every_steps == 0 or evaluating or crossed:
-                # Throughput of training alone: the window closes before evaluation and checkpointing.
-                metrics["tokens_per_s"] = window_tokens / max(time.perf_counter() - window_start, 1e-9)
-                if evaluating:
-                    metrics.update(evaluate())
-                if rank == 0:
-                    val = f" val_loss {metrics['val_loss']:.4f}" if "val_loss" in metrics else ""
-                    log(f"[{stage.name}] step {state.step}/{total_steps} loss {loss:.4f}{val} "
-                        f"lr {metrics['lr']:.2e} {metrics['tokens_per_s']:,.0f} tok/s {state.words_seen:,} words")
-                if crossed or done:
-                    while state.next_mark < len(marks) and state.total_exposure_words >= marks[state.next_mark]:
-                        state.next_mark += 1
-                    state.babylm_mark = mark_names[marks[state.next_mark - 1]] if crossed else 0
-                    # Named by total exposure, the BabyLM checkpoint's word count.
-                    checkpoint(metrics, f"{stage.name}-step{state.step:07d}-words{state.total_exposure_words:012d}")
-                else:
-                    report(metrics)
-                window_tokens, window_start = 0, time.perf_counter()
+            if not (state.step % tcfg.log_every_steps == 0 or evaluating or crossed):
+                continue
+            metrics = {**counts(), "loss": loss, "lr": engine.get_lr()[0], "epoch": epoch,
+                       "tokens_per_s": throughput.rate(), **(evaluate() if evaluating else {})}
+            if rank == 0:
+                log(progress_line(stage.name, total_steps, metrics))
+            if crossed or done:
+                schedule.advance(state, crossed)
+                save(metrics)
+            else:
+                report(metrics)
+            throughput.reset()
             if done:
                 break
         epoch += 1
