@@ -113,7 +113,9 @@ def cmd_sweep(args) -> int:
     for flag, key in (("name", "sweep.name"),):
         if getattr(args, flag) is not None:
             args.overrides.append(f"{key}={getattr(args, flag)}")
-    from classit.sweep.runner import describe_plan, failed_evaluations, run_sweep, validate
+    from classit.analysis.trials import failed_evaluations
+    from classit.sweep.plan import describe_plan, validate
+    from classit.sweep.runner import run_sweep
 
     cfg = validate(_load(args))
     _quiet_progress_bars()

@@ -75,7 +75,7 @@ def test_leaderboards_and_paper_tables_show_the_aggregates_where_trials_have_the
     from classit.analysis import data
     from classit.analysis.report import write_paper_tables
     from classit.results import EVAL_SCORES_SCHEMA, write_rows
-    from classit.sweep.runner import format_leaderboard, leaderboard
+    from classit.analysis.trials import format_leaderboard, leaderboard
 
     trial = {"sweep": "s", "run": "r", "status": "finished", "error": "", "val_loss": 1.0, "checkpoint": "/c",
              "param.seed": 0}

@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from classit.analysis.trials import leaderboard
 from classit.config import ConfigError, parse_config
 from classit.evaluate.catalog import objective_key
-from classit.sweep.runner import leaderboard, validate
+from classit.sweep.plan import validate
 from classit.sweep.space import DefineByRun, apply_params, check_space, grid_trials
 
 REPO = Path(__file__).resolve().parents[1]

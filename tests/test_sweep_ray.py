@@ -109,7 +109,7 @@ def test_tpe_multi_objective_with_seeds_repeats_each_draw_and_scores_aoa_on_the_
     # The Optuna study is on disk, in the sweep's folder: one trial per draw, told the seed means.
     import optuna
 
-    from classit.sweep.runner import optuna_journal
+    from classit.sweep.search import optuna_journal
 
     study = optuna.load_study(study_name="tpe", storage=optuna_journal(parse_config(config)))
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2

@@ -56,7 +56,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, share
 def test_killed_tpe_sweep_resumes_the_same_optuna_study_with_every_trial_once(tmp_path, shared):
     import optuna
 
-    from classit.sweep.runner import optuna_journal
+    from classit.sweep.search import optuna_journal
 
     config = sweep_config(shared, name="resumable-tpe", search="tpe", num_samples=3,
                           space={"curriculum": {"choice": ["switch", "wiki"]},

@@ -186,9 +186,3 @@ def gpu_hours(parameters: int, words: int, tokens_per_word: float = 1.3, peak_fl
 def format_params(params: dict) -> str:
     """Parameters as `name=value, ...`, floats to three significant digits."""
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-
-
-def text_table(rows: list[list[str]]) -> str:
-    """Rows of cells (the first the header) as left-aligned columns, two spaces apart."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)

@@ -121,8 +121,8 @@ def sweep_status(experiment: Path) -> dict:
 
 
 def format_status(status: dict) -> str:
-    from classit.sweep.space import format_params, text_table
-    from classit.units import format_count
+    from classit.sweep.space import format_params
+    from classit.units import format_count, text_table
 
     counts = ", ".join(f"{n} {state}" for state, n in status["counts"].items() if n)
     driver = {True: "running", False: "not running (resume with --resume)", None: "on another host"}

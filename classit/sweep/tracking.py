@@ -20,7 +20,7 @@ from ray.air.integrations.wandb import WandbLoggerCallback
 from ray.tune.logger import TBXLoggerCallback
 
 from classit.config import ClassitConfig, ConfigError
-from classit.sweep.runner import experiment_dir
+from classit.sweep.plan import experiment_dir
 from classit.train.runner import TRACKED_STEPS
 
 PACKAGES = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboardX"}

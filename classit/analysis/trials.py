@@ -1,0 +1,70 @@
+"""The per-trial leaderboard a sweep prints when it ends: one row per trial that trained to the end,
+best first by the first objective, the Pareto front of several objectives marked. (`data.leaderboard`
+is the report's view: one row per configuration, over its seeds.)"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from classit.analysis.stats import pareto_mask
+from classit.evaluate.aggregates import NAMES as AGGREGATES
+from classit.units import text_table
+
+
+def pareto_front(board, objectives: list[str], modes: list[str]):
+    """Rows no other row beats on every objective (and strictly on one); a row missing an
+    objective (its evaluation failed) is never on the front."""
+    points = np.column_stack([board[o].to_numpy(float) * (1 if m == "max" else -1) for o, m in zip(objectives, modes)])
+    complete = ~np.isnan(points).any(axis=1)
+    front = np.zeros(len(points), dtype=bool)
+    front[complete] = pareto_mask(points[complete])
+    return list(front)
+
+
+SCORED = ("finished", "eval_failed")  # trials that trained to the end, whatever their evaluation gave
+
+
+def leaderboard(trials, objectives: list[str], modes: list[str]):
+    """One row per trial that trained to the end (`eval_failed` ones too, with their status),
+    best first by the first objective; the Pareto front marked."""
+    if trials.empty:
+        return trials
+    board = trials[trials["status"].isin(SCORED)].drop_duplicates("trial").copy()
+    for o in objectives:
+        if o not in board:
+            board[o] = float("nan")
+    if len(objectives) > 1:
+        board["pareto"] = pareto_front(board, objectives, modes)
+    return board.sort_values(objectives[0], ascending=modes[0] == "min").reset_index(drop=True)
+
+
+def format_leaderboard(board, objectives: list[str]) -> str:
+    if board.empty:
+        return "leaderboard: no finished trials"
+    params = [c for c in board.columns if c.startswith("param.")]
+    scores = [c for c in board.columns if c.count(":") == 2]
+    scores = [o for o in objectives if o in scores] + [c for c in scores if c not in objectives]
+    scores += [a for a in AGGREGATES if a in board and a not in scores and board[a].notna().any()]
+    header = ["trial", "status", *[p.removeprefix("param.") for p in params], "val_loss", *scores]
+    rows = [header]
+    for _, r in board.iterrows():
+        cells = [("* " if r.get("pareto") else "") + r["trial"], r["status"]]
+        cells += ["-" if _missing(r[p]) else (f"{r[p]:.3g}" if isinstance(r[p], float) else str(r[p])) for p in params]
+        cells += [f"{r['val_loss']:.4f}", *[f"{r[s]:.4g}" if not _missing(r[s]) else "-" for s in scores]]
+        rows.append(cells)
+    text = text_table(rows)
+    note = "\n(* on the Pareto front of the objectives)" if "pareto" in board else ""
+    failed = board.loc[board["status"] == "eval_failed", "trial"].tolist()
+    if failed:
+        note += f"\nevaluation failed for trial(s) {', '.join(failed)}: see the error rows of eval_scores"
+    return f"leaderboard ({len(board)} trials, best first by {objectives[0]}):\n{text}{note}"
+
+
+def failed_evaluations(board) -> list[str]:
+    return [] if board.empty else board.loc[board["status"] == "eval_failed", "trial"].tolist()
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))

@@ -1,0 +1,84 @@
+"""The search a sweep runs: Tune's grid, or Optuna (TPE or random) through Tune's OptunaSearch,
+with its study kept in a journal file in the sweep's folder, each draw repeated once per seed, and
+ASHA when asked for. Imported when a sweep starts (it loads Ray Tune and Optuna)."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from ray import tune
+from ray.tune.search import Repeater
+from ray.tune.search.optuna import OptunaSearch
+
+from classit.config import ClassitConfig
+from classit.evaluate.catalog import objective_key
+from classit.sweep.plan import experiment_dir
+from classit.sweep.space import DefineByRun, grid_trials
+
+OPTUNA_JOURNAL = "optuna.journal"  # a TPE or random sweep's Optuna study, on disk: optuna-dashboard reads it
+
+
+def tune_setup(cfg: ClassitConfig):
+    """param_space and TuneConfig for the chosen search."""
+    sweep = cfg.sweep
+    objectives = [objective_key(m) for m in sweep.metrics]
+    scheduler = None
+    if sweep.asha:
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(metric="val_loss", mode="min", time_attr="training_iteration", grace_period=2)
+    if sweep.search == "grid":
+        return {"params": tune.grid_search(grid_trials(cfg))}, tune.TuneConfig(
+            num_samples=1, max_concurrent_trials=sweep.max_concurrent_trials, scheduler=scheduler)
+    sampler = (optuna.samplers.TPESampler(seed=sweep.search_seed, multivariate=True) if sweep.search == "tpe"
+               else optuna.samplers.RandomSampler(seed=sweep.search_seed))
+    curriculum = cfg.instruct.curriculum if isinstance(cfg.instruct.curriculum, str) else "custom"
+    # Objectives as lists even when there is one: OptunaSearch then takes only each trial's final
+    # result (a single metric would be read from every intermediate report, which carries only the
+    # validation loss), and a one-objective study stays a plain single-objective Optuna study.
+    search = JournalOptunaSearch(DefineByRun(sweep.space, curriculum), metric=objectives, mode=list(sweep.modes),
+                                 sampler=sampler, study_name=sweep.name, storage=optuna_journal(cfg))
+    if len(sweep.seeds) > 1:  # the searcher sees the mean over seeds of each draw
+        search = SeedRepeater(search, repeat=len(sweep.seeds))
+    return {}, tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=sweep.num_samples * len(sweep.seeds),
+                               max_concurrent_trials=sweep.max_concurrent_trials)
+
+
+def optuna_journal(cfg: ClassitConfig):
+    """The sweep's Optuna study in a journal file in its folder: the study outlives the driver
+    (`--resume` continues it, the searcher's state pointing at the same file), and
+    `optuna-dashboard <sweep>/optuna.journal` shows it live."""
+    experiment_dir(cfg).mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(experiment_dir(cfg) / OPTUNA_JOURNAL)))
+
+
+class JournalOptunaSearch(OptunaSearch):
+    """OptunaSearch for a study kept in the sweep's journal. Tune snapshots the searcher now and
+    then; a driver killed after Optuna was asked for a trial but before the next snapshot leaves
+    that trial RUNNING in the journal, unknown to the restored searcher. The next trial Tune asks
+    for adopts it (its parameters, hence its training run, resume) instead of asking anew, so the
+    study holds every trial once and none stays RUNNING."""
+
+    def suggest(self, trial_id: str):
+        if trial_id not in self._ot_trials and self._ot_study is not None:
+            known = {trial._trial_id for trial in self._ot_trials.values()}
+            running = self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            orphan = next((t for t in running if t._trial_id not in known), None)
+            if orphan is not None:
+                self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphan._trial_id)
+        return super().suggest(trial_id)
+
+
+class SeedRepeater(Repeater):
+    """Tune's Repeater for one or several objectives: each draw runs once per seed, and the
+    searcher is told the mean of every objective over the seeds (Repeater handles only one)."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, **kwargs):
+        metrics = self.searcher.metric if isinstance(self.searcher.metric, list) else [self.searcher.metric]
+        group = self._trial_id_to_group[trial_id]
+        group.report(trial_id, [float((result or {}).get(m, np.nan)) for m in metrics])
+        if group.finished_reporting():
+            means = np.nanmean(np.array(group.scores(), dtype=float), axis=0)
+            self.searcher.on_trial_complete(group.primary_trial_id, result=dict(zip(metrics, means)), **kwargs)
