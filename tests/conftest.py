@@ -28,6 +28,17 @@ def small_config(tmp: Path, **sections) -> "ClassitConfig":
     return parse_config(data)
 
 
+# Modules whose tests start Ray of their own: sweeps in driver processes, clusters.
+RAY_OF_THEIR_OWN = ("test_sweep_resume.py", "test_cluster_ray.py", "test_cluster_up.py")
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that starts Ray is `slow`, so `pytest -m "not slow"` runs the rest in minutes."""
+    for item in items:
+        if "ray_local" in item.fixturenames or item.path.name in RAY_OF_THEIR_OWN:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="module")
 def ray_local():
     """One local Ray instance per test module, in its own temp folder, removed afterwards."""
