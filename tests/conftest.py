@@ -13,6 +13,22 @@ from classit.config import parse_config  # noqa: E402
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def pytest_configure(config):
+    """The run's child processes keep their temporary files in one folder, removed at the end: Ray's
+    dashboard starts a multiprocessing forkserver whose socket folder (/tmp/pymp-*) outlives Ray."""
+    config.children_tmp = tempfile.mkdtemp(prefix="classit-tests-", dir="/tmp")
+    config.tmpdir_before = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = config.children_tmp
+
+
+def pytest_unconfigure(config):
+    if config.tmpdir_before is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = config.tmpdir_before
+    shutil.rmtree(config.children_tmp, ignore_errors=True)
+
+
 def small_config(tmp: Path, **sections) -> "ClassitConfig":
     """The tiny preset on a small synthetic corpus, with everything written under `tmp`."""
     data = {
