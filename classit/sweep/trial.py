@@ -73,14 +73,58 @@ def finished_row(results_root: str, key: str) -> dict | None:
     return done.iloc[0].to_dict() if len(done) else None
 
 
+def evaluation_jobs(cfg: ClassitConfig, result, base: Path, data_dir: str, key: str):
+    """The trial's checkpoints to score (the final one, and every stage end under `checkpoints: all`)
+    with their metrics, and one job per checkpoint and task; AoA scores the base's marks and this
+    run's, one job each, fitted on the final checkpoint."""
+    from classit.evaluate.catalog import SERIES
+    from classit.evaluate.jobs import EvalJob, aoa_jobs
+
+    ecfg = cfg.evaluation
+    final = result.checkpoint
+    checkpoints = [(final, result.metrics)]
+    if ecfg.checkpoints == "all":
+        checkpoints = [(c, m) for c, m in result.best_checkpoints if c.path != final.path] + checkpoints
+    common = {"trial": key, "fast": ecfg.fast, "config": json.dumps(cfg.model_dump(mode="json"), sort_keys=True)}
+    jobs = [EvalJob(c.path, task, data_dir, words_seen=int(m.get("exposure_words", -1)),
+                    pooling=ecfg.finetune_pooling, **common)
+            for c, m in checkpoints for task in ecfg.tasks if task not in SERIES]
+    if "aoa" in ecfg.tasks:
+        jobs += aoa_jobs([base.parent, Path(final.path).parent], data_dir, series=final.path, **common)
+    return checkpoints, jobs
+
+
+def final_scores(rows: list[dict], final: str) -> dict[str, float]:
+    """The final checkpoint's headline scores and the BabyLM aggregates of them."""
+    scores = scores_of(rows, final)
+    return scores | {name: aggregate.value for name, aggregate in aggregates(scores).items()}
+
+
+def trial_row(sweep_name: str, cfg: ClassitConfig, params: dict, result, rows: list[dict], scores: dict,
+              start: float) -> dict:
+    """The trial's `trials` row: its parameters, losses, word counts, final scores, status
+    (`eval_failed` with the errors, if any), time and the whole config."""
+    from classit.results import config_columns, provenance
+
+    final, metrics = result.checkpoint.path, result.metrics
+    errors = sorted({r["error"] for r in rows if r["error"]})
+    end = time.time()
+    return {"sweep": sweep_name, "trial": trial_key(params), "run": cfg.run.name,
+            "status": "eval_failed" if errors else "finished", "error": "; ".join(errors), **param_columns(params),
+            **{k: v for k, v in metrics.items() if k.startswith("val_loss")},
+            "validation_records": metrics.get("validation_records"), "base_val_loss": base_val_loss(cfg),
+            "input_words": metrics.get("input_words"), "exposure_words": metrics.get("exposure_words"),
+            "checkpoint": final, **scores, "start": start, "end": end, "seconds": end - start,
+            "gpu_hours": (end - start) * cfg.distributed.num_workers * cfg.distributed.use_gpu / 3600,
+            **provenance(), **config_columns(cfg), "config": json.dumps(cfg.model_dump(mode="json"), sort_keys=True)}
+
+
 def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str, service_name: str) -> None:
     import ray
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from classit.evaluate.catalog import SERIES
-    from classit.evaluate.jobs import EvalJob, aoa_jobs
-    from classit.results import config_columns, provenance, trials_schema, write_rows
+    from classit.results import trials_schema, write_rows
     from classit.sweep.services import ensure_base
     from classit.sweep.space import apply_params
     from classit.train.instruct import prepare_instruct, train_instruct
@@ -103,43 +147,19 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
     start = time.time()
     cfg = apply_params(sweep_cfg, params)
     base = ensure_base(cfg)
-    run_name = f"{sweep.name}-{key}"
-    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": run_name})})
+    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": f"{sweep.name}-{key}"})})
     job = prepare_instruct(cfg, base)
     job.loop_config["metrics_dir"] = f"{results_root}/{TRAIN_METRICS}"
     result = train_instruct(job, log=lambda _: None, callbacks=[TuneReportCallback()])
 
-    ecfg = cfg.evaluation
-    final = result.checkpoint
-    checkpoints = [(final, result.metrics)]
-    if ecfg.checkpoints == "all":
-        checkpoints = [(c, m) for c, m in result.best_checkpoints if c.path != final.path] + checkpoints
-    config_json = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
-    common = {"trial": key, "fast": ecfg.fast, "config": config_json}
-    jobs = [EvalJob(c.path, task, data_dir, words_seen=int(m.get("exposure_words", -1)),
-                    pooling=ecfg.finetune_pooling, **common)
-            for c, m in checkpoints for task in ecfg.tasks if task not in SERIES]
-    if "aoa" in ecfg.tasks:  # the base's marks and this run's, one job each, scored on the final checkpoint
-        jobs += aoa_jobs([base.parent, Path(final.path).parent], data_dir, series=final.path, **common)
+    checkpoints, jobs = evaluation_jobs(cfg, result, base, data_dir, key)
     rows = ray.get(ray.get_actor(service_name).evaluate.remote(jobs))
-    scores = scores_of(rows, final.path)
-    scores |= {name: aggregate.value for name, aggregate in aggregates(scores).items()}
-    errors = sorted({r["error"] for r in rows if r["error"]})
-
-    metrics = result.metrics
-    row = {"sweep": sweep.name, "trial": key, "run": run_name, "status": "eval_failed" if errors else "finished",
-           "error": "; ".join(errors), **param_columns(params),
-           **{k: v for k, v in metrics.items() if k.startswith("val_loss")},
-           "validation_records": metrics.get("validation_records"), "base_val_loss": base_val_loss(cfg),
-           "input_words": metrics.get("input_words"), "exposure_words": metrics.get("exposure_words"),
-           "checkpoint": final.path, **scores,
-           "start": start, "end": time.time(), "seconds": time.time() - start,
-           "gpu_hours": (time.time() - start) * cfg.distributed.num_workers * cfg.distributed.use_gpu / 3600,
-           **provenance(), **config_columns(cfg), "config": config_json}
+    scores = final_scores(rows, result.checkpoint.path)
+    row = trial_row(sweep.name, cfg, params, result, rows, scores, start)
     write_rows(f"{results_root}/{TRIALS}", [row], trials_schema(sweep_cfg), key=key)
     # Each evaluated checkpoint's scores, for experiment trackers (logged at its words).
     evaluated = [{"exposure_words": int(m.get("exposure_words", -1)), "eval": scores_of(rows, c.path)}
                  for c, m in checkpoints]
-    ray.tune.report({"val_loss": row["val_loss"], **scores, "stage": metrics.get("stage"),
+    ray.tune.report({"val_loss": row["val_loss"], **scores, "stage": result.metrics.get("stage"),
                      "words_seen": row["exposure_words"], "exposure_words": row["exposure_words"], "done": True,
                      TRACKED_STEPS: json.dumps(evaluated)})
