@@ -460,6 +460,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Cl
     return parse_config(data, source)
 
 
+def config_json(cfg: BaseModel) -> str:
+    """The whole config as sorted JSON: the `config` column every result row carries."""
+    return json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+
+
 def config_hash(*parts: BaseModel | dict | str | int | None) -> str:
     """A short stable content hash of config slices (and any extra key material)."""
     payload = [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts]

@@ -18,9 +18,8 @@ HEADLINE_SUBTASKS = ("average", "eye_tracking", "self_paced_reading", "validatio
 ZERO_SHOT_METRIC = {"blimp": "accuracy", "blimp_supplement": "accuracy", "ewok": "accuracy",
                     "entity_tracking": "accuracy", "wug_adj": "spearman", "wug_past": "spearman", "comps": "accuracy"}
 # Fine-tuning: the validation metrics reported, and the one that picks the best epoch.
-FINETUNE_METRICS = {"boolq": ("accuracy", "f1", "mcc"), "multirc": ("accuracy", "f1", "mcc"),
-                    "rte": ("accuracy", "f1", "mcc"), "wsc": ("accuracy", "f1", "mcc"),
-                    "mrpc": ("accuracy", "f1", "mcc"), "qqp": ("accuracy", "f1", "mcc"), "mnli": ("accuracy",)}
+CLASSIFICATION_METRICS = ("accuracy", "f1", "mcc")
+FINETUNE_METRICS = {task: CLASSIFICATION_METRICS for task in FINETUNE} | {"mnli": ("accuracy",)}
 FINETUNE_SELECT_BY = {"boolq": "accuracy", "multirc": "accuracy", "rte": "accuracy", "wsc": "accuracy",
                       "mrpc": "f1", "qqp": "f1", "mnli": "accuracy"}
 

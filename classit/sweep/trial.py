@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from classit.config import ClassitConfig, config_hash
+from classit.config import ClassitConfig, config_hash, config_json
 from classit.evaluate.aggregates import aggregates
 from classit.evaluate.catalog import headline_keys, objective_key
 
@@ -85,7 +85,7 @@ def evaluation_jobs(cfg: ClassitConfig, result, base: Path, data_dir: str, key: 
     checkpoints = [(final, result.metrics)]
     if ecfg.checkpoints == "all":
         checkpoints = [(c, m) for c, m in result.best_checkpoints if c.path != final.path] + checkpoints
-    common = {"trial": key, "fast": ecfg.fast, "config": json.dumps(cfg.model_dump(mode="json"), sort_keys=True)}
+    common = {"trial": key, "fast": ecfg.fast, "config": config_json(cfg)}
     jobs = [EvalJob(c.path, task, data_dir, words_seen=int(m.get("exposure_words", -1)),
                     pooling=ecfg.finetune_pooling, **common)
             for c, m in checkpoints for task in ecfg.tasks if task not in SERIES]
@@ -116,7 +116,7 @@ def trial_row(sweep_name: str, cfg: ClassitConfig, params: dict, result, rows: l
             "input_words": metrics.get("input_words"), "exposure_words": metrics.get("exposure_words"),
             "checkpoint": final, **scores, "start": start, "end": end, "seconds": end - start,
             "gpu_hours": (end - start) * cfg.distributed.num_workers * cfg.distributed.use_gpu / 3600,
-            **provenance(), **config_columns(cfg), "config": json.dumps(cfg.model_dump(mode="json"), sort_keys=True)}
+            **provenance(), **config_columns(cfg), "config": config_json(cfg)}
 
 
 def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str, service_name: str) -> None:

@@ -244,15 +244,15 @@ def start_engine(model, stage: Stage, dcfg: DistributedConfig, total_steps: int,
     """The stage's state and DeepSpeed engine: fresh, or resumed from a checkpoint folder of this
     stage (with its optimizer state where the folder keeps it, weights only otherwise)."""
     state = stage.fresh_state()
-    resumable = resume_from is not None and (resume_from / TRAINER_STATE).exists()
-    if resumable:
+    with_optimizer = resume_from is not None and (resume_from / DEEPSPEED_DIR).exists()
+    if resume_from is not None and (resume_from / TRAINER_STATE).exists():
         state = load_trainer_state(resume_from)
-        if not (resume_from / DEEPSPEED_DIR).exists():  # weights only: optimizer restarts
+        if not with_optimizer:  # weights only: optimizer restarts
             from transformers import AutoModelForCausalLM
 
             model.load_state_dict(AutoModelForCausalLM.from_pretrained(resume_from).state_dict())
     engine = build_engine(model.to(device()), stage, dcfg, total_steps)
-    if resume_from is not None and (resume_from / DEEPSPEED_DIR).exists():
+    if with_optimizer:
         engine.load_checkpoint(str(resume_from / DEEPSPEED_DIR), tag="state")
         if world()[0] == 0:
             log(f"[{stage.name}] resumed at step {state.step} ({state.words_seen:,} words seen)")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ray.train import UserCallback
 
-from classit.config import ClassitConfig
+from classit.config import ClassitConfig, config_json
 from classit.results import storage_uri, table_dir, train_metrics_schema, write_rows
 from classit.train.checkpoints import prune_optimizer_states
 
@@ -84,7 +84,7 @@ class RayReporter:
         # A sweep gathers every trial's rows in its own results folder; a single run keeps its own.
         self.metrics_dir = metrics_dir or table_dir(cfg.run.storage_path, cfg.run.name, "train_metrics")
         self.trial = trial
-        self.config = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)  # whole, in every row
+        self.config = config_json(cfg)  # whole, in every row
         self.schema = train_metrics_schema([name for name in validation_sets if name])
         self.rows: list[dict] = []
         self.unreported_steps: list[dict] = []
