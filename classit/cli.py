@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 from pathlib import Path
@@ -60,9 +61,11 @@ def cmd_instruct(args) -> int:
     if not (base / "config.json").is_file():
         raise ConfigError(f"--base {base}: not a Hugging Face checkpoint folder (no config.json)")
     _quiet_progress_bars()
+    from classit.generate.job import ensure_generated
     from classit.train.instruct import prepare_instruct, train_instruct
     from classit.train.runner import ray_session
 
+    ensure_generated(cfg, args.address)  # teacher-written sets the config names: reused, or made now
     job = prepare_instruct(cfg, base)  # data checks, plan and budget, before Ray starts
     with ray_session(args.address):
         result = train_instruct(job)
@@ -129,6 +132,28 @@ def cmd_sweep(args) -> int:
               f"their error rows are in eval_scores)", file=sys.stderr)
         return 1
     return 0 if not board.empty else 1
+
+
+QA_DEMO = Path(__file__).resolve().parents[1] / "sweeps" / "configs" / "qa_demo.yaml"
+
+
+def cmd_generate_qa(args) -> int:
+    args.config = args.config or str(QA_DEMO)
+    cfg = _load(args)
+    _quiet_progress_bars()
+    from classit.generate.job import generate, generation_jobs
+    from classit.train.runner import ray_session
+
+    jobs = generation_jobs(cfg, args.dataset)  # articles, teacher and template checked before Ray starts
+    if not jobs:
+        raise ConfigError(f"{args.config}: no instruction dataset with a generate section (instruct.datasets.NAME."
+                          f"generate)")
+    quiet = {} if args.verbose else {"log_to_driver": False, "logging_level": logging.WARNING}
+    with ray_session(args.address, **quiet):
+        for job in jobs:
+            generate(job, verbose=args.verbose)
+            print(f"records: {job.folder / 'records.parquet'}")
+    return 0
 
 
 def cmd_report(args) -> int:
@@ -229,6 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--dry-run", action="store_true", help="print the expanded plan and cost estimate, then exit")
     sweep.add_argument("--verbose", action="store_true", help="also show the output of Ray's workers (Train, DeepSpeed, datasets)")
     sweep.set_defaults(func=cmd_sweep)
+    qa = sub.add_parser("generate-qa", help="teacher-written Q&A for the config's generated instruction datasets "
+                                            "(Ray Data, cached, resumable)")
+    qa.add_argument("--config", help="YAML config (default: sweeps/configs/qa_demo.yaml, the synthetic teacher)")
+    qa.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field (repeatable)")
+    qa.add_argument("--dataset", help="only this dataset of instruct.datasets")
+    qa.add_argument("--address", default=None, help="Ray cluster address")
+    qa.add_argument("--verbose", action="store_true", help="also show Ray Data's progress and its workers' output")
+    qa.set_defaults(func=cmd_generate_qa, num_workers=None, zero_stage=None, gpu=None)
     status = sub.add_parser("status", help="how a running or finished sweep stands, from its folder's files")
     status.add_argument("sweep_dir", nargs="?", help="<storage>/<sweep> (default: the newest sweep under ./runs)")
     status.set_defaults(func=cmd_status)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -142,6 +143,78 @@ class InstructTrainConfig(TrainConfig):
     schedule: Literal["linear", "cosine_with_restarts", "constant"] = "cosine_with_restarts"
 
 
+# The study's request (PAPER.md: 3 pairs per article, answers a child can follow, 2-3+ sentences);
+# its exact wording is not published, so this is ours. Placeholders: {title}, {article}, {n}.
+DEFAULT_QA_TEMPLATE = (
+    "Here is an article from Simple English Wikipedia.\n\nTitle: {title}\n\n{article}\n\n"
+    "Write {n} questions a curious child might ask about this article, each with an answer a child can "
+    "follow: simple words, and at least two or three full sentences. Reply in JSON."
+)
+QA_PLACEHOLDERS = ("title", "article", "n")
+
+
+class SamplingConfig(Section):
+    """How the teacher samples; with `do_sample: false`, greedy decoding."""
+
+    do_sample: bool = True
+    temperature: PositiveFloat = 0.7
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    max_new_tokens: PositiveInt = Field(512, description="per article: the whole JSON object of its pairs")
+
+
+class GenerateConfig(Section):
+    """Teacher-written Q&A (`classit generate-qa`): articles from exactly one source, a teacher causal LM
+    asked for `pairs_per_article` question/answer pairs each, decoding constrained to a JSON schema, every
+    pair checked. The set is cached by a hash of (articles, teacher, template, the settings below but the
+    execution ones), in shards a rerun keeps."""
+
+    articles: Path | None = Field(None, description="a BabyLM simple_wiki.train file: '= = = Title = = =' lines "
+                                                    "start articles (without any, blank lines part them)")
+    hf_dataset: str | None = Field(None, description="`datasets` name or local dataset folder, an article a row")
+    hf_split: str = "train"
+    text_column: str = "text"
+    title_column: str | None = None
+    synthetic: SyntheticCorpusConfig | None = Field(None, description="the articles of the synthetic corpus")
+    max_articles: PositiveInt | None = Field(None, description="the first this many articles")
+    max_article_words: PositiveInt = Field(400, description="longer articles are cut to their first words")
+    teacher: str = Field(description="a local Hugging Face model folder or a hub name; `synthetic`: a tiny teacher "
+                                     "classit trains on the synthetic articles (the embedded demo)")
+    chat_template: bool = Field(True, description="wrap the prompt in the teacher's chat template where it has one")
+    template: str = DEFAULT_QA_TEMPLATE
+    pairs_per_article: int = Field(3, description="question/answer pairs asked of each article")
+    min_answer_sentences: PositiveInt = 2
+    min_answer_words: PositiveInt = 10
+    max_attempts: PositiveInt = Field(3, description="generations per article until it has all its valid pairs")
+    sampling: SamplingConfig = SamplingConfig()
+    seed: int = 0
+    batch_size: PositiveInt = Field(8, description="articles per generate call")
+    articles_per_shard: PositiveInt = Field(64, description="the unit of work, of the cache, and of resuming")
+    actors: PositiveInt = Field(2, description="Ray Data actors, each holding the teacher")
+    cpus_per_actor: PositiveFloat = 1.0
+    gpus_per_actor: NonNegativeFloat = 0.0
+    jsonl: bool = Field(False, description="also write records.jsonl beside records.parquet")
+
+    @model_validator(mode="after")
+    def _checked(self) -> GenerateConfig:
+        chosen = [n for n in ("articles", "hf_dataset", "synthetic") if getattr(self, n) is not None]
+        if len(chosen) != 1:
+            raise ValueError(f"give exactly one article source: articles, hf_dataset or synthetic "
+                             f"(got {' and '.join(chosen) or 'none'})")
+        if self.articles is not None and not self.articles.is_file():
+            raise ValueError(f"articles: no such file: {self.articles}")
+        if self.teacher == "synthetic" and self.synthetic is None:
+            raise ValueError("teacher: the synthetic teacher writes about the synthetic corpus's articles (set synthetic)")
+        if self.pairs_per_article < 1:
+            raise ValueError(f"pairs_per_article: must be at least 1 (got {self.pairs_per_article})")
+        fields = {name for _, name, _, _ in string.Formatter().parse(self.template) if name is not None}
+        if "article" not in fields:
+            raise ValueError("template: has no {article} placeholder (the article's text goes there)")
+        unknown = sorted(fields - set(QA_PLACEHOLDERS))
+        if unknown:
+            raise ValueError(f"template: unknown placeholder {{{unknown[0]}}} (known: {', '.join(QA_PLACEHOLDERS)})")
+        return self
+
+
 class InstructDataset(Section):
     """Prompt/reply records from exactly one source."""
 
@@ -150,13 +223,15 @@ class InstructDataset(Section):
     hf_split: str = "train"
     switchboard: Path | None = Field(None, description="a BabyLM switchboard.train file, cut into pairs")
     synthetic: Literal["conversation", "qa"] | None = None
+    generate: GenerateConfig | None = Field(None, description="teacher-written Q&A, made by classit generate-qa")
     max_records: PositiveInt | None = Field(None, description="keep a seeded subset, e.g. to fit the word budget")
 
     @model_validator(mode="after")
     def _one_source(self) -> InstructDataset:
-        chosen = [n for n in ("path", "hf_dataset", "switchboard", "synthetic") if getattr(self, n) is not None]
+        sources = ("path", "hf_dataset", "switchboard", "synthetic", "generate")
+        chosen = [n for n in sources if getattr(self, n) is not None]
         if len(chosen) != 1:
-            raise ValueError(f"give exactly one of path, hf_dataset, switchboard, synthetic (got {chosen or 'none'})")
+            raise ValueError(f"give exactly one of {', '.join(sources)} (got {chosen or 'none'})")
         for name in ("path", "switchboard"):
             value = getattr(self, name)
             if value is not None and not value.exists():

@@ -44,8 +44,25 @@ def small_config(tmp: Path, **sections) -> "ClassitConfig":
     return parse_config(data)
 
 
-# Modules whose tests start Ray of their own: sweeps in driver processes, clusters.
-RAY_OF_THEIR_OWN = ("test_sweep_resume.py", "test_cluster_ray.py", "test_cluster_up.py")
+# Modules whose tests start Ray of their own: sweeps and generation in driver processes, clusters.
+RAY_OF_THEIR_OWN = ("test_sweep_resume.py", "test_cluster_ray.py", "test_cluster_up.py", "test_generate_ray.py")
+
+
+def qa_spec(**fields) -> dict:
+    """A small teacher-written set: the synthetic corpus's first articles, 3 pairs each."""
+    spec = {"synthetic": {"sentences": 3000, "seed": 0}, "max_articles": 24, "teacher": "synthetic",
+            "sampling": {"max_new_tokens": 256}, "batch_size": 4, "articles_per_shard": 4, "actors": 2}
+    spec.update(fields)
+    return spec
+
+
+@pytest.fixture(scope="session")
+def qa_teacher(tmp_path_factory):
+    """The demo's synthetic teacher, trained once for the whole run (about a minute, no Ray)."""
+    from classit.config import GenerateConfig
+    from classit.generate.synthetic_teacher import synthetic_teacher
+
+    return synthetic_teacher(GenerateConfig.model_validate(qa_spec()), tmp_path_factory.mktemp("teacher"))
 
 
 def pytest_collection_modifyitems(items):

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from classit.config import ClassitConfig, config_hash
+from classit.config import ClassitConfig, SyntheticCorpusConfig, config_hash
 from classit.models import PRESETS
 
 CLEANING_VERSION = 1  # bump when cleaning rules change, to invalidate caches
@@ -175,17 +175,27 @@ class PreparedCorpus:
         return datasets.load_from_disk(str(self.blocks_path(split)))
 
 
+SYNTHETIC_VERSION = 2  # bump when the synthetic generator's files change (2: titled wiki articles)
+
+
+def synthetic_corpus(synthetic: SyntheticCorpusConfig, cache_dir: Path) -> tuple[Path, str]:
+    """The synthetic corpus's BabyLM-layout folder, generated once, and its fingerprint."""
+    from classit.data.synthetic import generate_corpus
+
+    key = config_hash(synthetic, SYNTHETIC_VERSION)
+    folder = cache_dir / f"synthetic-{key}"
+    if not (folder / "complete").exists():
+        generate_corpus(folder, synthetic.sentences, synthetic.seed)
+        (folder / "complete").touch()
+    return folder, key
+
+
 def _load_lines(cfg: ClassitConfig, cache_dir: Path) -> tuple[dict[str, Iterable[str]], str]:
     """Raw lines per source (streamed from files), and a fingerprint of their content."""
     corpus = cfg.corpus
     if corpus.synthetic is not None:
-        from classit.data.synthetic import generate_corpus
-
-        folder = cache_dir / f"synthetic-{config_hash(corpus.synthetic)}"
-        if not (folder / "complete").exists():
-            generate_corpus(folder, corpus.synthetic.sentences, corpus.synthetic.seed)
-            (folder / "complete").touch()
-        return read_babylm_folder(folder), config_hash(corpus.synthetic)
+        folder, fingerprint = synthetic_corpus(corpus.synthetic, cache_dir)
+        return read_babylm_folder(folder), fingerprint
     if corpus.path is not None:
         lines = read_babylm_folder(corpus.path)
         return lines, _fingerprint_files(list(corpus.path.glob("*.train")))

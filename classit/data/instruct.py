@@ -91,9 +91,14 @@ def _read_file(path: Path) -> list[tuple[str, object]]:
     return out
 
 
-def load_records(name: str, spec: InstructDataset, seed: int = 0) -> list[dict]:
-    """A dataset's records with non-empty `prompt` and `reply` (and `source`), subset if asked."""
-    if spec.synthetic is not None:
+def load_records(name: str, spec: InstructDataset, seed: int = 0, cache_dir: Path = Path(".cache/classit")) -> list[dict]:
+    """A dataset's records with non-empty `prompt` and `reply` (and `source`), subset if asked.
+    A generated set comes from the cache (`cache_dir`), made beforehand by `classit generate-qa`."""
+    if spec.generate is not None:
+        from classit.generate.job import read_generated
+
+        located = [(f"{name} generated: record {r['id']}", r) for r in read_generated(name, spec.generate, cache_dir)]
+    elif spec.synthetic is not None:
         from classit.data.synthetic import conversation_pairs, qa_pairs
 
         make = conversation_pairs if spec.synthetic == "conversation" else qa_pairs

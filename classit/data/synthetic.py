@@ -93,7 +93,7 @@ class Grammar:
 
 
 def generate_corpus(folder: str | Path, sentences: int, seed: int = 0) -> dict[str, int]:
-    """Write `childes.train`, `simple_wiki.train` and `switchboard.train`; return lines per file."""
+    """Write `childes.train`, `simple_wiki.train` (titled articles) and `switchboard.train`; return lines per file."""
     rng = random.Random(seed)
     grammar = Grammar(rng)
     world = make_world(seed)
@@ -115,10 +115,25 @@ def generate_corpus(folder: str | Path, sentences: int, seed: int = 0) -> dict[s
     for lines in (childes, wiki):
         for i in rng.sample(range(len(lines)), k=len(lines) // 50):
             lines[i] = rng.choice(["* ", "# ", "~ "]) + lines[i]
-    files = {"childes": childes, "simple_wiki": wiki, "switchboard": switchboard}
+    files = {"childes": childes, "simple_wiki": titled_articles(wiki, world, seed), "switchboard": switchboard}
     for source, lines in files.items():
         (folder / f"{source}.train").write_text("\n".join(lines) + "\n")
     return {source: len(lines) for source, lines in files.items()}
+
+
+def titled_articles(lines: list[str], world: list[Character], seed: int) -> list[str]:
+    """The wiki lines as articles the way BabyLM's simple_wiki.train marks them, a `= = = Title = = =`
+    line before each: runs of 6-14 lines, titled by the first character they name. Cleaning drops the
+    title lines (one word once the = signs go), so the pretraining corpus is the same lines."""
+    rng = random.Random(seed + 3)  # its own stream: the lines stay those of the seed
+    names = {c.name for c in world}
+    out, start = [], 0
+    while start < len(lines):
+        chunk = lines[start:start + rng.randint(6, 14)]
+        title = next((w for line in chunk for w in line.split() if w in names), f"article {start}")
+        out += [f"= = = {title} = = ="] + chunk
+        start += len(chunk)
+    return out
 
 
 def conversation_pairs(n: int, seed: int = 0) -> list[dict]:
@@ -140,20 +155,27 @@ def conversation_pairs(n: int, seed: int = 0) -> list[dict]:
     return records
 
 
+def _food_answer(c: Character) -> str:
+    return f"{c.name} likes to eat {c.food} . {c.food} {'are' if c.food.endswith('s') else 'is'} good ."
+
+
+# Questions about a character and their answers (one of them a single sentence).
+QA_TEMPLATES = [
+    (lambda c: f"where does {c.name} live ?", lambda c: f"{c.name} lives near {c.home} . it is a nice place ."),
+    (lambda c: f"what does {c.name} like to eat ?", _food_answer),
+    (lambda c: f"what is the favourite colour of {c.name} ?", lambda c: f"the favourite colour of {c.name} is {c.colour} ."),
+    (lambda c: f"what pet does {c.name} have ?", lambda c: f"{c.name} has a {c.pet} . the {c.pet} is a good friend ."),
+]
+
+
 def qa_pairs(n: int, seed: int = 0) -> list[dict]:
     """Lecture-style Q&A about the world's characters, whose facts the pretraining corpus states."""
     rng = random.Random(seed + 2)
     world = make_world(seed)
-    templates = [
-        (lambda c: f"where does {c.name} live ?", lambda c: f"{c.name} lives near {c.home} . it is a nice place ."),
-        (lambda c: f"what does {c.name} like to eat ?", lambda c: f"{c.name} likes to eat {c.food} . {c.food} are good ." if c.food.endswith("s") else f"{c.name} likes to eat {c.food} . {c.food} is good ."),
-        (lambda c: f"what is the favourite colour of {c.name} ?", lambda c: f"the favourite colour of {c.name} is {c.colour} ."),
-        (lambda c: f"what pet does {c.name} have ?", lambda c: f"{c.name} has a {c.pet} . the {c.pet} is a good friend ."),
-    ]
     records = []
     for _ in range(n):
         character = rng.choice(world)
-        question, answer = rng.choice(templates)
+        question, answer = rng.choice(QA_TEMPLATES)
         records.append({"prompt": question(character), "reply": answer(character), "source": "synthetic-qa"})
     return records
 

@@ -33,6 +33,7 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
     from ray import tune
 
     from classit.data.synthetic import write_probe_data
+    from classit.generate.job import ensure_generated
     from classit.results import read_table
     from classit.sweep.console import SweepConsole, echo
     from classit.sweep.search import tune_setup
@@ -45,7 +46,8 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
     log = log or echo
     cfg = validate(cfg)
     sweep = cfg.sweep
-    plan_trials(cfg)  # every planned trial within the word budget, before Ray starts
+    ensure_generated(cfg, address, log, verbose)  # teacher-written sets: reused, or made once now
+    plan_trials(cfg)  # every planned trial within the word budget, before the sweep's Ray starts
     experiment = experiment_dir(cfg)
     if resume and not (experiment / STATE_FILE).exists():
         raise ConfigError(f"--resume: no sweep to resume at {experiment}")

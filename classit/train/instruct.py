@@ -116,7 +116,8 @@ def load_instruct_data(cfg: ClassitConfig) -> tuple[dict[str, list[dict]], dict[
     from classit.data.instruct import load_records
 
     icfg = cfg.instruct
-    records = {name: load_records(name, spec, seed=icfg.split_seed) for name, spec in icfg.datasets.items()}
+    records = {name: load_records(name, spec, seed=icfg.split_seed, cache_dir=Path(cfg.run.cache_dir))
+               for name, spec in icfg.datasets.items()}
     return split_records(records, icfg)
 
 
