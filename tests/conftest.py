@@ -87,6 +87,14 @@ def ray_local():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def ray_processes(marker: str) -> list[str]:
+    """Processes whose command line holds `marker` (a Ray temp folder: that Ray's processes)."""
+    import subprocess
+
+    out = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "pgrep" not in line]
+
+
 def actors(class_name: str, alive_only: bool = True) -> list:
     """Actors of a class in the Ray cluster this process is connected to, asked by its address so
     that another Ray instance on the machine cannot make the lookup ambiguous."""

@@ -19,14 +19,10 @@ from classit.results import read_table
 from classit.sweep.space import grid_trials
 from classit.sweep.status import sweep_status
 from classit.sweep.trial import trial_key
+from conftest import ray_processes
 from test_sweep_ray import shared, sweep_config  # noqa: F401 - shared is a fixture: one base for the module
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def ray_processes(marker: str) -> list[str]:
-    out = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "pgrep" not in line]
 
 
 def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, shared):
