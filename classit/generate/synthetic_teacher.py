@@ -69,7 +69,7 @@ def synthetic_teacher(gcfg: GenerateConfig, cache_dir: Path) -> Path:
     """The trained demo teacher's folder, trained once per (articles, prompt, pairs) and cached."""
     articles = load_articles(gcfg, cache_dir)
     key = config_hash(gcfg.synthetic, gcfg.max_articles, gcfg.max_article_words, gcfg.template,
-                      gcfg.pairs_per_article, TEACHER_VERSION)
+                      gcfg.pairs_per_article, TEACHER_VERSION, STEPS, BATCH, LEARNING_RATE)
     folder = cache_dir / f"teacher-synthetic-{key}"
     if not (folder / "complete").exists():
         tmp = folder.with_name(folder.name + ".tmp")
