@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import re
 import sys
 from pathlib import Path
@@ -148,8 +147,7 @@ def cmd_generate_qa(args) -> int:
     if not jobs:
         raise ConfigError(f"{args.config}: no instruction dataset with a generate section (instruct.datasets.NAME."
                           f"generate)")
-    quiet = {} if args.verbose else {"log_to_driver": False, "logging_level": logging.WARNING}
-    with ray_session(args.address, **quiet):
+    with ray_session(args.address, quiet=not args.verbose):
         for job in jobs:
             generate(job, verbose=args.verbose)
             print(f"records: {job.folder / 'records.parquet'}")

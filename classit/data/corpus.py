@@ -234,7 +234,7 @@ def _run_all(jobs: Iterable, work, num_proc: int, initializer=None, initargs=())
             result.get()
 
 
-def _commit(write, path: str, suffix: str = "") -> None:
+def commit_file(write, path: str, suffix: str = "") -> None:
     """Write through a temporary name and rename: a kill never leaves a partial file at `path`."""
     tmp = f"{path}.tmp{suffix}"
     write(tmp)
@@ -248,7 +248,7 @@ def _clean_to(job: tuple[list[str], str]) -> None:
     lines, path = job
     kept = clean_lines(lines)
     table = pa.table({"text": pa.array(kept, pa.string()), "words": pa.array(map(count_words, kept), pa.int32())})
-    _commit(lambda tmp: feather.write_feather(table, tmp, compression="uncompressed"), path)
+    commit_file(lambda tmp: feather.write_feather(table, tmp, compression="uncompressed"), path)
 
 
 def _read_chunk(path: Path, columns: list[str]) -> pa.Table:
@@ -283,7 +283,7 @@ def clean_corpus(raw: dict[str, Iterable[str]], root: Path, num_proc: int) -> di
                       "chunks": [{"file": path.name, "lines": _read_chunk(path, ["words"]).num_rows}
                                  for path in chunk_paths[source]]}
              for source in sorted(raw)}
-    _commit(lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1)), str(index_file))
+    commit_file(lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1)), str(index_file))
     return index
 
 
@@ -356,7 +356,7 @@ def _tokenize_to(job: tuple[str, np.ndarray, str]) -> None:
     for split, keep in (("train", ~is_valid), ("validation", is_valid)):
         part = tokenize_lines([line for line, k in zip(lines, keep) if k], words[keep], _shard_tokenizer)
         arrays |= {f"{split}.{key}": value for key, value in part.items()}
-    _commit(lambda tmp: np.savez(tmp, **arrays), path, suffix=".npz")
+    commit_file(lambda tmp: np.savez(tmp, **arrays), path, suffix=".npz")
 
 
 def tokenize_corpus(cleaned: CleanedCorpus, tokenizer_path: Path, shards: Path, num_proc: int) -> list[Path]:

@@ -108,12 +108,12 @@ def _write_shard_file(path: Path, result: dict) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from classit.data.corpus import commit_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(result["records"]) if result["records"] else pa.table({})
     meta = {b"classit": json.dumps({"rejected": result["rejected"], "missing": result["missing"]}).encode()}
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(table.replace_schema_metadata(meta), tmp)
-    tmp.rename(path)
+    commit_file(lambda tmp: pq.write_table(table.replace_schema_metadata(meta), tmp), str(path))
 
 
 def run_shards(job: GenerationJob, missing: list[int], log=print, verbose: bool = False) -> None:
@@ -143,6 +143,7 @@ def finish(job: GenerationJob) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from classit.data.corpus import commit_file
     from classit.generate.qa import REJECTIONS, provenance
 
     tables, rejected, missing = [], dict.fromkeys(REJECTIONS, 0), 0
@@ -154,19 +155,15 @@ def finish(job: GenerationJob) -> dict:
         if table.num_rows:
             tables.append(table.replace_schema_metadata(None))
     records = pa.concat_tables(tables) if tables else pa.table({})
-    pq.write_table(records, job.folder / "records.parquet.tmp")
-    (job.folder / "records.parquet.tmp").rename(job.folder / "records.parquet")
+    commit_file(lambda tmp: pq.write_table(records, tmp), str(job.folder / "records.parquet"))
     if job.gcfg.jsonl:
-        with open(job.folder / "records.jsonl.tmp", "w") as f:
-            for record in records.to_pylist():
-                f.write(json.dumps(record) + "\n")
-        (job.folder / "records.jsonl.tmp").rename(job.folder / "records.jsonl")
+        lines = "".join(json.dumps(record) + "\n" for record in records.to_pylist())
+        commit_file(lambda tmp: Path(tmp).write_text(lines), str(job.folder / "records.jsonl"))
     summary = {"dataset": job.name, "articles": len(job.articles), "pairs_per_article": job.gcfg.pairs_per_article,
                "records": records.num_rows, "missing": missing, "rejected": rejected,
                "words": int(sum(records["words"].to_pylist())) if records.num_rows else 0,
                "shards": len(job.shards), **provenance(job.gcfg, job.teacher_hash)}
-    (job.folder / f"{SUMMARY}.tmp").write_text(json.dumps(summary, indent=2) + "\n")
-    (job.folder / f"{SUMMARY}.tmp").rename(job.folder / SUMMARY)
+    commit_file(lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"), str(job.folder / SUMMARY))
     return summary
 
 
@@ -214,8 +211,7 @@ def ensure_generated(cfg, address: str | None = None, log=print, verbose: bool =
     if pending:
         from classit.train.runner import ray_session
 
-        quiet = {} if verbose else {"log_to_driver": False, "logging_level": logging.WARNING}
-        with ray_session(address, **quiet):
+        with ray_session(address, quiet=not verbose):
             for job in pending:
                 generate(job, log, verbose)
 

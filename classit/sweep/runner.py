@@ -80,8 +80,7 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in Journal ..."
-    quiet = {} if verbose else {"log_to_driver": False, "logging_level": logging.WARNING}  # "Started a local Ray ..."
-    with ray_session(address, **quiet):
+    with ray_session(address, quiet=not verbose):
         services = start_services(cfg, f"{results_root}/{EVAL_SCORES}")  # held for the whole sweep
         service_name = evaluation_service_name(sweep.name)
         trainable = tune.with_resources(

@@ -35,9 +35,15 @@ TRACKED_METRICS = ("loss", "lr", "tokens_per_s", "step", "stage_index")
 
 
 @contextmanager
-def ray_session(address: str | None = None, **kwargs):
-    """Start (or join) Ray with the job settings classit's training needs; shut it down afterwards."""
+def ray_session(address: str | None = None, quiet: bool = False, **kwargs):
+    """Start (or join) Ray with the job settings classit's training needs; shut it down afterwards.
+    `quiet`: the driver's console keeps classit's lines only (no worker output, no "Started a local Ray")."""
+    import logging
+
     import ray
+
+    if quiet:
+        kwargs = {"log_to_driver": False, "logging_level": logging.WARNING, **kwargs}
 
     # Ray Train passes these from the driver's environment to its controller and workers.
     for key, value in RAY_JOB_ENV.items():
