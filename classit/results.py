@@ -10,37 +10,8 @@ never leaves a second copy of a row.
 Every part is written with its table's declared Arrow schema: a field a row lacks is null, a key
 the schema does not know is an error, and every part of a table has the same columns and types,
 so a table reads whole with `pyarrow.dataset`, a plain DuckDB glob
-(`read_parquet('<table>/*.parquet')`) and pandas. Tables and their columns (schema version 5;
-every row also carries `schema_version`):
-
-- `trials` (`trials_schema`): one row per trial: `sweep`, `trial` (key of its parameters), `run`,
-  `status` (`finished`, `eval_failed`, `stopped`, `error`), `error`, `params` (JSON) and
-  `param.<name>` per swept parameter and `param.seed` (empty where a curriculum does not use it),
-  `val_loss` (on the sweep's one validation set: the union of every instruction dataset's
-  validation split) and `val_loss:<dataset>` per instruction dataset, `validation_records` (a hash
-  of that set's records, equal across trials), `base_val_loss` (the base model's pretraining
-  validation loss), `input_words`, `exposure_words`, `checkpoint`, every headline score of the
-  evaluated tasks as `<task>:<subtask>:<metric>`, `start`, `end`, `seconds`, `gpu_hours`,
-  `versions` (JSON: classit, torch, transformers, ray, deepspeed, optuna), `git_commit`, the whole
-  config as `config.<section>.<field>` columns (nested sections as further dots, maps and lists as
-  JSON) and whole as JSON in `config`.
-- `train_metrics` (`train_metrics_schema`): one row per logged step: `trial` (run name), `stage`,
-  `stage_index`, `step`, `total_steps`, `epoch`, `words_seen`, `tokens_seen`, `input_words`,
-  `exposure_words`, `loss`, `lr`, `tokens_per_s` (every logged training step), `val_loss` and
-  `val_loss:<dataset>` (every evaluation), `curriculum`, `mix_ratio`, `validation_records`, `time`
-  and the run's whole config (`config`, JSON).
-- `eval_scores` (`EVAL_SCORES_SCHEMA`): one row per (trial, checkpoint, task, subtask, metric):
-  `trial`, `checkpoint`, `words_seen`, `task`, `subtask`, `metric`, `value`, `n_items`, `seconds`,
-  `error` (an error row has metric `error` and the reason), the job's `data_dir`, `fast`,
-  `revision`, `pooling` (fine-tuning: `final` or `official`), `series` (AoA), when the job ran on its
-  actor (`started`, `finished`: Unix seconds) and the trial's whole config (`config`, JSON; empty for
-  a `classit evaluate` of a bare checkpoint). Age of acquisition adds
-  one `aoa`/`surprisal`/`mean` row per mark checkpoint and its score, `aoa`/`average`/`pearson`
-  (`n_items`: the words both fits keep), on the run's final checkpoint.
-- `aoa_surprisal` (`AOA_SURPRISAL_SCHEMA`): one row per (trial, mark checkpoint, word, context):
-  `trial`, `checkpoint`, `series` (the run's final checkpoint, whose AoA score they make), `step`
-  (the revision, `chck_<N>M`), `word_count`, `target_word`, `context_id`, `context`, `surprisal`
-  (nats): the rows of the official `AoA_word/surprisal.json`.
+(`read_parquet('<table>/*.parquet')`) and pandas. The tables' columns, row by row, are in
+`docs/results.md`.
 
 Readers accept older versions: rows of earlier versions read with the columns added since empty
 (`read_table`). A part file that cannot be read is reported by name (a warning, and in

@@ -64,11 +64,11 @@ def test_cluster_files_install_classit_from_the_synced_checkout(name):
 
 @pytest.mark.parametrize("name", CLUSTER_FILES)
 def test_cluster_nodes_get_the_ray_the_launcher_runs(name):
-    # `ray up` and `ray job submit` need the cluster's Ray version; the README's launcher
+    # `ray up` and `ray job submit` need the cluster's Ray version; docs/cluster.md's launcher
     # install names the same one.
     pin = f'"ray[default,tune,train]=={ray.__version__}"'
     assert any(pin in cmd for cmd in load(name)["setup_commands"]), pin
-    assert f'"ray[default]=={ray.__version__}"' in (REPO / "README.md").read_text()
+    assert f'"ray[default]=={ray.__version__}"' in (REPO / "docs" / "cluster.md").read_text()
 
 
 def test_aws_cluster_routes_training_and_evaluation_to_their_nodes():

@@ -187,7 +187,7 @@ def test_ray_up_runs_a_sweep_job_on_the_onprem_file_and_ray_down_stops_it(ssh_ho
     control_dir = Path("/tmp") / ("ray_ssh_" + hashlib.sha256(getpass.getuser().encode()).hexdigest()[:10])
     cluster_control = control_dir / hashlib.sha256(user.encode()).hexdigest()[:10]
     try:
-        # The README's steps, in order: a token, ray up, submit, ray down.
+        # docs/cluster.md's steps, in order: a token, ray up, submit, ray down.
         run([RAY, "get-auth-token", "--generate"], env=env)
         run([RAY, "up", "-y", "--no-config-cache", str(cluster_file)], timeout=1200, env=env, cwd=REPO)
         assert (Path(ssh_host["root"]) / "home" / "classit" / "classit" / "cli.py").exists()  # synced

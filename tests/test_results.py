@@ -140,3 +140,20 @@ def test_a_keyed_part_is_replaced_not_added(tmp_path):
     write_rows(folder, [{**row, "task": "ewok", "value": 3.0}], EVAL_SCORES_SCHEMA, key="t|c|ewok")
     assert len(part_files(folder)) == 2
     assert sorted(read_table(folder)["value"]) == [2.0, 3.0]
+
+
+def test_docs_name_every_declared_column():
+    """docs/results.md is the column reference: every column a schema declares is named there."""
+    from pathlib import Path
+
+    from classit.config import parse_config
+    from classit.results import AOA_SURPRISAL_SCHEMA, EVAL_SCORES_SCHEMA, train_metrics_schema, trials_schema
+
+    page = (Path(__file__).parent.parent / "docs" / "results.md").read_text()
+    # the trials table's per-sweep columns (parameters, datasets, scores, config fields) are named by pattern
+    per_sweep = ("param.", "val_loss:", "config.", "babylm:", "blimp:")
+    declared = {name for schema in (EVAL_SCORES_SCHEMA, AOA_SURPRISAL_SCHEMA, train_metrics_schema(),
+                                    trials_schema(parse_config({"sweep": {"space": {"curriculum": {"choice": ["pt"]}}}}))) for name in schema.names
+                if not name.startswith(per_sweep)}
+    missing = sorted(name for name in declared if f"`{name}`" not in page)
+    assert not missing, f"docs/results.md does not name: {missing}"

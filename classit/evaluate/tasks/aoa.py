@@ -12,7 +12,7 @@ them (`AoAEvaluator` in its `evaluation_pipeline/utils.py`, after Chang & Bergen
 
 The official computation's behaviour is kept, weak points included: a fit that fails or whose
 crossing falls outside the data leaves the word out, and with fewer than 3 words left the score
-is 0.0 (not undefined), which the README points out.
+is 0.0 (not undefined), which docs/evaluation.md points out.
 """
 
 from __future__ import annotations
