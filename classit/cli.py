@@ -42,7 +42,8 @@ def _quiet_progress_bars() -> None:
 def cmd_pretrain(args) -> int:
     cfg = _load(args)
     _quiet_progress_bars()
-    from classit.train.runner import prepare_pretraining, ray_session, run_pretraining
+    from classit.ray_session import ray_session
+    from classit.train.runner import prepare_pretraining, run_pretraining
 
     prepared = prepare_pretraining(cfg)  # corpus and budget, before Ray starts
     with ray_session(args.address):
@@ -62,7 +63,7 @@ def cmd_instruct(args) -> int:
     _quiet_progress_bars()
     from classit.generate.job import ensure_generated
     from classit.train.instruct import prepare_instruct, train_instruct
-    from classit.train.runner import ray_session
+    from classit.ray_session import ray_session
 
     ensure_generated(cfg, args.address)  # teacher-written sets the config names: reused, or made now
     job = prepare_instruct(cfg, base)  # data checks, plan and budget, before Ray starts
@@ -86,7 +87,7 @@ def cmd_evaluate(args) -> int:
         raise ConfigError(f"--data-dir {args.data_dir}: no such folder")
     from classit.evaluate import export
     from classit.evaluate.actors import EvaluationPool
-    from classit.train.runner import ray_session
+    from classit.ray_session import ray_session
 
     export_dir = str(Path(args.export).resolve()) if args.export else ""
     jobs = [EvalJob(str(Path(m).resolve()), t, str(Path(args.data_dir).resolve()), trial=Path(m).name,
@@ -141,7 +142,7 @@ def cmd_generate_qa(args) -> int:
     cfg = _load(args)
     _quiet_progress_bars()
     from classit.generate.job import generate, generation_jobs
-    from classit.train.runner import ray_session
+    from classit.ray_session import ray_session
 
     jobs = generation_jobs(cfg, args.dataset)  # articles, teacher and template checked before Ray starts
     if not jobs:
@@ -179,7 +180,7 @@ def cmd_export_hub(args) -> int:
 def cmd_aoa(args) -> int:
     from classit.evaluate.actors import EvaluationPool
     from classit.evaluate.jobs import aoa_jobs
-    from classit.train.runner import ray_session
+    from classit.ray_session import ray_session
 
     runs = [Path(r).resolve() for r in args.runs]
     if not (Path(args.data_dir) / "aoa").is_dir():

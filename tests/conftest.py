@@ -77,7 +77,7 @@ def ray_local():
     """One local Ray instance per test module, in its own temp folder, removed afterwards."""
     import ray
 
-    from classit.train.runner import ray_session
+    from classit.ray_session import ray_session
 
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     try:

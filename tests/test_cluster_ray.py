@@ -28,7 +28,7 @@ def cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    from classit.train.runner import RAY_JOB_ENV
+    from classit.ray_session import RAY_JOB_ENV
 
     for key, value in RAY_JOB_ENV.items():
         os.environ.setdefault(key, value)

@@ -161,7 +161,7 @@ def test_a_killed_preparation_resumes_from_its_chunks_to_the_same_blocks(tmp_pat
     proc.wait()
     done = len(finished())
     assert done >= 3, "no chunks finished before the kill"
-    assert not list((tmp_path / "killed" / "cache").glob("corpus-*/blocks-*/stats.json"))
+    assert not list((tmp_path / "killed" / "cache").glob("corpus-*/blocks-*/artefact.json"))
 
     monkeypatch.setattr(corpus_mod, "SHARD_LINES", 300)
     calls = []

@@ -88,7 +88,7 @@ def whole(tmp_path_factory, qa_teacher):
 
 def test_every_record_validates_and_the_count_is_articles_times_pairs_less_the_rejections(whole, qa_teacher):
     folder, out = whole
-    summary = json.loads((folder / "summary.json").read_text())
+    summary = json.loads((folder / "artefact.json").read_text())
     records = pq.read_table(folder / "records.parquet").to_pylist()
     gcfg = parse_config(qa_config(folder, qa_teacher)).instruct.datasets["wiki"].generate
     assert summary["articles"] == 24 and summary["shards"] == 6
@@ -114,7 +114,7 @@ def test_a_killed_generation_reruns_only_its_missing_shards_to_the_same_records(
     try:
         driver.kill_when(lambda: len(finished()) >= 2)
         kept = {p: p.stat().st_mtime_ns for p in finished()}
-        assert 2 <= len(kept) < 6 and not list(shards.glob("qa-*/summary.json"))
+        assert 2 <= len(kept) < 6 and not list(shards.glob("qa-*/artefact.json"))
         out = driver.run()
     finally:
         driver.close()

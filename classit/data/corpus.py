@@ -9,7 +9,6 @@ with the same inputs does no tokenization at all.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import re
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from classit.artefacts import artefact_dir, commit_file, commit_folder, is_complete, mark_complete, read_marker
 from classit.config import ClassitConfig, SyntheticCorpusConfig, config_hash
 from classit.models import PRESETS
 
@@ -160,7 +160,7 @@ class PreparedCorpus:
 
     @classmethod
     def load(cls, root: Path) -> PreparedCorpus:
-        return cls(root, json.loads((root / "stats.json").read_text()))
+        return cls(root, read_marker(root)["stats"])
 
     @property
     def tokenizer_path(self) -> Path:
@@ -182,12 +182,11 @@ def synthetic_corpus(synthetic: SyntheticCorpusConfig, cache_dir: Path) -> tuple
     """The synthetic corpus's BabyLM-layout folder, generated once, and its fingerprint."""
     from classit.data.synthetic import generate_corpus
 
-    key = config_hash(synthetic, SYNTHETIC_VERSION)
-    folder = cache_dir / f"synthetic-{key}"
-    if not (folder / "complete").exists():
-        generate_corpus(folder, synthetic.sentences, synthetic.seed)
-        (folder / "complete").touch()
-    return folder, key
+    folder = artefact_dir(cache_dir, "synthetic", synthetic, SYNTHETIC_VERSION)
+    if not is_complete(folder):
+        commit_folder(folder, lambda tmp: generate_corpus(tmp, synthetic.sentences, synthetic.seed),
+                      {"synthetic": synthetic.model_dump(), "version": SYNTHETIC_VERSION})
+    return folder, folder.name
 
 
 def _load_lines(cfg: ClassitConfig, cache_dir: Path) -> tuple[dict[str, Iterable[str]], str]:
@@ -234,13 +233,6 @@ def _run_all(jobs: Iterable, work, num_proc: int, initializer=None, initargs=())
             result.get()
 
 
-def commit_file(write, path: str, suffix: str = "") -> None:
-    """Write through a temporary name and rename: a kill never leaves a partial file at `path`."""
-    tmp = f"{path}.tmp{suffix}"
-    write(tmp)
-    Path(tmp).rename(path)
-
-
 def _clean_to(job: tuple[list[str], str]) -> None:
     """Clean one chunk of a source's lines into an Arrow file: the kept lines and their word counts."""
     from pyarrow import feather
@@ -257,14 +249,13 @@ def _read_chunk(path: Path, columns: list[str]) -> pa.Table:
     return feather.read_table(str(path), columns=columns, memory_map=True)
 
 
-def clean_corpus(raw: dict[str, Iterable[str]], root: Path, num_proc: int) -> dict:
+def clean_corpus(raw: dict[str, Iterable[str]], root: Path, num_proc: int, made_by: dict) -> dict:
     """Clean every source a chunk of SHARD_LINES lines at a time, on `num_proc` processes, into
     `root/<source>/chunk-<k>.arrow`, each kept as it is finished (a rerun cleans only the missing
-    ones). Returns each source's raw line count and chunks (file, lines), kept in `chunks.json`,
-    whose presence marks the cleaned corpus complete: from then on no raw line is read again."""
-    index_file = root / "chunks.json"
-    if index_file.exists():
-        return json.loads(index_file.read_text())
+    ones). Returns each source's raw line count and chunks (file, lines), kept in the folder's
+    marker: once it is written no raw line is read again."""
+    if is_complete(root):
+        return read_marker(root)["sources"]
     raw_counts, chunk_paths = {}, {}
 
     def jobs():
@@ -283,7 +274,7 @@ def clean_corpus(raw: dict[str, Iterable[str]], root: Path, num_proc: int) -> di
                       "chunks": [{"file": path.name, "lines": _read_chunk(path, ["words"]).num_rows}
                                  for path in chunk_paths[source]]}
              for source in sorted(raw)}
-    commit_file(lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1)), str(index_file))
+    mark_complete(root, made_by, sources=index)
     return index
 
 
@@ -305,9 +296,9 @@ class CleanedCorpus:
 def cleaned_corpus(cfg: ClassitConfig, raw: dict[str, Iterable[str]], fingerprint: str) -> CleanedCorpus:
     """The config's corpus (`raw`, of that content fingerprint) cleaned, cached by its content, and
     split 90/10 per source."""
-    cache_dir = Path(cfg.run.cache_dir)
-    root = cache_dir / f"lines-{config_hash(fingerprint, CLEANING_VERSION, SHARD_LINES)}"
-    index = clean_corpus(raw, root, cfg.corpus.num_proc or os.cpu_count() or 1)
+    made_by = {"corpus": fingerprint, "cleaning_version": CLEANING_VERSION, "chunk_lines": SHARD_LINES}
+    root = artefact_dir(cfg.run.cache_dir, "lines", made_by)
+    index = clean_corpus(raw, root, cfg.corpus.num_proc or os.cpu_count() or 1, made_by)
     chunks, stats = [], {}
     for source, entry in index.items():
         sizes = [chunk["lines"] for chunk in entry["chunks"]]
@@ -397,11 +388,12 @@ def prepare_corpus(cfg: ClassitConfig) -> PreparedCorpus:
     corpus = cfg.corpus
     raw, fingerprint = _load_lines(cfg, cache_dir)
     vocab_size = cfg.tokenizer.vocab_size or PRESETS[cfg.model.preset]["vocab_size"]
-    tokenizer_key = config_hash(fingerprint, CLEANING_VERSION, corpus.validation_fraction, corpus.split_seed,
-                                cfg.tokenizer, vocab_size)
-    tok_root = cache_dir / f"corpus-{tokenizer_key}"
+    made_by = {"corpus": fingerprint, "cleaning_version": CLEANING_VERSION,
+               "validation_fraction": corpus.validation_fraction, "split_seed": corpus.split_seed,
+               "tokenizer": cfg.tokenizer.model_dump(), "vocab_size": vocab_size}
+    tok_root = artefact_dir(cache_dir, "corpus", made_by)
     blocks_root = tok_root / f"blocks-{corpus.block_size}"
-    if (blocks_root / "stats.json").exists():
+    if is_complete(blocks_root):
         return PreparedCorpus.load(blocks_root)
 
     cleaned = cleaned_corpus(cfg, raw, fingerprint)
@@ -414,23 +406,21 @@ def prepare_corpus(cfg: ClassitConfig) -> PreparedCorpus:
     words = sum(s["train_words"] for s in cleaned.source_stats.values())  # the input limit, before any tokenizing
     check_budget(words, 0, cfg.budget, f"the pretraining corpus ({words:,} input words)")
     tok_path = tok_root / "tokenizer"
-    if not (tok_path / "tokenizer_config.json").exists():
-        tmp = tok_root / "tokenizer.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_tokenizer(train_tokenizer(cleaned.lines("train"), vocab_size, cfg.tokenizer.min_frequency), tmp)
-        tmp.rename(tok_path)
-    tmp_root = blocks_root.with_name(blocks_root.name + ".tmp")
-    shutil.rmtree(tmp_root, ignore_errors=True)
+    if not is_complete(tok_path):
+        commit_folder(tok_path, lambda tmp: save_tokenizer(
+            train_tokenizer(cleaned.lines("train"), vocab_size, cfg.tokenizer.min_frequency), tmp), made_by)
     tokenizer = load_tokenizer(tok_path)
     # Tokenized shards depend on the lines and the tokenizer, not the block size: kept beside it.
     shards = tokenize_corpus(cleaned, tok_path, tok_root / "tokenized" / cleaned.root.name,
                              corpus.num_proc or os.cpu_count() or 1)
     stats = {"sources": cleaned.source_stats, "block_size": corpus.block_size, "vocab_size": len(tokenizer)}
-    for split in ("train", "validation"):
-        blocks, stats[split] = pack_split(shards, split, corpus.block_size, tokenizer.pad_token_id)
-        blocks.save_to_disk(str(tmp_root / split))
-    (tmp_root / "stats.json").write_text(json.dumps(stats, indent=2))
-    shutil.rmtree(blocks_root, ignore_errors=True)
-    tmp_root.rename(blocks_root)  # only a complete cache entry ever has this name
+
+    def pack(folder: Path) -> dict:
+        for split in ("train", "validation"):
+            blocks, stats[split] = pack_split(shards, split, corpus.block_size, tokenizer.pad_token_id)
+            blocks.save_to_disk(str(folder / split))
+        return {"stats": stats}
+
+    commit_folder(blocks_root, pack, {**made_by, "lines": cleaned.root.name, "block_size": corpus.block_size})
     shutil.rmtree(tok_root / "tokenized")  # the blocks hold it all now
     return PreparedCorpus(blocks_root, stats)

@@ -4,7 +4,8 @@ The articles are cut into shards (`articles_per_shard`); a shard is one row of a
 mapped by a pool of actors that each hold the teacher (`Teacher`, `write_shard`). The driver writes
 each finished shard to `<cache>/qa-<key>/shards/` (temp and rename), so a killed job keeps what it
 finished and a rerun generates only the shards still missing. When all are there, they are joined
-into `records.parquet` (and `records.jsonl` on request) and `summary.json` marks the set complete.
+into `records.parquet` (and `records.jsonl` on request) and the folder's marker (`artefact.json`,
+with the set's summary) marks it complete.
 The key hashes the articles, the teacher's files, the template and every setting that changes an
 output; the execution settings (actors, CPUs, GPUs, JSONL) do not change it.
 """
@@ -16,10 +17,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from classit.config import ConfigError, GenerateConfig, config_hash
+from classit.artefacts import artefact_dir, commit_file, is_complete, mark_complete, read_marker
+from classit.config import ConfigError, GenerateConfig
 
 EXECUTION_FIELDS = {"actors", "cpus_per_actor", "gpus_per_actor", "jsonl"}
-SUMMARY = "summary.json"
 
 
 @dataclass
@@ -46,7 +47,7 @@ class GenerationJob:
 
     @property
     def complete(self) -> bool:
-        return (self.folder / SUMMARY).exists()
+        return is_complete(self.folder)
 
 
 def where(name: str) -> str:
@@ -74,8 +75,9 @@ def plan_generation(name: str, gcfg: GenerateConfig, cache_dir: Path) -> Generat
     teacher = resolve_teacher(gcfg, cache_dir, name)
     fingerprint = teacher_hash(teacher)
     settings = gcfg.model_dump(mode="json", exclude=EXECUTION_FIELDS | {"teacher"})
-    key = config_hash(settings, [(a["article_id"], a["title"], a["text"]) for a in articles], fingerprint)
-    return GenerationJob(name, gcfg, articles, teacher, fingerprint, Path(cache_dir).resolve() / f"qa-{key}")
+    folder = artefact_dir(Path(cache_dir).resolve(), "qa", settings,
+                          [(a["article_id"], a["title"], a["text"]) for a in articles], fingerprint)
+    return GenerationJob(name, gcfg, articles, teacher, fingerprint, folder)
 
 
 class ShardWriter:
@@ -108,8 +110,6 @@ def _write_shard_file(path: Path, result: dict) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from classit.data.corpus import commit_file
-
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(result["records"]) if result["records"] else pa.table({})
     meta = {b"classit": json.dumps({"rejected": result["rejected"], "missing": result["missing"]}).encode()}
@@ -139,11 +139,10 @@ def run_shards(job: GenerationJob, missing: list[int], log=print, verbose: bool 
 
 
 def finish(job: GenerationJob) -> dict:
-    """Join the shards into the set's records and write its summary (the completion marker, last)."""
+    """Join the shards into the set's records and mark the set complete (last) with its summary."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from classit.data.corpus import commit_file
     from classit.generate.qa import REJECTIONS, provenance
 
     tables, rejected, missing = [], dict.fromkeys(REJECTIONS, 0), 0
@@ -162,9 +161,8 @@ def finish(job: GenerationJob) -> dict:
     summary = {"dataset": job.name, "articles": len(job.articles), "pairs_per_article": job.gcfg.pairs_per_article,
                "records": records.num_rows, "missing": missing, "rejected": rejected,
                "words": int(sum(records["words"].to_pylist())) if records.num_rows else 0,
-               "shards": len(job.shards), **provenance(job.gcfg, job.teacher_hash)}
-    commit_file(lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"), str(job.folder / SUMMARY))
-    return summary
+               "shards": len(job.shards)}
+    return mark_complete(job.folder, provenance(job.gcfg, job.teacher_hash), **summary)
 
 
 def describe(summary: dict) -> str:
@@ -184,7 +182,7 @@ def generate(job: GenerationJob, log=print, verbose: bool = False) -> dict:
         finish(job)
     else:
         log(f"generate {job.name}: reused {job.folder}")
-    summary = json.loads((job.folder / SUMMARY).read_text())
+    summary = read_marker(job.folder)
     log(f"generate {job.name}: {describe(summary)}")
     return summary
 
@@ -209,7 +207,7 @@ def ensure_generated(cfg, address: str | None = None, log=print, verbose: bool =
         if job.complete:
             generate(job, log)
     if pending:
-        from classit.train.runner import ray_session
+        from classit.ray_session import ray_session
 
         with ray_session(address, quiet=not verbose):
             for job in pending:

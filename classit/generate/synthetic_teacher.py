@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from classit.config import GenerateConfig, config_hash
+from classit.artefacts import artefact_dir, commit_folder, is_complete
+from classit.config import GenerateConfig
 from classit.data.synthetic import QA_TEMPLATES, make_world
 from classit.generate.articles import load_articles
 from classit.generate.qa import fill_template
@@ -68,12 +69,11 @@ def train_teacher(gcfg: GenerateConfig, articles: list[dict], folder: Path) -> N
 def synthetic_teacher(gcfg: GenerateConfig, cache_dir: Path) -> Path:
     """The trained demo teacher's folder, trained once per (articles, prompt, pairs) and cached."""
     articles = load_articles(gcfg, cache_dir)
-    key = config_hash(gcfg.synthetic, gcfg.max_articles, gcfg.max_article_words, gcfg.template,
-                      gcfg.pairs_per_article, TEACHER_VERSION, STEPS, BATCH, LEARNING_RATE)
-    folder = cache_dir / f"teacher-synthetic-{key}"
-    if not (folder / "complete").exists():
-        tmp = folder.with_name(folder.name + ".tmp")
-        train_teacher(gcfg, articles, tmp)
-        (tmp / "complete").touch()
-        tmp.rename(folder)
+    made_by = {"synthetic": gcfg.synthetic.model_dump(), "max_articles": gcfg.max_articles,
+               "max_article_words": gcfg.max_article_words, "template": gcfg.template,
+               "pairs_per_article": gcfg.pairs_per_article, "version": TEACHER_VERSION, "steps": STEPS,
+               "batch": BATCH, "learning_rate": LEARNING_RATE}
+    folder = artefact_dir(cache_dir, "teacher-synthetic", made_by)
+    if not is_complete(folder):
+        commit_folder(folder, lambda tmp: train_teacher(gcfg, articles, tmp), made_by)
     return folder

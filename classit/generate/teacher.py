@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from classit.artefacts import MARKER
 from classit.config import ConfigError, GenerateConfig, config_hash
 from classit.generate.qa import REJECTIONS, check_pair, fill_template, make_record, normalised, pairs_schema, parse_pairs
 
@@ -55,7 +56,7 @@ def _folder_hash(folder: str, signature: tuple) -> str:
 
 def teacher_hash(folder: Path) -> str:
     """A content hash of every file of the teacher (read once per process for unchanged files)."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts and p.name != MARKER)
     signature = tuple((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     return _folder_hash(str(folder), signature)
 

@@ -41,7 +41,7 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
     from classit.sweep.status import write_sweep_file
     from classit.sweep.tracking import tracking_callbacks
     from classit.sweep.trial import run_trial
-    from classit.train.runner import ray_session
+    from classit.ray_session import ray_session
 
     log = log or echo
     cfg = validate(cfg)

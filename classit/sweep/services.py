@@ -1,8 +1,9 @@
 """The two shared services of a sweep, as named Ray actors the driver starts and trials look up.
 
 - `BaseBuilder`: the base-model cache. Pretraining runs once per (model preset, tokenizer,
-  corpus, pretraining config, worker count) key; the finished base is recorded in
-  `<storage>/bases/<key>.json`, so later trials and later sweeps reuse it. The actor runs one
+  corpus, pretraining config, worker count) key; the finished base is recorded as an artefact,
+  `<storage>/bases/base-<key>/artefact.json` (its checkpoint, run and validation loss), so later
+  trials and later sweeps reuse it. The actor runs one
   request at a time: two trials that need the same missing base wait for one build.
 - `EvaluationService`: the evaluation actor pool. A trial hands over its checkpoints after its
   training workers are gone, and gets its score rows back; every row is also written to the
@@ -11,31 +12,37 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import ray
 
-from classit.config import ClassitConfig, config_hash
+from classit.artefacts import artefact_dir, is_complete, mark_complete, read_marker
+from classit.config import ClassitConfig
 
 BUILDER_NAME = "classit-base-builder"
 
 
-def base_key(cfg: ClassitConfig) -> str:
-    return config_hash(cfg.model, cfg.tokenizer, cfg.corpus, cfg.pretrain, cfg.distributed.num_workers)
+def base_made_by(cfg: ClassitConfig) -> dict:
+    """What a base model is made of: the trial config's slices pretraining reads."""
+    return {"model": cfg.model.model_dump(mode="json"), "tokenizer": cfg.tokenizer.model_dump(mode="json"),
+            "corpus": cfg.corpus.model_dump(mode="json"), "pretrain": cfg.pretrain.model_dump(mode="json"),
+            "num_workers": cfg.distributed.num_workers}
 
 
-def base_record(cfg: ClassitConfig) -> Path:
-    return Path(cfg.run.storage_path) / "bases" / f"{base_key(cfg)}.json"
+def base_folder(cfg: ClassitConfig) -> Path:
+    return artefact_dir(Path(cfg.run.storage_path) / "bases", "base", base_made_by(cfg))
+
+
+def base_record(cfg: ClassitConfig) -> dict | None:
+    """The finished base's record (`checkpoint`, `run`, `val_loss`), or None if it is not built."""
+    folder = base_folder(cfg)
+    return read_marker(folder) if is_complete(folder) else None
 
 
 def cached_base(cfg: ClassitConfig) -> Path | None:
     record = base_record(cfg)
-    if record.is_file():
-        checkpoint = Path(json.loads(record.read_text())["checkpoint"])
-        if (checkpoint / "config.json").is_file():
-            return checkpoint
+    if record is not None and (Path(record["checkpoint"]) / "config.json").is_file():
+        return Path(record["checkpoint"])
     return None
 
 
@@ -49,16 +56,13 @@ class BaseBuilder:
         found = cached_base(cfg)
         if found is not None:
             return str(found)
-        name = f"base-{base_key(cfg)[:12]}"
-        result = run_pretraining(cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": name})}))
+        folder = base_folder(cfg)
+        result = run_pretraining(cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": folder.name})}))
         if result.error:
-            raise RuntimeError(f"pretraining the base model {name} failed: {result.error}")
-        record = base_record(cfg)
-        record.parent.mkdir(parents=True, exist_ok=True)
-        tmp = record.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"checkpoint": result.checkpoint.path, "run": name,
-                                   "val_loss": result.metrics.get("val_loss")}))
-        tmp.replace(record)
+            raise RuntimeError(f"pretraining the base model {folder.name} failed: {result.error}")
+        folder.mkdir(parents=True, exist_ok=True)
+        mark_complete(folder, base_made_by(cfg), checkpoint=result.checkpoint.path, run=folder.name,
+                      val_loss=result.metrics.get("val_loss"))
         return result.checkpoint.path
 
 

@@ -60,7 +60,7 @@ def base_val_loss(cfg: ClassitConfig) -> float | None:
     from classit.sweep.services import base_record
 
     record = base_record(cfg)
-    return json.loads(record.read_text()).get("val_loss") if record.is_file() else None
+    return record.get("val_loss") if record is not None else None
 
 
 def finished_row(results_root: str, key: str) -> dict | None:
@@ -148,9 +148,8 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
     cfg = apply_params(sweep_cfg, params)
     base = ensure_base(cfg)
     cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": f"{sweep.name}-{key}"})})
-    job = prepare_instruct(cfg, base)
-    job.loop_config["metrics_dir"] = f"{results_root}/{TRAIN_METRICS}"
-    result = train_instruct(job, log=lambda _: None, callbacks=[TuneReportCallback()])
+    result = train_instruct(prepare_instruct(cfg, base), log=lambda _: None,
+                            metrics_dir=f"{results_root}/{TRAIN_METRICS}", callbacks=[TuneReportCallback()])
 
     checkpoints, jobs = evaluation_jobs(cfg, result, base, data_dir, key)
     rows = ray.get(ray.get_actor(service_name).evaluate.remote(jobs))

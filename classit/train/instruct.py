@@ -14,8 +14,29 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from classit.config import ClassitConfig
-from classit.train.runner import RayReporter, make_trainer, named, quiet_worker
+from pydantic import BaseModel
+
+from classit.config import ClassitConfig, InstructTrainConfig
+from classit.train.runner import RayReporter, WorkerPayload, make_trainer, named, quiet_worker
+
+
+class PlannedStage(BaseModel):
+    name: str
+    train: InstructTrainConfig
+    input_words: int  # words of the records this stage uses for the first time
+
+
+class InstructPayload(WorkerPayload):
+    """What every instruction-tuning worker receives: the base, the encoded data's folder and the plan."""
+
+    base: str
+    data_root: str  # `stage-<i>` and `validation-<name>` datasets, encoded on the driver
+    curriculum: str
+    base_input_words: int
+    base_exposure_words: int
+    validation_sets: list[str]
+    validation_records: str  # a hash of the validation records, equal across a sweep's runs
+    stages: list[PlannedStage]
 
 
 def instruct_kind(cfg: ClassitConfig) -> str:
@@ -56,25 +77,24 @@ def instruct_worker(loop_config: dict) -> None:
     import datasets
     import ray.train
 
-    from classit.config import InstructTrainConfig
     from classit.data.instruct import collate_instruct
     from classit.tokenizer import load_tokenizer
     from classit.train.checkpoints import load_trainer_state
     from classit.train.loop import Stage, full_state_dict, train_stage
 
     quiet_worker()
-    cfg = ClassitConfig.model_validate(loop_config["config"])
-    base, data_root = Path(loop_config["base"]), Path(loop_config["data_root"])
+    payload = InstructPayload.model_validate(loop_config)
+    cfg = payload.config
+    base, data_root = Path(payload.base), Path(payload.data_root)
     tokenizer = load_tokenizer(base)
     validation = {name: datasets.load_from_disk(str(data_root / f"validation-{name}"))
-                  for name in loop_config["validation_sets"]}
+                  for name in payload.validation_sets}
     collate = partial(collate_instruct, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id)
-    report = RayReporter(cfg, trial=cfg.run.name, metrics_dir=loop_config.get("metrics_dir"),
-                         validation_sets=list(validation))
-    prior_input, prior_exposure = loop_config["base_input_words"], loop_config["base_exposure_words"]
-    extra = {"curriculum": loop_config["curriculum"], "mix_ratio": cfg.instruct.mix_ratio,
-             "validation_records": loop_config["validation_records"]}
-    if not loop_config["stages"]:
+    report = RayReporter(payload, validation_sets=list(validation))
+    prior_input, prior_exposure = payload.base_input_words, payload.base_exposure_words
+    extra = {"curriculum": payload.curriculum, "mix_ratio": cfg.instruct.mix_ratio,
+             "validation_records": payload.validation_records}
+    if not payload.stages:
         _evaluate_base_only(cfg, base, tokenizer, validation, collate, report,
                             {"input_words": prior_input, "exposure_words": prior_exposure, **extra})
         return
@@ -83,14 +103,13 @@ def instruct_worker(loop_config: dict) -> None:
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
         resumed = load_trainer_state(Path(resume_dir)) if resume_dir else None
         weights = None
-        for index, planned in enumerate(loop_config["stages"]):
+        for index, planned in enumerate(payload.stages):
             if resumed is not None and index < resumed.stage_index:
                 continue  # finished before the restart
             resume_here = Path(resume_dir) if resumed is not None and index == resumed.stage_index else None
-            stage = Stage(planned["name"], datasets.load_from_disk(str(data_root / f"stage-{index}")), validation,
-                          InstructTrainConfig.model_validate(planned["train"]), collate, index=index,
-                          prior_input_words=prior_input, prior_exposure_words=prior_exposure,
-                          input_words=planned["input_words"], extra_metrics=extra)
+            stage = Stage(planned.name, datasets.load_from_disk(str(data_root / f"stage-{index}")), validation,
+                          planned.train, collate, index=index, prior_input_words=prior_input,
+                          prior_exposure_words=prior_exposure, input_words=planned.input_words, extra_metrics=extra)
             state, engine = train_stage(_model_with(base, weights), tokenizer, stage, cfg.distributed, report,
                                         resume_from=resume_here)
             weights = full_state_dict(engine)
@@ -139,30 +158,58 @@ def plan_instruct(cfg: ClassitConfig, base_input: int, base_exposure: int, data=
 
 @dataclass
 class InstructJob:
-    """What the driver prepared for one instruction-tuning run: its named config, plan and encoded data."""
+    """What the driver prepared for one instruction-tuning run: its plan, the records cut or dropped
+    while encoding, and the workers' payload (the named config within)."""
 
-    cfg: ClassitConfig
     plan: object  # CurriculumPlan
     counts: dict
-    loop_config: dict
+    payload: InstructPayload
+
+    @property
+    def cfg(self) -> ClassitConfig:
+        return self.payload.config
 
 
 def prepare_instruct(cfg: ClassitConfig, base: Path) -> InstructJob:
-    """On the driver, no Ray needed: load, split, plan (with the budget check), encode and save
-    every stage's data and the validation sets. Bad data or an over-budget plan fails here."""
-    import datasets
-
+    """On the driver, no Ray needed: load, split, plan (with the budget check), then every stage's
+    data and the validation sets encoded, or found already encoded in the cache (keyed by the
+    records each holds, the tokenizer's checkpoint and the encoding settings: trials that differ
+    only in training settings share it). Bad data or an over-budget plan fails here."""
+    from classit.artefacts import artefact_dir, commit_folder, is_complete, read_marker
     from classit.config import config_hash
-    from classit.data.instruct import encode_record
-    from classit.tokenizer import load_tokenizer
 
     cfg = named(cfg, instruct_kind(cfg), str(base.resolve()))
     icfg = cfg.instruct
     base_input, base_exposure = base_word_counts(base)
     plan, train, valid = plan_instruct(cfg, base_input, base_exposure)
 
+    stages = [[train[d][i] for d, i in stage.items] for stage in plan.stages]
+    made_by = {"tokenizer": str(base.resolve()), "max_length": icfg.max_length, "template": icfg.template.model_dump(),
+               "stages": config_hash([[[r["prompt"], r["reply"]] for r in records] for records in stages]),
+               "validation": validation_fingerprint(valid)}
+    root = artefact_dir(cfg.run.cache_dir, "instruct", made_by)
+    if is_complete(root):
+        counts = read_marker(root)["counts"]
+    else:
+        counts = commit_folder(root, lambda tmp: encode_instruct_data(tmp, base, icfg, stages, valid), made_by)["counts"]
+    payload = InstructPayload(
+        config=cfg, base=str(base.resolve()), data_root=str(root.resolve()),
+        curriculum=icfg.curriculum if isinstance(icfg.curriculum, str) else "custom",
+        base_input_words=base_input, base_exposure_words=base_exposure, validation_sets=sorted(valid),
+        validation_records=made_by["validation"],
+        stages=[PlannedStage(name=s.name, train=s.train, input_words=s.input_words) for s in plan.stages])
+    return InstructJob(plan, counts, payload)
+
+
+def encode_instruct_data(folder: Path, base: Path, icfg, stages: list[list[dict]], valid: dict) -> dict:
+    """Every stage's records and each validation set encoded into `folder` (`stage-<i>`,
+    `validation-<name>`); returns the counts of records cut or dropped for length."""
+    import datasets
+
+    from classit.data.instruct import encode_record
+    from classit.tokenizer import load_tokenizer
+
     tokenizer = load_tokenizer(base)
-    root = Path(cfg.run.cache_dir) / f"instruct-{config_hash(icfg, cfg.distributed.num_workers, str(base.resolve()))}"
     counts = {"dropped_too_long": 0, "truncated": 0}
 
     def encode(recs: list[dict]):
@@ -173,27 +220,21 @@ def prepare_instruct(cfg: ClassitConfig, base: Path) -> InstructJob:
         return datasets.Dataset.from_dict({k: [r[k] for r in kept] for k in ("input_ids", "labels", "num_words")})
 
     for name in sorted(valid):
-        encode(valid[name]).save_to_disk(str(root / f"validation-{name}"))
-    for index, stage in enumerate(plan.stages):
-        encode([train[d][i] for d, i in stage.items]).save_to_disk(str(root / f"stage-{index}"))
-    loop_config = {
-        "base": str(base.resolve()), "data_root": str(root.resolve()),
-        "curriculum": icfg.curriculum if isinstance(icfg.curriculum, str) else "custom",
-        "base_input_words": base_input, "base_exposure_words": base_exposure,
-        "validation_sets": sorted(valid), "validation_records": validation_fingerprint(valid),
-        "stages": [{"name": s.name, "train": s.train.model_dump(mode="json"), "input_words": s.input_words}
-                   for s in plan.stages],
-    }
-    return InstructJob(cfg, plan, counts, loop_config)
+        encode(valid[name]).save_to_disk(str(folder / f"validation-{name}"))
+    for index, records in enumerate(stages):
+        encode(records).save_to_disk(str(folder / f"stage-{index}"))
+    return {"counts": counts}
 
 
-def train_instruct(job: InstructJob, log=print, **trainer_options):
-    """Run a prepared job on Ray Train workers; returns Ray's Result."""
+def train_instruct(job: InstructJob, log=print, metrics_dir: str | None = None, callbacks: list = ()):
+    """Run a prepared job on Ray Train workers; returns Ray's Result. The one instruction-tuning
+    path: `classit instruct` and every sweep trial (which adds its metrics folder and Tune's callback)."""
     log(f"plan: {job.plan.summary()}")
     if job.counts["dropped_too_long"] or job.counts["truncated"]:
         log(f"records longer than instruct.max_length={job.cfg.instruct.max_length}: {job.counts['truncated']} had "
             f"their prompt cut from the left, {job.counts['dropped_too_long']} dropped (reply alone too long)")
-    return make_trainer(job.cfg, instruct_worker, job.loop_config, **trainer_options).fit()
+    payload = job.payload.model_copy(update={"metrics_dir": metrics_dir})
+    return make_trainer(instruct_worker, payload, callbacks).fit()
 
 
 def run_instruct(cfg: ClassitConfig, base: Path, log=print):

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
+from pydantic import BaseModel
 from ray.train import UserCallback
 
 from classit.config import ClassitConfig, config_json
@@ -22,40 +23,21 @@ from classit.train.checkpoints import prune_optimizer_states
 # Workers print their own progress lines; Ray's print patch would log each one twice.
 WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 
-
-# Ray Train's controller takes a worker's report, checkpoint included, on its health-check tick
-# (2 s by default) and the worker waits for it: a quarter second keeps training from idling.
-# Its preemption watcher only logs node drains (a worker lost is retried by `max_failures`
-# anyway), yet costs an actor per run and prints an error line when it starts.
-RAY_JOB_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 # A report's key for the steps logged since the previous report, as JSON: a list of
 # {"exposure_words": n, "train": {metric: value}} (experiment trackers log each one).
 TRACKED_STEPS = "tracked_steps"
 TRACKED_METRICS = ("loss", "lr", "tokens_per_s", "step", "stage_index")
 
 
-@contextmanager
-def ray_session(address: str | None = None, quiet: bool = False, **kwargs):
-    """Start (or join) Ray with the job settings classit's training needs; shut it down afterwards.
-    `quiet`: the driver's console keeps classit's lines only (no worker output, no "Started a local Ray")."""
-    import logging
+class WorkerPayload(BaseModel):
+    """What every Ray Train worker of a run receives (as JSON, through `train_loop_config`)."""
 
-    import ray
+    config: ClassitConfig
+    metrics_dir: str | None = None  # where `train_metrics` rows go: a sweep gathers all its trials' in one
 
-    if quiet:
-        kwargs = {"log_to_driver": False, "logging_level": logging.WARNING, **kwargs}
 
-    # Ray Train passes these from the driver's environment to its controller and workers.
-    for key, value in RAY_JOB_ENV.items():
-        os.environ.setdefault(key, value)
-    if ray.is_initialized():  # already connected (a notebook, a test): use it, leave it running
-        yield
-        return
-    ray.init(address=address, **kwargs)
-    try:
-        yield
-    finally:
-        ray.shutdown()
+class PretrainPayload(WorkerPayload):
+    corpus_root: str
 
 
 def quiet_worker() -> None:
@@ -82,14 +64,14 @@ class RayReporter:
     health-check tick: reporting every log line would throttle training to that tick.
     """
 
-    def __init__(self, cfg: ClassitConfig, trial: str, metrics_dir: str | None = None, validation_sets=()):
+    def __init__(self, payload: WorkerPayload, validation_sets=()):
         import ray.train
 
+        cfg = payload.config
         self.train = ray.train
         self.rank = ray.train.get_context().get_world_rank()
-        # A sweep gathers every trial's rows in its own results folder; a single run keeps its own.
-        self.metrics_dir = metrics_dir or table_dir(cfg.run.storage_path, cfg.run.name, "train_metrics")
-        self.trial = trial
+        self.metrics_dir = payload.metrics_dir or table_dir(cfg.run.storage_path, cfg.run.name, "train_metrics")
+        self.trial = cfg.run.name
         self.config = config_json(cfg)  # whole, in every row
         self.schema = train_metrics_schema([name for name in validation_sets if name])
         self.rows: list[dict] = []
@@ -125,13 +107,14 @@ def pretrain_worker(loop_config: dict) -> None:
     from classit.train.loop import Stage, collate_blocks, train_stage
 
     quiet_worker()
-    cfg = ClassitConfig.model_validate(loop_config["config"])
-    corpus = PreparedCorpus.load(Path(loop_config["corpus_root"]))
+    payload = PretrainPayload.model_validate(loop_config)
+    cfg = payload.config
+    corpus = PreparedCorpus.load(Path(payload.corpus_root))
     tokenizer = load_tokenizer(corpus.tokenizer_path)
     model = build_model(cfg.model.preset, tokenizer, seed=cfg.pretrain.seed)
     stage = Stage("pretrain", corpus.load_blocks("train"), {"": corpus.load_blocks("validation")}, cfg.pretrain,
                   partial(collate_blocks, pad_id=tokenizer.pad_token_id), input_words=corpus.stats["train"]["words"])
-    report = RayReporter(cfg, trial=cfg.run.name, metrics_dir=loop_config.get("metrics_dir"))
+    report = RayReporter(payload)
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
         train_stage(model, tokenizer, stage, cfg.distributed, report,
@@ -152,20 +135,21 @@ class OptimizerStateRetention(UserCallback):
             prune_optimizer_states(checkpoint.filesystem, checkpoint.path, self.keep)
 
 
-def make_trainer(cfg: ClassitConfig, worker_fn, loop_config: dict, callbacks: list = ()):
-    """A TorchTrainer running `worker_fn` on the configured workers (each gets the whole config).
+def make_trainer(worker_fn, payload: WorkerPayload, callbacks: list = ()):
+    """A TorchTrainer running `worker_fn(payload)` on the payload's config's workers.
     Ray keeps every checkpoint (each mark's weights are evaluated); the optimizer state is pruned
     to `run.keep_optimizer_states`."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    cfg = payload.config
     dcfg = cfg.distributed
     env = dict(WORKER_ENV, **({} if dcfg.use_gpu else {"DS_ACCELERATOR": "cpu"}))
     keep = cfg.run.keep_optimizer_states
     retention = [OptimizerStateRetention(keep)] if keep else []
     return TorchTrainer(
         worker_fn,
-        train_loop_config={"config": cfg.model_dump(mode="json"), **loop_config},
+        train_loop_config=payload.model_dump(mode="json"),
         torch_config=TorchConfig(backend="nccl" if dcfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=dcfg.num_workers, use_gpu=dcfg.use_gpu,
                                      resources_per_worker={"CPU": dcfg.cpus_per_worker, **dcfg.worker_resources}),
@@ -206,8 +190,9 @@ def prepare_pretraining(cfg: ClassitConfig):
     return cfg, corpus
 
 
-def run_pretraining(cfg: ClassitConfig, prepared=None):
-    """Train on Ray workers from the prepared corpus (prepared now if not given); returns Ray's Result."""
+def run_pretraining(cfg: ClassitConfig, prepared=None, metrics_dir: str | None = None, callbacks: list = ()):
+    """Pretrain on Ray Train workers from the prepared corpus (prepared now if not given); returns
+    Ray's Result. The one pretraining path: `classit pretrain`, the sweep's base builder and the tests."""
     cfg, corpus = prepared or prepare_pretraining(cfg)
-    trainer = make_trainer(cfg, pretrain_worker, {"corpus_root": str(corpus.root.resolve())})
-    return trainer.fit()
+    payload = PretrainPayload(config=cfg, corpus_root=str(corpus.root.resolve()), metrics_dir=metrics_dir)
+    return make_trainer(pretrain_worker, payload, callbacks).fit()

@@ -1,0 +1,95 @@
+"""Content-addressed artefacts: every cached output is a folder `<root>/<kind>-<key>`.
+
+The key hashes everything that makes the output (content fingerprints, versions, settings), so a
+changed input gets a folder of its own and an unchanged one finds its finished folder. A folder is
+complete once its marker, `artefact.json`, is there: written last, through a temporary name and a
+rename, it records what made the artefact and whatever the artefact's readers need (counts, an
+index). A folder without a marker is unfinished; a step that keeps finished parts (chunks, shards)
+resumes in it, and one that builds the whole folder at once builds it under `<folder>.tmp` and
+renames it into place (`commit_folder`). Every cache of classit is one of these: the synthetic
+corpus, cleaned lines, tokenizer and blocks, encoded instruction data, teacher-written Q&A, the demo
+teacher, and the base models a sweep records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Callable
+
+from classit.config import config_hash
+
+MARKER = "artefact.json"
+
+
+def artefact_dir(root: str | Path, kind: str, *made_of) -> Path:
+    """`<root>/<kind>-<hash of made_of>`: where the artefact made of these inputs lives."""
+    return Path(root) / f"{kind}-{config_hash(*made_of)}"
+
+
+def is_complete(folder: Path) -> bool:
+    return (folder / MARKER).is_file()
+
+
+def read_marker(folder: Path) -> dict:
+    """What `mark_complete` wrote: `made_by`, `completed` (Unix seconds) and the artefact's own fields."""
+    return json.loads((folder / MARKER).read_text())
+
+
+def commit_file(write: Callable[[str], object], path: str | Path, suffix: str = "") -> None:
+    """`write(tmp)` then rename `tmp` to `path`: a kill never leaves a partial file at `path`.
+    `suffix`: an ending the writer insists on (numpy's `.npz`)."""
+    tmp = f"{path}.tmp{suffix}"
+    write(tmp)
+    Path(tmp).rename(path)
+
+
+def mark_complete(folder: Path, made_by: dict, **fields) -> dict:
+    """Write the folder's marker (last, by rename): from now on the artefact is complete."""
+    marker = {"made_by": made_by, "completed": time.time(), **fields}
+    commit_file(lambda tmp: Path(tmp).write_text(json.dumps(marker, indent=1, default=str) + "\n"), folder / MARKER)
+    return marker
+
+
+def commit_folder(folder: Path, build: Callable[[Path], dict | None], made_by: dict) -> dict:
+    """Build the whole artefact in a temporary folder beside it (`build(tmp)` returns the marker's
+    fields), mark it complete there and rename it into place; returns the marker. Two processes
+    building the same artefact at once (two trials, on any nodes) both finish; the first rename wins."""
+    _remove_abandoned(folder)
+    tmp = folder.with_name(f"{folder.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    marker = mark_complete(tmp, made_by, **(build(tmp) or {}))
+    if folder.exists() and not is_complete(folder):
+        shutil.rmtree(folder, ignore_errors=True)  # an older, unfinished build
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process renamed its build into place first
+        if not is_complete(folder):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        return read_marker(folder)
+    return marker
+
+
+def _remove_abandoned(folder: Path) -> None:
+    """Temporary builds of this artefact left by processes of this host that are gone (killed)."""
+    prefix = f"{folder.name}.tmp-{socket.gethostname()}-"
+    for tmp in folder.parent.glob(f"{prefix}*") if folder.parent.is_dir() else ():
+        pid = tmp.name.removeprefix(prefix)
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

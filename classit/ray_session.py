@@ -1,0 +1,36 @@
+"""Starting Ray the way every classit command and test needs it: one place for the job settings."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+# Ray Train's controller takes a worker's report, checkpoint included, on its health-check tick
+# (2 s by default) and the worker waits for it: a quarter second keeps training from idling.
+# Its preemption watcher only logs node drains (a worker lost is retried by `max_failures`
+# anyway), yet costs an actor per run and prints an error line when it starts.
+RAY_JOB_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+@contextmanager
+def ray_session(address: str | None = None, quiet: bool = False, **kwargs):
+    """Start (or join) Ray with the job settings classit's training needs; shut it down afterwards.
+    `quiet`: the driver's console keeps classit's lines only (no worker output, no "Started a local Ray")."""
+    import logging
+
+    import ray
+
+    if quiet:
+        kwargs = {"log_to_driver": False, "logging_level": logging.WARNING, **kwargs}
+
+    # Ray Train passes these from the driver's environment to its controller and workers.
+    for key, value in RAY_JOB_ENV.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():  # already connected (a notebook, a test): use it, leave it running
+        yield
+        return
+    ray.init(address=address, **kwargs)
+    try:
+        yield
+    finally:
+        ray.shutdown()
