@@ -73,22 +73,13 @@ class EvaluationPool:
     def _run(self, jobs: list[EvalJob], results_dir: str | None, bars: JobBars | None) -> list[dict]:
         # A large zero-shot job goes to every actor, a share each; the others run whole.
         pending = sorted(split_jobs(jobs, len(self.actors), self.split_min_items), key=lambda p: (p[0].checkpoint, p[0].task, p[1]))
-        tries: dict[tuple, int] = {}
+        tries: dict[tuple, int] = {}  # (job key, share) -> actor deaths
         in_flight: dict = {}  # future -> (actor index, job, share)
         shares: dict[str, list] = {}  # a split job's row key -> its finished shares' results
         rows: list[dict] = []
         surprisals: list[dict] = []
         while pending or in_flight:
-            while pending:
-                try:  # with nothing in flight, wait for an actor another call frees
-                    index = self.idle.get(block=not in_flight, timeout=PROGRESS_SECONDS)
-                except queue.Empty:
-                    break
-                # Prefer a job on the checkpoint this actor already holds: no reload.
-                pick = next((k for k, (j, _) in enumerate(pending) if j.checkpoint == self.loaded.get(index)), 0)
-                job, share = pending.pop(pick)
-                self.loaded[index] = job.checkpoint
-                in_flight[self.actors[index].run.remote(job, share)] = (index, job, share)
+            self._dispatch(pending, in_flight)
             if not in_flight:
                 continue
             # While jobs wait, look for an actor another call frees at least every PROGRESS_SECONDS.
@@ -99,19 +90,9 @@ class EvaluationPool:
                     self._draw(bars, list(in_flight.values()))
                 continue
             index, job, share = in_flight.pop(done[0])
-            try:
-                job_rows = ray.get(done[0])
-            except ray.exceptions.RayActorError:
-                tries[job.key, share] = tries.get((job.key, share), 0) + 1
-                self.actors[index] = Evaluator.options(**self.options).remote()
-                self.loaded.pop(index, None)
-                if tries[job.key, share] > self.max_retries:
-                    job_rows = [result_row(job, "", "error", float("nan"), 0, 0.0,
-                                           error=f"evaluation actor died {tries[job.key, share]} times")]
-                else:
-                    pending.insert(0, (job, share))
-                    self.idle.put(index)
-                    continue
+            job_rows = self._rows_or_retry(done[0], index, job, share, tries, pending)
+            if job_rows is None:
+                continue  # retried on a fresh actor
             if bars:  # before the actor is freed: its next job resets its count
                 self._draw(bars, [(index, job, share)], failed=any(r.get("error") for r in job_rows))
             self.idle.put(index)
@@ -120,18 +101,54 @@ class EvaluationPool:
                 if len(shares[job.row_key]) < share[1]:
                     continue
                 job_rows = merge_shares(job, shares.pop(job.row_key))
-            job_rows, detail = split_tables(job_rows)
-            if results_dir and detail:
-                write_rows(str(Path(results_dir).parent / AOA_SURPRISAL), detail, AOA_SURPRISAL_SCHEMA, key=job.row_key)
-            surprisals += detail
-            finished = {job.row_key: job_rows}
-            if not pending and not in_flight:  # the last job is in: each run's AoA marks are fitted
-                finished |= aoa_scores(jobs, rows + job_rows, surprisals)
-            for key, key_rows in finished.items():
-                if results_dir:
-                    write_rows(results_dir, key_rows, EVAL_SCORES_SCHEMA, key=key)
-                rows += key_rows
+            last = not pending and not in_flight
+            rows += self._record(job, job_rows, jobs, rows, surprisals, results_dir, last)
         return rows
+
+    def _dispatch(self, pending: list, in_flight: dict) -> None:
+        """Hand pending jobs to idle actors; with nothing in flight, wait for one another call frees."""
+        while pending:
+            try:
+                index = self.idle.get(block=not in_flight, timeout=PROGRESS_SECONDS)
+            except queue.Empty:
+                return
+            # Prefer a job on the checkpoint this actor already holds: no reload.
+            pick = next((k for k, (j, _) in enumerate(pending) if j.checkpoint == self.loaded.get(index)), 0)
+            job, share = pending.pop(pick)
+            self.loaded[index] = job.checkpoint
+            in_flight[self.actors[index].run.remote(job, share)] = (index, job, share)
+
+    def _rows_or_retry(self, future, index: int, job: EvalJob, share: tuple, tries: dict, pending: list):
+        """The job's rows; if its actor died, a fresh actor in its place and the job queued again
+        (None), or an error row once it has died `max_retries` times."""
+        try:
+            return ray.get(future)
+        except ray.exceptions.RayActorError:
+            tries[job.key, share] = tries.get((job.key, share), 0) + 1
+            self.actors[index] = Evaluator.options(**self.options).remote()
+            self.loaded.pop(index, None)
+            if tries[job.key, share] > self.max_retries:
+                return [result_row(job, "", "error", float("nan"), 0, 0.0,
+                                   error=f"evaluation actor died {tries[job.key, share]} times")]
+            pending.insert(0, (job, share))
+            self.idle.put(index)
+            return None
+
+    def _record(self, job: EvalJob, job_rows: list[dict], jobs: list[EvalJob], rows: list[dict],
+                surprisals: list[dict], results_dir: str | None, last: bool) -> list[dict]:
+        """A finished job's score rows (its AoA detail rows apart), written; with the last job in,
+        each run's AoA marks are fitted too. Returns the rows to add."""
+        job_rows, detail = split_tables(job_rows)
+        if results_dir and detail:
+            write_rows(str(Path(results_dir).parent / AOA_SURPRISAL), detail, AOA_SURPRISAL_SCHEMA, key=job.row_key)
+        surprisals += detail
+        finished = {job.row_key: job_rows}
+        if last:
+            finished |= aoa_scores(jobs, rows + job_rows, surprisals)
+        for key, key_rows in finished.items():
+            if results_dir:
+                write_rows(results_dir, key_rows, EVAL_SCORES_SCHEMA, key=key)
+        return [row for key_rows in finished.values() for row in key_rows]
 
     def _draw(self, bars: JobBars, running: list[tuple[int, EvalJob, tuple]], failed: bool = False) -> None:
         try:

@@ -168,6 +168,45 @@ def _batches_by_length(lengths: np.ndarray, max_tokens: int):
         yield batch
 
 
+def _plan_batches(forest: Forest, max_tokens: int):
+    """The forest's rows in length-sorted batches of at most `max_tokens`; each row's place in its
+    batch; and each batch's scored tokens (indices into `forest.predicting`)."""
+    row_len = np.diff(forest.row_starts)
+    batches = list(_batches_by_length(row_len, max_tokens))
+    batch_of_row, row_in_batch = np.empty(len(row_len), np.int64), np.empty(len(row_len), np.int64)
+    for b, rows in enumerate(batches):
+        batch_of_row[rows], row_in_batch[rows] = b, np.arange(len(rows))
+    target_row = np.searchsorted(forest.row_starts, forest.predicting, side="right") - 1
+    target_batch = batch_of_row[target_row]
+    by_batch = np.argsort(target_batch, kind="stable")  # each batch's scored tokens, contiguous
+    bounds = np.searchsorted(target_batch[by_batch], np.arange(len(batches) + 1))
+    return batches, row_in_batch, [by_batch[bounds[b]:bounds[b + 1]] for b in range(len(batches))]
+
+
+def _score_rows(transformer, head, forest: Forest, rows: np.ndarray, mine: np.ndarray, row_in_batch: np.ndarray,
+                pad_id: int, device) -> torch.Tensor:
+    """One batch of rows through the transformer, each token seeing its ancestors only; the
+    log-probability of each scored token `mine`, from the LM head run on its predictor alone."""
+    rows = np.asarray(rows)
+    row_len = forest.row_starts[rows + 1] - forest.row_starts[rows]
+    starts, local = forest.row_starts[rows][:, None], np.arange(int(row_len.max()))
+    real = local < row_len[:, None]
+    nodes = np.where(real, starts + local, 0)
+    ids = torch.from_numpy(np.where(real, forest.tokens[nodes], pad_id)).to(device)
+    positions = torch.from_numpy(np.where(real, forest.depth[nodes], 0)).to(device)
+    ends = torch.from_numpy(np.where(real, forest.end[nodes] - starts, local + 1)).to(device)  # padding sees itself
+    keys = torch.arange(len(local), device=device)
+    sees = (keys[None, None, :] <= keys[None, :, None]) & (keys[None, :, None] < ends[:, None, :])
+    hidden = transformer(input_ids=ids, position_ids=positions, attention_mask=sees[:, None],
+                         use_cache=False).last_hidden_state
+    predictors, which = np.unique(forest.predicting[mine], return_inverse=True)
+    predictor_row = np.searchsorted(forest.row_starts, predictors, side="right") - 1
+    at = (torch.from_numpy(row_in_batch[predictor_row]).to(device),
+          torch.from_numpy(predictors - forest.row_starts[predictor_row]).to(device))
+    logprobs = torch.log_softmax(head(hidden[at]).float(), dim=-1)
+    return logprobs[torch.from_numpy(which).to(device), torch.from_numpy(forest.targets[mine]).to(device)]
+
+
 @torch.inference_mode()
 def score(model, encoded: Encoded, pad_id: int, max_tokens: int = 4096, row_tokens: int = 128,
           chunk_cells: int = 2**21, progress: Progress | None = None, share: tuple[int, int] = (0, 1)) -> np.ndarray:
@@ -192,35 +231,12 @@ def score(model, encoded: Encoded, pad_id: int, max_tokens: int = 4096, row_toke
     for first in range(0, len(order), chunk):
         part = order[first:first + chunk]
         forest = plant(encoded[part], row_tokens)
-        row_len = np.diff(forest.row_starts)
-        batches = list(_batches_by_length(row_len, max_tokens))
-        batch_of_row, row_in_batch = np.empty(len(row_len), np.int64), np.empty(len(row_len), np.int64)
+        batches, row_in_batch, scored = _plan_batches(forest, max_tokens)
         for b, rows in enumerate(batches):
-            batch_of_row[rows], row_in_batch[rows] = b, np.arange(len(rows))
-        target_row = np.searchsorted(forest.row_starts, forest.predicting, side="right") - 1
-        target_batch = batch_of_row[target_row]
-        by_batch = np.argsort(target_batch, kind="stable")  # each batch's scored tokens, contiguous
-        bounds = np.searchsorted(target_batch[by_batch], np.arange(len(batches) + 1))
-        for b, rows in enumerate(batches):
-            mine = by_batch[bounds[b]:bounds[b + 1]]
+            mine = scored[b]
             if not len(mine) or b % share[1] != share[0]:  # nothing to score (single tokens), or another share's
                 continue
-            starts, local = forest.row_starts[rows][:, None], np.arange(int(row_len[rows].max()))
-            real = local < row_len[rows][:, None]
-            nodes = np.where(real, starts + local, 0)
-            ids = torch.from_numpy(np.where(real, forest.tokens[nodes], pad_id)).to(device)
-            positions = torch.from_numpy(np.where(real, forest.depth[nodes], 0)).to(device)
-            ends = torch.from_numpy(np.where(real, forest.end[nodes] - starts, local + 1)).to(device)  # padding sees itself
-            keys = torch.arange(len(local), device=device)
-            sees = (keys[None, None, :] <= keys[None, :, None]) & (keys[None, :, None] < ends[:, None, :])
-            hidden = transformer(input_ids=ids, position_ids=positions, attention_mask=sees[:, None],
-                                 use_cache=False).last_hidden_state
-            predictors, which = np.unique(forest.predicting[mine], return_inverse=True)
-            predictor_row = np.searchsorted(forest.row_starts, predictors, side="right") - 1
-            at = (torch.from_numpy(row_in_batch[predictor_row]).to(device),
-                  torch.from_numpy(predictors - forest.row_starts[predictor_row]).to(device))
-            logprobs = torch.log_softmax(head(hidden[at]).float(), dim=-1)
-            picked = logprobs[torch.from_numpy(which).to(device), torch.from_numpy(forest.targets[mine]).to(device)]
+            picked = _score_rows(transformer, head, forest, rows, mine, row_in_batch, pad_id, device)
             totals.index_add_(0, torch.from_numpy(part[forest.owners[mine]]), picked.double().cpu())
             progress.advance(len(np.unique(forest.owners[mine])))  # a candidate's path lies in one row
         progress.done = first + len(part)  # with those that had nothing to score

@@ -30,92 +30,127 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
     `verbose` the console has classit's event lines only: the output of Ray's workers (Train,
     DeepSpeed, datasets, transformers) stays in Ray's log files, and errors come through Tune."""
     import ray
-    from ray import tune
 
     from classit.data.synthetic import write_probe_data
     from classit.generate.job import ensure_generated
-    from classit.results import read_table
-    from classit.sweep.console import SweepConsole, echo
-    from classit.sweep.search import tune_setup
-    from classit.sweep.services import cached_base, evaluation_service_name, start_services
-    from classit.sweep.status import write_sweep_file
-    from classit.sweep.tracking import tracking_callbacks
-    from classit.sweep.trial import run_trial
     from classit.ray_session import ray_session
+    from classit.sweep.console import echo
+    from classit.sweep.services import start_services
+    from classit.sweep.status import write_sweep_file
 
     log = log or echo
     cfg = validate(cfg)
-    sweep = cfg.sweep
     ensure_generated(cfg, address, log, verbose)  # teacher-written sets: reused, or made once now
     plan_trials(cfg)  # every planned trial within the word budget, before the sweep's Ray starts
     experiment = experiment_dir(cfg)
-    if resume and not (experiment / STATE_FILE).exists():
-        raise ConfigError(f"--resume: no sweep to resume at {experiment}")
     results_root = str(experiment / "results")
-    objectives = [objective_key(m) for m in sweep.metrics]
-    if not resume and experiment.exists():
-        board = leaderboard(read_table(f"{results_root}/{TRIALS}"), objectives, sweep.modes)
-        if len(board) < planned_trial_count(cfg):
-            raise ConfigError(f"sweep.name: {sweep.name} already exists at {experiment}, unfinished; "
-                              f"pass --resume to continue it or choose another sweep.name")
-        log(f"sweep {sweep.name} already finished at {experiment} (choose another sweep.name to run it again)")
-        log(format_leaderboard(board, objectives))
-        return board
+    objectives = [objective_key(m) for m in cfg.sweep.metrics]
+    finished = finished_sweep(cfg, experiment, results_root, objectives, resume)
+    if finished is not None:
+        log(f"sweep {cfg.sweep.name} already finished at {experiment} (choose another sweep.name to run it again)")
+        log(format_leaderboard(finished, objectives))
+        return finished
     write_sweep_file(experiment, cfg)  # for `classit status`
     data_dir = cfg.evaluation.data_dir or write_probe_data(Path(cfg.run.cache_dir) / "probes")
-    # Intermediate reports carry the validation loss only; the objective comes with the last one.
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-
-    pending_bases = {}
-    for preset, base_cfg in base_configs(cfg).items():
-        found = cached_base(base_cfg)
-        if found is None:
-            pending_bases[preset] = base_cfg
-        log(f"base {preset}: reused {found}" if found else f"base {preset}: not cached; the first trial pretrains it")
-
-    if not verbose:
-        for name in ("ray.tune", "ray.train"):  # their INFO lines (state saved, trial dirs) on the driver
-            logging.getLogger(name).setLevel(logging.WARNING)
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in Journal ..."
+    pending_bases = log_bases(cfg, log)
+    quiet_driver(verbose)
     with ray_session(address, quiet=not verbose):
         services = start_services(cfg, f"{results_root}/{EVAL_SCORES}")  # held for the whole sweep
-        service_name = evaluation_service_name(sweep.name)
-        trainable = tune.with_resources(
-            tune.with_parameters(run_trial, sweep_config=cfg.model_dump(mode="json"), results_root=results_root,
-                                 data_dir=str(Path(data_dir).resolve()), service_name=service_name),
-            TRIAL_RESOURCES)
-        if resume:
-            tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
-        else:
-            param_space, tune_config = tune_setup(cfg)
-            tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
-                               run_config=tune.RunConfig(
-                                   name=sweep.name, storage_path=str(experiment.parent), verbose=0,
-                                   failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-                                   callbacks=[SweepConsole(objectives, sweep.seeds, pending_bases,
-                                                           planned_trial_count(cfg), log=log),
-                                              *tracking_callbacks(cfg)]))
-        grid = tuner.fit()
+        grid = make_tuner(cfg, experiment, resume, results_root, str(Path(data_dir).resolve()),
+                          pending_bases, log).fit()
         for actor in services:
             ray.kill(actor)
     record_unfinished(grid, cfg, results_root)
-    board = leaderboard(read_table(f"{results_root}/{TRIALS}"), objectives, sweep.modes)
+    board = leaderboard(read_trials(results_root), objectives, cfg.sweep.modes)
     log(format_leaderboard(board, objectives))
     log(f"results: {results_root}/{{{TRIALS},train_metrics,{EVAL_SCORES}}}")
     return board
 
 
+def read_trials(results_root: str):
+    from classit.results import read_table
+
+    return read_table(f"{results_root}/{TRIALS}")
+
+
+def finished_sweep(cfg: ClassitConfig, experiment: Path, results_root: str, objectives: list[str], resume: bool):
+    """The leaderboard of a sweep of this name that already finished (None if there is none, or
+    when resuming); a sweep of this name left unfinished is refused without `--resume`."""
+    if resume:
+        if not (experiment / STATE_FILE).exists():
+            raise ConfigError(f"--resume: no sweep to resume at {experiment}")
+        return None
+    if not experiment.exists():
+        return None
+    board = leaderboard(read_trials(results_root), objectives, cfg.sweep.modes)
+    if len(board) < planned_trial_count(cfg):
+        raise ConfigError(f"sweep.name: {cfg.sweep.name} already exists at {experiment}, unfinished; "
+                          f"pass --resume to continue it or choose another sweep.name")
+    return board
+
+
+def log_bases(cfg: ClassitConfig, log) -> dict[str, ClassitConfig]:
+    """Say which base models are cached; returns the configs of those the first trials will build."""
+    from classit.sweep.services import cached_base
+
+    pending = {}
+    for preset, base_cfg in base_configs(cfg).items():
+        found = cached_base(base_cfg)
+        if found is None:
+            pending[preset] = base_cfg
+        log(f"base {preset}: reused {found}" if found else f"base {preset}: not cached; the first trial pretrains it")
+    return pending
+
+
+def quiet_driver(verbose: bool) -> None:
+    """Tune's settings for classit's reports, and the driver's own loggers at WARNING unless verbose."""
+    # Intermediate reports carry the validation loss only; the objective comes with the last one.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if verbose:
+        return
+    for name in ("ray.tune", "ray.train"):  # their INFO lines (state saved, trial dirs) on the driver
+        logging.getLogger(name).setLevel(logging.WARNING)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in Journal ..."
+
+
+def make_tuner(cfg: ClassitConfig, experiment: Path, resume: bool, results_root: str, data_dir: str,
+               pending_bases: dict, log):
+    """The Tuner of `run_trial` over the search space (restored from `experiment` when resuming)."""
+    from ray import tune
+
+    from classit.sweep.console import SweepConsole
+    from classit.sweep.search import tune_setup
+    from classit.sweep.services import evaluation_service_name
+    from classit.sweep.tracking import tracking_callbacks
+    from classit.sweep.trial import run_trial
+
+    sweep = cfg.sweep
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, sweep_config=cfg.model_dump(mode="json"), results_root=results_root,
+                             data_dir=data_dir, service_name=evaluation_service_name(sweep.name)),
+        TRIAL_RESOURCES)
+    if resume:
+        return tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+    objectives = [objective_key(m) for m in sweep.metrics]
+    console = SweepConsole(objectives, sweep.seeds, pending_bases, planned_trial_count(cfg), log=log)
+    param_space, tune_config = tune_setup(cfg)
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=tune.RunConfig(
+        name=sweep.name, storage_path=str(experiment.parent), verbose=0,
+        failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+        callbacks=[console, *tracking_callbacks(cfg)]))
+
+
 def record_unfinished(grid, cfg: ClassitConfig, results_root: str) -> None:
     """Trials that ended without a row of their own (stopped by ASHA, failed past their retries)
     get one, with their status and error, so the trials table accounts for every trial."""
-    from classit.results import read_table, trials_schema, write_rows
+    from classit.results import trials_schema, write_rows
     from classit.sweep.trial import trial_key, trial_params, unfinished_row
 
     sweep = cfg.sweep
-    done = read_table(f"{results_root}/{TRIALS}")
+    done = read_trials(results_root)
     known = set(done["trial"]) if not done.empty else set()
     for result in grid:
         params = trial_params(result.config, sweep.seeds)

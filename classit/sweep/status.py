@@ -65,10 +65,8 @@ def tune_trials(experiment: Path) -> tuple[list[dict], float | None, float | Non
 def sweep_status(experiment: Path) -> dict:
     """Trials by state, each trial's stage, words and scores, the best so far per objective, the
     elapsed time and an estimate of the time left."""
-    from classit.results import read_table
-    from classit.sweep.space import planned_trial_count
     from classit.evaluate.catalog import objective_key
-    from classit.sweep.trial import TRIALS, trial_key, trial_params
+    from classit.sweep.space import planned_trial_count
 
     path = experiment / SWEEP_FILE
     if not path.is_file():
@@ -78,13 +76,30 @@ def sweep_status(experiment: Path) -> dict:
     sweep = cfg.sweep
     objectives = [objective_key(m) for m in sweep.metrics]
     alive = driver_alive(record)
+    tune, started, updated = tune_trials(experiment)
+    rows = trial_rows(experiment, tune, sweep.seeds, objectives, alive)
+    planned = planned_trial_count(cfg)
+    counts = {state: sum(r["state"] == state for r in rows) for state in STATES}
+    counts["pending"] += max(planned - len(rows), 0)  # a search draws its trials as slots free up
+    now = time.time() if alive else max(updated or 0.0, record["started"])
+    return {"name": sweep.name, "planned": planned, "counts": counts, "trials": rows,
+            "best": best_so_far(rows, objectives, sweep.modes), "objectives": objectives,
+            "elapsed_s": now - (started or record["started"]),
+            "left_s": time_left(rows, counts["pending"], now, sweep.max_concurrent_trials),
+            "driver_alive": alive, "driver": f"pid {record['pid']} on {record['host']}"}
+
+
+def trial_rows(experiment: Path, tune: list[dict], seeds: list[int], objectives: list[str], alive) -> list[dict]:
+    """One row per trial Tune knows: its state (the trials table's status once it ended), stage,
+    words seen and objectives (from its row, else its last report)."""
+    from classit.results import read_table
+    from classit.sweep.trial import TRIALS, trial_key, trial_params
+
     ended = read_table(str(experiment / "results" / TRIALS))
     ended = {} if ended.empty else {r["trial"]: r for r in ended.to_dict("records")}
-    tune, started, updated = tune_trials(experiment)
-
     rows = []
     for trial in tune:
-        params = trial_params(trial["config"], sweep.seeds)
+        params = trial_params(trial["config"], seeds)
         key, last = trial_key(params), trial["last_result"]
         state = TUNE_STATES.get(trial["state"], trial["state"].lower())
         if key in ended:
@@ -96,28 +111,27 @@ def sweep_status(experiment: Path) -> dict:
                      "words_seen": last.get("words_seen"), "start": trial["start"],
                      "seconds": _number(ended[key]["seconds"]) if key in ended else None,
                      **{o: _number(source.get(o)) for o in objectives}})
-    planned = planned_trial_count(cfg)
-    counts = {state: sum(r["state"] == state for r in rows) for state in STATES}
-    counts["pending"] += max(planned - len(rows), 0)  # a search draws its trials as slots free up
+    return rows
 
+
+def best_so_far(rows: list[dict], objectives: list[str], modes: list[str]) -> dict[str, tuple[float, str]]:
     best = {}
-    for objective, mode in zip(objectives, sweep.modes):
+    for objective, mode in zip(objectives, modes):
         scored = [r for r in rows if r["state"] in ("finished", "eval_failed") and r[objective] is not None]
         if scored:
             pick = (max if mode == "max" else min)(scored, key=lambda r: r[objective])
             best[objective] = (pick[objective], pick["trial"])
+    return best
 
-    now = time.time() if alive else max(updated or 0.0, record["started"])
-    elapsed = now - (started or record["started"])
+
+def time_left(rows: list[dict], pending: int, now: float, concurrency: int) -> float | None:
+    """The mean trial so far, for what has not started and what is still running, over the concurrency."""
     durations = [r["seconds"] for r in rows if r["seconds"]]
-    left = None
-    if durations:  # the mean trial so far, for what has not started and what is still running
-        mean = sum(durations) / len(durations)
-        running = [max(mean - (now - r["start"]), 0.0) for r in rows if r["state"] in ("running", "interrupted")]
-        left = (counts["pending"] * mean + sum(running)) / sweep.max_concurrent_trials
-    return {"name": sweep.name, "planned": planned, "counts": counts, "trials": rows, "best": best,
-            "objectives": objectives, "elapsed_s": elapsed, "left_s": left, "driver_alive": alive,
-            "driver": f"pid {record['pid']} on {record['host']}"}
+    if not durations:
+        return None
+    mean = sum(durations) / len(durations)
+    running = [max(mean - (now - r["start"]), 0.0) for r in rows if r["state"] in ("running", "interrupted")]
+    return (pending * mean + sum(running)) / concurrency
 
 
 def format_status(status: dict) -> str:

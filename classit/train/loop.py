@@ -300,6 +300,47 @@ def progress_line(stage: str, total_steps: int, metrics: dict) -> str:
             f"lr {metrics['lr']:.2e} {metrics['tokens_per_s']:,.0f} tok/s {metrics['words_seen']:,} words")
 
 
+@dataclass
+class StageRun:
+    """What a stage's steps share: its engine and state, and how they become metrics and checkpoints."""
+
+    stage: Stage
+    engine: object
+    state: TrainerState
+    tokenizer: object
+    report: Reporter
+    total_steps: int
+    validation: dict
+
+    def evaluate(self) -> dict[str, float]:
+        tcfg = self.stage.config
+        return validation_losses(self.engine.module, self.validation, self.stage.collate, tcfg.batch_size)
+
+    def counts(self) -> dict:
+        stage, state = self.stage, self.state
+        return {"stage": stage.name, "stage_index": stage.index, "total_steps": self.total_steps,
+                **stage.extra_metrics, "step": state.step, "words_seen": state.words_seen,
+                "tokens_seen": state.tokens_seen, "input_words": state.total_input_words,
+                "exposure_words": state.total_exposure_words}
+
+    def metrics(self, loss: float, epoch: int, tokens_per_s: float, evaluating: bool) -> dict:
+        return {**self.counts(), "loss": loss, "lr": self.engine.get_lr()[0], "epoch": epoch,
+                "tokens_per_s": tokens_per_s, **(self.evaluate() if evaluating else {})}
+
+    def report_start(self, log: Callable[[str], None] | None) -> None:
+        """The validation loss before the stage's first step (once: not again on a resume)."""
+        losses = self.evaluate()
+        self.state.initial_val_loss = losses["val_loss"]
+        self.report({**self.counts(), "epoch": 0, "lr": self.engine.get_lr()[0], **losses})
+        if log:
+            log(f"[{self.stage.name}] step 0/{self.total_steps} val_loss {self.state.initial_val_loss:.4f}")
+
+    def save(self, metrics: dict) -> None:
+        with tempfile.TemporaryDirectory(prefix="classit-ckpt-") as tmp:
+            save_checkpoint(self.engine, self.tokenizer, self.state, Path(tmp), self.stage.config.checkpoints.resumable)
+            self.report(metrics, checkpoint_dir=tmp, name=checkpoint_name(self.stage, self.state))
+
+
 def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report: Reporter,
                 resume_from: Path | None = None, log: Callable[[str], None] = print):
     """Train one stage to its planned steps. `resume_from`: a checkpoint folder of this stage.
@@ -312,26 +353,9 @@ def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report:
     schedule = CheckpointSchedule.of(stage)
     state, engine = start_engine(model, stage, dcfg, total_steps, resume_from, log)
     validation = {name: evenly_spaced(rows, tcfg.max_validation_rows) for name, rows in stage.validation.items()}
-
-    def evaluate() -> dict[str, float]:
-        return validation_losses(engine.module, validation, stage.collate, tcfg.batch_size)
-
-    def counts() -> dict:
-        return {"stage": stage.name, "stage_index": stage.index, "total_steps": total_steps, **stage.extra_metrics,
-                "step": state.step, "words_seen": state.words_seen, "tokens_seen": state.tokens_seen,
-                "input_words": state.total_input_words, "exposure_words": state.total_exposure_words}
-
-    def save(metrics: dict) -> None:
-        with tempfile.TemporaryDirectory(prefix="classit-ckpt-") as tmp:
-            save_checkpoint(engine, tokenizer, state, Path(tmp), tcfg.checkpoints.resumable)
-            report(metrics, checkpoint_dir=tmp, name=checkpoint_name(stage, state))
-
+    run = StageRun(stage, engine, state, tokenizer, report, total_steps, validation)
     if state.initial_val_loss is None:
-        losses = evaluate()
-        state.initial_val_loss = losses["val_loss"]
-        report({**counts(), "epoch": 0, "lr": engine.get_lr()[0], **losses})
-        if rank == 0:
-            log(f"[{stage.name}] step 0/{total_steps} val_loss {state.initial_val_loss:.4f}")
+        run.report_start(log if rank == 0 else None)
 
     engine.train()
     throughput = Throughput()
@@ -349,13 +373,12 @@ def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report:
             evaluating = state.step % tcfg.eval_every_steps == 0 or done
             if not (state.step % tcfg.log_every_steps == 0 or evaluating or crossed):
                 continue
-            metrics = {**counts(), "loss": loss, "lr": engine.get_lr()[0], "epoch": epoch,
-                       "tokens_per_s": throughput.rate(), **(evaluate() if evaluating else {})}
+            metrics = run.metrics(loss, epoch, throughput.rate(), evaluating)
             if rank == 0:
                 log(progress_line(stage.name, total_steps, metrics))
             if crossed or done:
                 schedule.advance(state, crossed)
-                save(metrics)
+                run.save(metrics)
             else:
                 report(metrics)
             throughput.reset()
