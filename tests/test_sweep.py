@@ -68,7 +68,7 @@ def test_optuna_define_by_run_is_conditional():
     ({"space": {"learning_rate": {"choice": [1e-4]}}, "metrics": ["babylm:overall"], "modes": ["max"]},
      "sweep.metrics: 'babylm:overall': unknown aggregate (known: babylm:human_likeness, babylm:nlp, babylm:macro)"),
 ])
-def test_bad_sweep_yaml_fails_before_ray_with_one_line(tmp_path, sweep, message):
+def test_bad_sweep_yaml_fails_with_one_line(tmp_path, sweep, message):
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({"sweep": sweep}))
     with pytest.raises(ConfigError) as err:
@@ -76,7 +76,17 @@ def test_bad_sweep_yaml_fails_before_ray_with_one_line(tmp_path, sweep, message)
 
         validate(load_config(path))
     assert message in str(err.value) and "\n" not in str(err.value)
-    # Through the real entry point: exit 2, one line on stderr, and Ray never started.
+
+
+@pytest.mark.parametrize("sweep, message", [  # one error of the config's own checks, one of the sweep's
+    ({"space": {"curriculum": {"choice": ["pt", "bogus"]}}}, "sweep.space.curriculum: value 'bogus'"),
+    ({"space": {"learning_rate": {"choice": [1e-4]}}, "metrics": ["rte"], "modes": ["max"]},
+     "sweep.metrics: 'rte' needs task rte in evaluation.tasks"),
+])
+def test_bad_sweep_yaml_stops_the_entry_point_before_ray(tmp_path, sweep, message):
+    """Through the real entry point: exit 2, one line on stderr, and Ray never started."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"sweep": sweep}))
     ray_tmp = tmp_path / "ray"
     ray_tmp.mkdir()
     proc = subprocess.run([sys.executable, str(REPO / "sweeps" / "curriculum_sweep.py"), "--config", str(path)],
