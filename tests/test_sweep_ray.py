@@ -45,7 +45,7 @@ def test_six_trials_share_one_base_built_once_and_all_get_scores(ray_local, shar
     board = run_sweep(cfg, log=lambda _: None)
 
     storage = shared / "runs"
-    assert len(list((storage / "bases").glob("*.json"))) == 1
+    assert len(list((storage / "bases").glob("base-*/artefact.json"))) == 1
     base_runs = [p for p in storage.iterdir() if p.name.startswith("base-")]
     assert len(base_runs) == 1
     pretrain_rows = read_table(str(base_runs[0] / "results" / "train_metrics"))
