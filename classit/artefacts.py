@@ -5,8 +5,8 @@ changed input gets a folder of its own and an unchanged one finds its finished f
 complete once its marker, `artefact.json`, is there: written last, through a temporary name and a
 rename, it records what made the artefact and whatever the artefact's readers need (counts, an
 index). A folder without a marker is unfinished; a step that keeps finished parts (chunks, shards)
-resumes in it, and one that builds the whole folder at once builds it under `<folder>.tmp` and
-renames it into place (`commit_folder`). Every cache of classit is one of these: the synthetic
+resumes in it, and one that builds the whole folder at once builds it beside it, under
+`<folder>.tmp-<host>-<pid>`, and renames it into place (`commit_folder`). Every cache of classit is one of these: the synthetic
 corpus, cleaned lines, tokenizer and blocks, encoded instruction data, teacher-written Q&A, the demo
 teacher, and the base models a sweep records.
 """

@@ -14,6 +14,7 @@ import socket
 import time
 from pathlib import Path
 
+from classit.artefacts import commit_file
 from classit.config import ClassitConfig, ConfigError
 
 SWEEP_FILE = "sweep.json"
@@ -27,9 +28,7 @@ def write_sweep_file(experiment: Path, cfg: ClassitConfig) -> None:
     experiment.mkdir(parents=True, exist_ok=True)
     record = {"config": cfg.model_dump(mode="json"), "pid": os.getpid(), "host": socket.gethostname(),
               "started": time.time()}
-    tmp = experiment / f"{SWEEP_FILE}.tmp"
-    tmp.write_text(json.dumps(record))
-    tmp.replace(experiment / SWEEP_FILE)
+    commit_file(lambda tmp: Path(tmp).write_text(json.dumps(record)), experiment / SWEEP_FILE)
 
 
 def driver_alive(record: dict) -> bool | None:
