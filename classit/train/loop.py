@@ -156,8 +156,24 @@ def evenly_spaced(dataset, rows: int | None):
     return dataset.select(np.linspace(0, len(dataset) - 1, rows).round().astype(int).tolist())
 
 
-def build_engine(model, stage: Stage, dcfg: DistributedConfig, total_steps: int):
+def import_deepspeed():
+    """DeepSpeed, imported without its autotuner's `import mlflow` (whenever mlflow is installed it
+    adds ~1.5 s of CPU to every worker's start; classit never autotunes)."""
+    import sys
+
+    if "deepspeed" not in sys.modules and "mlflow" not in sys.modules:
+        sys.modules["mlflow"] = None  # an import of it fails fast; the autotuner then does without
+        try:
+            import deepspeed  # noqa: F401
+        finally:
+            del sys.modules["mlflow"]
     import deepspeed
+
+    return deepspeed
+
+
+def build_engine(model, stage: Stage, dcfg: DistributedConfig, total_steps: int):
+    deepspeed = import_deepspeed()
 
     tcfg = stage.config
     bf16 = dcfg.precision == "bf16" or (dcfg.precision == "auto" and torch.cuda.is_available())
@@ -187,7 +203,7 @@ def effective(dcfg: DistributedConfig) -> DistributedConfig:
 
 def full_state_dict(engine) -> dict[str, torch.Tensor]:
     """The model's whole weights on every rank, on CPU (gathered from the partitions under ZeRO-3)."""
-    import deepspeed
+    deepspeed = import_deepspeed()
 
     module = engine.module
     zero3 = engine.zero_optimization_stage() == 3
