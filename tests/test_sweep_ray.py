@@ -83,6 +83,24 @@ def test_six_trials_share_one_base_built_once_and_all_get_scores(ray_local, shar
     evaluations = metrics[(metrics["step"] == 0) | (metrics["step"] % 5 == 0) | (metrics["step"] == metrics["total_steps"])]
     assert evaluations["val_loss"].notna().all()  # eval_every_steps 5, and each stage's start and end
 
+    # Every preset end to end: its stages in order, each reporting from its own step 0 and ending in
+    # a checkpoint; `pt` trains nothing and is the base itself, scored as the run's only checkpoint.
+    pt_loss = board.loc[board["param.curriculum"] == "pt", "val_loss"].item()
+    for trial in board.to_dict("records"):
+        curriculum = trial["param.curriculum"]
+        stages = {"pt": ["pt"], "merged": ["merged"]}.get(curriculum, curriculum.split("_"))
+        rows = metrics[metrics["trial"] == trial["run"]].sort_values(["stage_index", "step"])
+        assert list(dict.fromkeys(rows["stage"])) == stages
+        assert (rows.groupby("stage")["step"].min() == 0).all()
+        assert (rows["exposure_words"] >= rows["words_seen"]).all() and rows["input_words"].notna().all()
+        saved = [p.name for p in (storage / trial["run"]).iterdir() if (p / "config.json").is_file()]
+        if curriculum == "pt":
+            assert saved == ["pt-final"]
+        else:
+            assert sorted(name.split("-step")[0] for name in saved) == sorted(stages)
+            # Before its first step a run is the base: its loss there is pt's, on the same records.
+            assert rows["val_loss"].iloc[0] == pytest.approx(pt_loss, rel=1e-5)
+
 
 def test_tpe_multi_objective_with_seeds_repeats_each_draw_and_scores_aoa_on_the_marks(ray_local, shared):
     """Optuna TPE over curriculum x mix ratio x learning rate, two objectives, two seeds per draw;
