@@ -157,8 +157,11 @@ def evenly_spaced(dataset, rows: int | None):
 
 
 def import_deepspeed():
-    """DeepSpeed, imported without its autotuner's `import mlflow` (whenever mlflow is installed it
-    adds ~1.5 s of CPU to every worker's start; classit never autotunes)."""
+    """DeepSpeed, without two costs that training never uses:
+    - its autotuner's `import mlflow` (whenever mlflow is installed, ~1.5 s of CPU per worker start);
+    - its CPU shared-memory all-reduce op, which serves DeepSpeed inference alone yet is built when an
+      engine starts: a C++ compile on a machine's first run (~35 s), then ~0.7 s per worker to probe
+      and load. Training's all-reduce is the process group's (gloo or NCCL) either way."""
     import sys
 
     if "deepspeed" not in sys.modules and "mlflow" not in sys.modules:
@@ -167,8 +170,12 @@ def import_deepspeed():
             import deepspeed  # noqa: F401
         finally:
             del sys.modules["mlflow"]
+    import importlib
+
     import deepspeed
 
+    # (`deepspeed.comm.torch` as an attribute is the torch package, which that module star-exports)
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # as where it cannot build
     return deepspeed
 
 
