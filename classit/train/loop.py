@@ -162,19 +162,18 @@ def import_deepspeed():
     - its CPU shared-memory all-reduce op, which serves DeepSpeed inference alone yet is built when an
       engine starts: a C++ compile on a machine's first run (~35 s), then ~0.7 s per worker to probe
       and load. Training's all-reduce is the process group's (gloo or NCCL) either way."""
+    import importlib
     import sys
 
     if "deepspeed" not in sys.modules and "mlflow" not in sys.modules:
         sys.modules["mlflow"] = None  # an import of it fails fast; the autotuner then does without
         try:
-            import deepspeed  # noqa: F401
+            importlib.import_module("deepspeed")
         finally:
             del sys.modules["mlflow"]
-    import importlib
-
     import deepspeed
 
-    # (`deepspeed.comm.torch` as an attribute is the torch package, which that module star-exports)
+    # By module name: the attribute `deepspeed.comm.torch` is the torch package, which comm star-exports.
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # as where it cannot build
     return deepspeed
 
