@@ -96,8 +96,9 @@ def test_six_trials_share_one_base_built_once_and_all_get_scores(ray_local, shar
         saved = [p.name for p in (storage / trial["run"]).iterdir() if (p / "config.json").is_file()]
         if curriculum == "pt":
             assert saved == ["pt-final"]
-        else:
-            assert sorted(name.split("-step")[0] for name in saved) == sorted(stages)
+        else:  # `<stage>-step<N>-words<W>`, in the order trained: by total exposure
+            by_words = sorted(saved, key=lambda name: int(name.split("words")[1]))
+            assert [name.split("-step")[0] for name in by_words] == stages
             # Before its first step a run is the base: its loss there is pt's, on the same records.
             assert rows["val_loss"].iloc[0] == pytest.approx(pt_loss, rel=1e-5)
 
