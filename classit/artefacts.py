@@ -41,9 +41,11 @@ def read_marker(folder: Path) -> dict:
 
 
 def commit_file(write: Callable[[str], object], path: str | Path, suffix: str = "") -> None:
-    """`write(tmp)` then rename `tmp` to `path`: a kill never leaves a partial file at `path`.
-    `suffix`: an ending the writer insists on (numpy's `.npz`)."""
-    tmp = f"{path}.tmp{suffix}"
+    """`write(tmp)` then rename `tmp` to `path`: a kill never leaves a partial file at `path`. The
+    temporary name is hidden (a leading dot), so no pattern of finished names (`chunk-*.npz`) sees
+    one being written. `suffix`: an ending the writer insists on (numpy's `.npz`)."""
+    path = Path(path)
+    tmp = str(path.with_name(f".{path.name}.tmp{suffix}"))
     write(tmp)
     Path(tmp).rename(path)
 
