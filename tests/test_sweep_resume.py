@@ -25,19 +25,32 @@ from test_sweep_ray import shared, sweep_config  # noqa: F401 - shared is a fixt
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, shared):
-    config = sweep_config(shared, name="resumable", space={"curriculum": {"choice": ["switch", "wiki", "merged"]}})
-    finished_before, resumed, storage = kill_and_resume(config, tmp_path, finished=1)
-    assert "leaderboard (3 trials" in resumed.stdout
-    planned = {trial_key(p) for p in grid_trials(parse_config(config))}
-    assert_quiet_console(resumed.stdout + resumed.stderr, planned - finished_before, planned)
+def test_a_killed_tpe_driver_resumes_its_optuna_study_without_rerunning_finished_trials(tmp_path, shared):
+    import optuna
 
-    trials_dir = str(storage / "resumable" / "results" / "trials")
-    trials = read_table(trials_dir)
-    assert set(trials["trial"]) == planned and len(trials) == len(planned)  # each finished once
+    from classit.sweep.search import optuna_journal
+
+    config = sweep_config(shared, name="resumable", search="tpe", num_samples=3,
+                          space={"curriculum": {"choice": ["switch", "wiki", "merged"]},
+                                 "learning_rate": {"loguniform": [5e-4, 5e-3]}})
+    finished_before, resumed, storage = kill_and_resume(config, tmp_path, finished=2)
+    assert "leaderboard (3 trials" in resumed.stdout
+
+    # Every trial is in the Optuna study once, none left RUNNING, and the resumed sampler saw the
+    # trials from before the kill.
+    study = optuna.load_study(study_name="resumable", storage=optuna_journal(parse_config(config)))
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    drawn = [trial_key({**t.params, "seed": 0}) for t in study.trials]
+    assert len(set(drawn)) == 3 and set(drawn[:2]) == finished_before
+    assert_quiet_console(resumed.stdout + resumed.stderr, set(drawn) - finished_before, set(drawn))
+
+    trials = read_table(str(storage / "resumable" / "results" / "trials"))
+    assert sorted(trials["trial"]) == sorted(drawn) and (trials["status"] == "finished").all()  # each finished once
+    by_key = trials.set_index("trial")
+    assert [t.value for t in study.trials] == pytest.approx([by_key.loc[k, "blimp:average:accuracy"] for k in drawn])
     assert_not_retrained(storage / "resumable", finished_before)
     scores = read_table(str(storage / "resumable" / "results" / "eval_scores"))
-    assert set(scores["trial"]) == planned  # every trial scored, each row once, re-run evaluations included
+    assert set(scores["trial"]) == set(drawn)  # every trial scored, each row once, re-run evaluations included
     assert not scores.duplicated(["trial", "checkpoint", "task", "subtask", "metric"]).any()
     status = subprocess.run([sys.executable, "-m", "classit.cli", "status", str(storage / "resumable")],
                             capture_output=True, text=True, timeout=120)
@@ -47,29 +60,6 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, share
     command = sweep_command(tmp_path / "sweep.yaml")
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "already finished" in again.stdout  # a finished sweep is not rerun
-
-
-def test_killed_tpe_sweep_resumes_the_same_optuna_study_with_every_trial_once(tmp_path, shared):
-    import optuna
-
-    from classit.sweep.search import optuna_journal
-
-    config = sweep_config(shared, name="resumable-tpe", search="tpe", num_samples=3,
-                          space={"curriculum": {"choice": ["switch", "wiki"]},
-                                 "learning_rate": {"loguniform": [5e-4, 5e-3]}})
-    finished_before, resumed, storage = kill_and_resume(config, tmp_path, finished=2)
-    assert "leaderboard (3 trials" in resumed.stdout
-
-    trials = read_table(str(storage / "resumable-tpe" / "results" / "trials"))
-    assert len(trials) == 3 and trials["trial"].is_unique and (trials["status"] == "finished").all()
-    assert_not_retrained(storage / "resumable-tpe", finished_before)
-    study = optuna.load_study(study_name="resumable-tpe", storage=optuna_journal(parse_config(config)))
-    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3  # no orphan left RUNNING
-    drawn = [trial_key({**t.params, "seed": 0}) for t in study.trials]
-    assert sorted(drawn) == sorted(trials["trial"])  # every trial in the study once
-    assert set(drawn[:2]) == finished_before  # the resumed sampler saw the trials from before the kill
-    by_key = trials.set_index("trial")
-    assert [t.value for t in study.trials] == pytest.approx([by_key.loc[k, "blimp:average:accuracy"] for k in drawn])
 
 
 # Ray's prefix on a worker's forwarded output, colored or not.
