@@ -196,3 +196,27 @@ def test_the_console_callback_pickles_after_ray_swaps_the_builtin_print(monkeypa
     restored = cloudpickle.loads(cloudpickle.dumps(console))
     restored.say("trial x started")
     assert lines == ["trial x started"]  # the default sink calls whatever print is now
+
+
+WANDB_WRITER = """
+import os, queue, signal, sys
+from ray.air.integrations.wandb import _QueueItem
+from classit.sweep.tracking import WandbRunWriter
+
+results = queue.Queue()
+for i in range(1, 201):
+    results.put((_QueueItem.RESULT, {"training_iteration": i, "train/loss": 1.0 / i}))
+results.put((_QueueItem.END, None))
+WandbRunWriter(sys.argv[1], results, [], [], id="t1", project="p", mode="offline", dir=sys.argv[1]).run()
+os.killpg(0, signal.SIGKILL)  # what Tune's ray.kill does the moment run returns: W&B's service process goes too
+"""
+
+
+def test_the_wandb_writer_returns_only_once_the_run_file_holds_every_logged_row(tmp_path):
+    from conftest import wandb_history
+
+    subprocess.run([sys.executable, "-c", WANDB_WRITER, str(tmp_path)], start_new_session=True, timeout=120,
+                   env={**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    run_files = list(tmp_path.glob("wandb/offline-run-*/run-t1.wandb"))
+    assert len(run_files) == 1, "W&B wrote no run file before the writer returned"
+    assert [row["train/loss"] for row in wandb_history(run_files[0])] == pytest.approx([1.0 / i for i in range(1, 201)])

@@ -16,7 +16,7 @@ import json
 import os
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
-from ray.air.integrations.wandb import WandbLoggerCallback
+from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
 from ray.tune.logger import TBXLoggerCallback
 
 from classit.config import ClassitConfig, ConfigError
@@ -60,8 +60,19 @@ class MLflowTracker(StepwiseLogging, MLflowLoggerCallback):
     pass
 
 
+class WandbRunWriter(_WandbLoggingActor):
+    """Tune's W&B logging actor, returning only once W&B's service process has written the run:
+    `wandb.finish()` returns before it has, and Tune kills the actor as soon as `run` returns.
+    At a sweep's end that kill came within milliseconds and the last trial's run file kept no
+    history (earlier trials' actors are killed at the next trial's end, seconds later)."""
+
+    def run(self):
+        super().run()
+        self._wandb.teardown()  # waits for the service process to finish every run and exit
+
+
 class WandbTracker(StepwiseLogging, WandbLoggerCallback):
-    pass
+    _logger_actor_cls = WandbRunWriter
 
 
 class TensorBoardTracker(StepwiseLogging, TBXLoggerCallback):
