@@ -103,9 +103,11 @@ def test_six_trials_share_one_base_built_once_and_all_get_scores(ray_local, shar
             assert rows["val_loss"].iloc[0] == pytest.approx(pt_loss, rel=1e-5)
 
 
-def test_tpe_multi_objective_with_seeds_repeats_each_draw_and_scores_aoa_on_the_marks(ray_local, shared):
+def test_tpe_multi_objective_with_seeds_repeats_each_draw_scores_aoa_on_the_marks_and_feeds_the_trackers(
+        ray_local, shared):
     """Optuna TPE over curriculum x mix ratio x learning rate, two objectives, two seeds per draw;
-    each trial's age of acquisition from the base's mark checkpoints, one job per mark."""
+    each trial's age of acquisition from the base's mark checkpoints, one job per mark; MLflow (a
+    local SQLite store), TensorBoard and W&B (offline) fed by Tune's logger callbacks."""
     import pandas as pd
 
     from classit.data.synthetic import write_probe_data
@@ -119,6 +121,8 @@ def test_tpe_multi_objective_with_seeds_repeats_each_draw_and_scores_aoa_on_the_
                                  "mix_ratio": {"uniform": [0.2, 0.8]},
                                  "learning_rate": {"loguniform": [5e-4, 5e-3]}})
     config["evaluation"] |= {"tasks": ["blimp", "aoa"], "data_dir": str(data), "actors": 2}
+    config["tracking"] = {"mlflow": {"tracking_uri": f"sqlite:///{shared / 'mlflow.db'}"}, "tensorboard": {},
+                          "wandb": {"mode": "offline"}}
     board = run_sweep(parse_config(config), log=lambda _: None)
     assert len(board) == 4 and set(board["param.seed"]) == {0, 1}
     draws = board.groupby(["param.curriculum", "param.learning_rate"])["param.seed"].apply(sorted)
@@ -153,55 +157,62 @@ def test_tpe_multi_objective_with_seeds_repeats_each_draw_and_scores_aoa_on_the_
         mine = surprisals[surprisals["trial"] == trial["trial"]]
         assert (mine["series"] == trial["checkpoint"]).all()
         assert trial["aoa:average:pearson"] == curve_fitness(mine.to_dict("records"), human)["curve_fitness"]
+    assert_trackers_got_every_trial(config, board)
 
 
-def test_trackers_get_one_run_per_trial_with_parameters_training_steps_and_scores(ray_local, shared):
-    """MLflow (a local SQLite store), TensorBoard and W&B (offline) fed by Tune's logger callbacks."""
+def assert_trackers_got_every_trial(config: dict, board) -> None:
+    """One run per trial in each tracker, with its parameters, every logged training loss at its
+    exposure and the trial's scores. Tune's trial folders tell which trial each run is (its trial
+    id -> the parameters Tune gave it)."""
     import mlflow
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from classit.sweep.trial import trial_params
     from conftest import wandb_history
 
-    config = sweep_config(shared, name="tracked", space={"curriculum": {"choice": ["switch", "wiki"]}})
-    uri = f"sqlite:///{shared / 'mlflow.db'}"
-    config["tracking"] = {"mlflow": {"tracking_uri": uri}, "tensorboard": {}, "wandb": {"mode": "offline"}}
-    board = run_sweep(parse_config(config), log=lambda _: None)
-    assert len(board) == 2
+    experiment = Path(config["run"]["storage_path"]) / config["sweep"]["name"]
+    steps = read_table(str(experiment / "results" / "train_metrics")).dropna(subset=["loss"])
+    expected = {key: steps[steps["trial"] == f"{experiment.name}-{key}"].sort_values("exposure_words")
+                for key in board["trial"]}
+    final = board.set_index("trial")
 
-    steps = read_table(str(shared / "runs" / "tracked" / "results" / "train_metrics")).dropna(subset=["loss"])
-    expected = {key: steps[steps["trial"] == f"tracked-{key}"].sort_values("exposure_words") for key in board["trial"]}
-    curriculum = dict(zip(board["param.curriculum"], board["trial"]))
+    def tune_trial_id(trial_dir: Path) -> str:
+        return json.loads((trial_dir / "result.json").read_text().splitlines()[0])["trial_id"]
 
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=["tracked"])
-    assert len(runs) == 2 and set(runs["params.params/curriculum"]) == {"switch", "wiki"}
+    trial_dirs = {tune_trial_id(path): path for path in experiment.glob("run_trial_*")}
+    key_of = {trial_id: trial_key(trial_params(json.loads((path / "params.json").read_text()), config["sweep"]["seeds"]))
+              for trial_id, path in trial_dirs.items()}
+    assert sorted(key_of.values()) == sorted(board["trial"])
+
+    mlflow.set_tracking_uri(config["tracking"]["mlflow"]["tracking_uri"])
+    runs = mlflow.search_runs(experiment_names=[experiment.name])
+    assert len(runs) == len(board)
     client = mlflow.MlflowClient()
     for _, run in runs.iterrows():
-        key = curriculum[run["params.params/curriculum"]]
+        key = key_of[run["tags.trial_name"].removeprefix("run_trial_")]  # Tune's trial name
+        assert run["params.curriculum"] == final.loc[key, "param.curriculum"]  # the searcher's draw, as Tune had it
+        assert float(run["params.learning_rate"]) == pytest.approx(final.loc[key, "param.learning_rate"])
         history = sorted(client.get_metric_history(run["run_id"], "train/loss"), key=lambda m: m.step)
         assert [m.value for m in history] == pytest.approx(expected[key]["loss"].tolist())  # every logged step
         assert [m.step for m in history] == expected[key]["exposure_words"].tolist()
-        final = board.set_index("trial").loc[key]
-        assert run["metrics.blimp:average:accuracy"] == pytest.approx(final["blimp:average:accuracy"])
-        assert run["metrics.eval/blimp:average:accuracy"] == pytest.approx(final["blimp:average:accuracy"])
-        assert run["metrics.val_loss"] == pytest.approx(final["val_loss"])
+        assert run["metrics.blimp:average:accuracy"] == pytest.approx(final.loc[key, "blimp:average:accuracy"])
+        assert run["metrics.eval/blimp:average:accuracy"] == pytest.approx(final.loc[key, "blimp:average:accuracy"])
+        assert run["metrics.val_loss"] == pytest.approx(final.loc[key, "val_loss"])
 
-    event_files = list((shared / "runs" / "tracked").glob("*/events.out.tfevents.*"))
-    assert len(event_files) == 2
+    event_files = list(experiment.glob("*/events.out.tfevents.*"))
+    assert len(event_files) == len(board)
     for path in event_files:
         events = EventAccumulator(str(path)).Reload()
-        losses = events.Scalars("ray/tune/train/loss")
-        key = curriculum[json.loads((path.parent / "params.json").read_text())["params"]["curriculum"]]
-        assert [e.value for e in losses] == pytest.approx(expected[key]["loss"].tolist(), rel=1e-6)  # float32
+        key = key_of[tune_trial_id(path.parent)]
+        losses = [e.value for e in events.Scalars("ray/tune/train/loss")]
+        assert losses == pytest.approx(expected[key]["loss"].tolist(), rel=1e-6)  # float32
         assert len(events.Scalars("ray/tune/blimp_average_accuracy")) == 1  # TensorBoard writes : as _
 
-    run_files = list((shared / "runs" / "tracked" / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(run_files) == 2
-    trial_ids = {t.name.split("_")[2] + "_" + t.name.split("_")[3]: t for t in (shared / "runs" / "tracked").glob("run_trial_*")}
+    run_files = list((experiment / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(run_files) == len(board)
     for path in run_files:
         rows = wandb_history(path)
-        trial_dir = trial_ids[path.stem.removeprefix("run-")]  # W&B's run id is Tune's trial id
-        key = curriculum[json.loads((trial_dir / "params.json").read_text())["params"]["curriculum"]]
+        key = key_of[path.stem.removeprefix("run-")]  # W&B's run id is Tune's trial id
         assert [r["train/loss"] for r in rows if "train/loss" in r] == pytest.approx(expected[key]["loss"].tolist())
         assert [r["blimp:average:accuracy"] for r in rows if "blimp:average:accuracy" in r] == \
-            pytest.approx([board.set_index("trial").loc[key, "blimp:average:accuracy"]])
+            pytest.approx([final.loc[key, "blimp:average:accuracy"]])
