@@ -61,7 +61,7 @@ def test_sweep_survives_losing_the_node_a_trial_trains_on(cluster, tmp_path):
     config["instruct"]["datasets"] = {"switch": {"synthetic": "conversation", "max_records": 240},
                                       "wiki": {"synthetic": "qa", "max_records": 240}}
     config["instruct"]["train"].update(epochs=4, checkpoints={"schedule": "babylm", "word_scale": 0.002})
-    config["distributed"].update(worker_resources={"train_slot": 1}, max_failures=3)
+    config["distributed"].update(num_workers=2, worker_resources={"train_slot": 1}, max_failures=3)
     config["evaluation"].update(actor_resources={"eval_slot": 1})
     metrics_dir = tmp_path / "runs" / "nodeloss" / "results" / "train_metrics"
     killed = {}

@@ -15,7 +15,9 @@ CURRICULA = ["pt", "switch", "wiki", "merged", "switch_wiki", "wiki_switch"]
 
 
 def sweep_config(tmp: Path, **sweep) -> dict:
-    """The tiny preset on a small synthetic corpus; trials of a few steps each."""
+    """The tiny preset on a small synthetic corpus; trials of a few steps each, one training worker
+    each (the sweep is under test; ZeRO across workers is in test_train_ray, test_instruct_ray and
+    the node-loss sweep of test_cluster_ray): two trials at once then fit the machine's two cores."""
     return {
         "corpus": {"synthetic": {"sentences": 4000, "seed": 1}, "block_size": 64, "num_proc": 1},
         # The BabyLM marks x 0.001 (1k, 2k, ... words): the base keeps a series of marks for AoA.
@@ -25,7 +27,7 @@ def sweep_config(tmp: Path, **sweep) -> dict:
                                   "wiki": {"synthetic": "qa", "max_records": 120}},
                      "train": {"learning_rate": 2e-3, "batch_size": 8, "epochs": 1, "warmup_steps": 2,
                                "eval_every_steps": 5, "log_every_steps": 5}},
-        "distributed": {"num_workers": 2, "zero_stage": 2},
+        "distributed": {"num_workers": 1, "zero_stage": 2},
         "evaluation": {"tasks": ["blimp"], "actors": 1, "cpus_per_actor": 0},
         "sweep": {"name": "test", "search": "grid", "metrics": ["blimp"], "modes": ["max"],
                   "space": {"curriculum": {"choice": CURRICULA}, "learning_rate": {"choice": [2e-3]}}, **sweep},
