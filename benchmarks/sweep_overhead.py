@@ -13,7 +13,7 @@ by name (`ray::IDLE` is a Ray worker process starting, before it becomes an acto
 the evaluation jobs' own intervals (`started`, `finished` in `eval_scores`) are summed too.
 
     python benchmarks/sweep_overhead.py [--config sweeps/configs/demo.yaml] [--trials-at-once 2]
-        [--cpus-per-worker 0.5] [--log sweep.log] [--keep DIR]
+        [--workers 1] [--cpus-per-worker 0.5] [--log sweep.log] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -78,6 +78,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "sweeps" / "configs" / "demo.yaml"))
     parser.add_argument("--trials-at-once", type=int, default=2, help="sweep.max_concurrent_trials")
+    parser.add_argument("--workers", type=int, help="distributed.num_workers: workers per training run, "
+                        "the base's and each trial's (default: the config's)")
     parser.add_argument("--cpus-per-worker", type=float, help="distributed.cpus_per_worker (default: the config's)")
     parser.add_argument("--keep", help="run in this (new) folder and keep it, to look at the runs after")
     parser.add_argument("--log", help="write the sweep's output here, each line after its second since the start")
@@ -88,6 +90,8 @@ def main(argv=None) -> int:
         command = [sys.executable, str(REPO / "sweeps" / "curriculum_sweep.py"), "--config", args.config,
                    "--set", f"sweep.max_concurrent_trials={args.trials_at_once}", "--set", "sweep.name=overhead",
                    "--set", f"run.storage_path={work / 'runs'}", "--set", f"run.cache_dir={work / 'cache'}"]
+        if args.workers:
+            command += ["--set", f"distributed.num_workers={args.workers}"]
         if args.cpus_per_worker:
             command += ["--set", f"distributed.cpus_per_worker={args.cpus_per_worker}"]
         env = {**os.environ, "RAY_TMPDIR": str(work / "ray")}
@@ -135,7 +139,8 @@ def main(argv=None) -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     busy = sum(seconds.values())
-    print(f"sweep: {args.config}, {args.trials_at_once} trials at once, {os.cpu_count()} cores; "
+    workers = f"{args.workers} worker(s) per training run" if args.workers else "the config's workers"
+    print(f"sweep: {args.config}, {args.trials_at_once} trials at once, {workers}, {os.cpu_count()} cores; "
           f"{len(jobs)} evaluation jobs")
     print(f"wall time (baseline)       {wall:8.1f} s")
     for name, label in (("train", "training only"), ("eval", "evaluation only"), ("both", "both at once")):
