@@ -45,9 +45,9 @@ def commit_file(write: Callable[[str], object], path: str | Path, suffix: str = 
     temporary name is hidden (a leading dot), so no pattern of finished names (`chunk-*.npz`) sees
     one being written. `suffix`: an ending the writer insists on (numpy's `.npz`)."""
     path = Path(path)
-    tmp = str(path.with_name(f".{path.name}.tmp{suffix}"))
-    write(tmp)
-    Path(tmp).rename(path)
+    tmp = path.with_name(f".{path.name}.tmp{suffix}")
+    write(str(tmp))
+    tmp.rename(path)
 
 
 def mark_complete(folder: Path, made_by: dict, **fields) -> dict:

@@ -57,7 +57,7 @@ def write_paper_tables(results: data.Results, out: Path) -> list[Path]:
     frame = data.scores(results)
     z = data.zscores(frame)
     preset = results.trials.set_index("trial").get("config.model.preset", pd.Series(dtype=str))
-    frame = frame.assign(preset=frame["trial"].map(preset).astype(object).fillna("-"))  # all missing: float NaN
+    frame = frame.assign(preset=frame["trial"].map(preset).astype(object).fillna("-"))  # a column all missing maps to float NaN
     per_curriculum = frame.pivot_table(index=["curriculum", "preset"], columns="score", values="value",
                                        aggfunc="mean").reset_index()
     babylm = data.babylm_aggregates(results).merge(frame[["trial", "curriculum", "preset"]].drop_duplicates(), on="trial")
