@@ -105,6 +105,31 @@ def test_six_trials_share_one_base_built_once_and_all_get_scores(ray_local, shar
             assert rows["val_loss"].iloc[0] == pytest.approx(pt_loss, rel=1e-5)
 
 
+def test_parameters_drawn_again_while_their_first_trial_runs_train_once_and_share_its_row(ray_local, shared):
+    """Twins: a search drawing the same parameters while their first trial still runs (here every
+    draw is the same, two at once) trains them once, in one run, and both trials get its scores."""
+    import optuna
+
+    from classit.sweep.search import optuna_journal
+
+    config = sweep_config(shared, name="twins", search="random", num_samples=2, max_concurrent_trials=2,
+                          space={"curriculum": {"choice": ["switch"]}, "learning_rate": {"choice": [2e-3]}})
+    board = run_sweep(parse_config(config), log=lambda _: None)
+
+    assert len(board) == 1 and board["status"].item() == "finished"
+    results = shared / "runs" / "twins" / "results"
+    metrics = read_table(str(results / "train_metrics"))
+    assert set(metrics["trial"]) == {board["run"].item()} and (metrics["step"] == 0).sum() == 1  # trained once
+    scores = read_table(str(results / "eval_scores"))
+    assert not scores.duplicated(["trial", "checkpoint", "task", "subtask", "metric"]).any()  # scored once
+    study = optuna.load_study(study_name="twins", storage=optuna_journal(parse_config(config)))
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert [t.values for t in study.trials] == [[board["blimp:average:accuracy"].item()]] * 2
+    # Both Tune trials ended: the sweep is finished (one row for its two trials), not rerun.
+    again = run_sweep(parse_config(config), log=lambda _: None)
+    assert again["trial"].tolist() == board["trial"].tolist()
+
+
 def test_tpe_multi_objective_with_seeds_repeats_each_draw_scores_aoa_on_the_marks_and_feeds_the_trackers(
         ray_local, shared):
     """Optuna TPE over curriculum x mix ratio x learning rate, two objectives, two seeds per draw;

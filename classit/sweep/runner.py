@@ -75,18 +75,21 @@ def read_trials(results_root: str):
 
 def finished_sweep(cfg: ClassitConfig, experiment: Path, results_root: str, objectives: list[str], resume: bool):
     """The leaderboard of a sweep of this name that already finished (None if there is none, or
-    when resuming); a sweep of this name left unfinished is refused without `--resume`."""
+    when resuming); a sweep of this name left unfinished is refused without `--resume`. Finished:
+    Tune ended every planned trial (twins, the same parameters drawn twice, share one row)."""
+    from classit.sweep.status import tune_trials
+
     if resume:
         if not (experiment / STATE_FILE).exists():
             raise ConfigError(f"--resume: no sweep to resume at {experiment}")
         return None
     if not experiment.exists():
         return None
-    board = leaderboard(read_trials(results_root), objectives, cfg.sweep.modes)
-    if len(board) < planned_trial_count(cfg):
+    ended = [t for t in tune_trials(experiment)[0] if t["state"] in ("TERMINATED", "ERROR")]
+    if len(ended) < planned_trial_count(cfg):
         raise ConfigError(f"sweep.name: {cfg.sweep.name} already exists at {experiment}, unfinished; "
                           f"pass --resume to continue it or choose another sweep.name")
-    return board
+    return leaderboard(read_trials(results_root), objectives, cfg.sweep.modes)
 
 
 def log_bases(cfg: ClassitConfig, log) -> dict[str, ClassitConfig]:
@@ -123,7 +126,7 @@ def make_tuner(cfg: ClassitConfig, experiment: Path, resume: bool, results_root:
 
     from classit.sweep.console import SweepConsole
     from classit.sweep.search import tune_setup
-    from classit.sweep.services import evaluation_service_name
+    from classit.sweep.services import ReleaseClaims, evaluation_service_name
     from classit.sweep.tracking import tracking_callbacks
     from classit.sweep.trial import run_trial
 
@@ -140,7 +143,7 @@ def make_tuner(cfg: ClassitConfig, experiment: Path, resume: bool, results_root:
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=tune.RunConfig(
         name=sweep.name, storage_path=str(experiment.parent), verbose=0,
         failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-        callbacks=[console, *tracking_callbacks(cfg)]))
+        callbacks=[console, ReleaseClaims(sweep.name), *tracking_callbacks(cfg)]))
 
 
 def record_unfinished(grid, cfg: ClassitConfig, results_root: str) -> None:

@@ -5,7 +5,8 @@ Tune through `TuneReportCallback`; its run name is derived from the trial's para
 retried or resumed trial continues that run from its newest checkpoint. When training is done
 and its workers are gone, the checkpoints go to the sweep's evaluation service and the trial
 waits for the scores. A trial whose parameters already have a finished row (a sweep resumed
-after its driver died) reports that row again instead of training twice.
+after its driver died, or a search drawing the same parameters again) reports that row again
+instead of training twice; if their first trial is still running, it waits for that row.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from classit.results import trials_schema, write_rows
-    from classit.sweep.services import ensure_base
+    from classit.sweep.services import claims_name, ensure_base
     from classit.sweep.space import apply_params
     from classit.train.instruct import prepare_instruct, train_instruct
     from classit.train.runner import TRACKED_STEPS
@@ -139,6 +140,8 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
     key = trial_key(params)
     objectives = [objective_key(m) for m in sweep.metrics]
 
+    claims = ray.get_actor(claims_name(sweep.name))
+    ray.get(claims.claim.remote(key, ray.tune.get_context().get_trial_id()))  # held until Tune sees it end
     done = finished_row(results_root, key)
     if done is not None:
         ray.tune.report({k: done[k] for k in ["val_loss", *objectives] if k in done} | {"resumed": True})
