@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 from contextlib import contextmanager
+from pathlib import Path
 
 # Ray Train's controller takes a worker's report, checkpoint included, on its health-check tick
 # (2 s by default) and the worker waits for it: a quarter second keeps training from idling.
@@ -33,4 +35,25 @@ def ray_session(address: str | None = None, quiet: bool = False, **kwargs):
     try:
         yield
     finally:
+        leftovers = forkserver_folders()
         ray.shutdown()
+        for folder in leftovers:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def forkserver_folders() -> set[Path]:
+    """The folders (`$TMPDIR/pymp-*`) of the multiprocessing forkservers that the local Ray this
+    process started runs (its dashboard starts one): killed with Ray, they never remove their own."""
+    import psutil
+
+    folders = set()
+    for node_process in psutil.Process().children():
+        try:
+            if not any("/ray/" in word for word in node_process.cmdline()):
+                continue  # not one of Ray's: a process of the caller's own, left alone
+            for process in [node_process, *node_process.children(recursive=True)]:
+                folders |= {Path(s.laddr).parent for s in process.net_connections(kind="unix")
+                            if Path(s.laddr).parent.name.startswith("pymp-")}
+        except psutil.Error:  # gone meanwhile
+            continue
+    return folders

@@ -45,7 +45,8 @@ def small_config(tmp: Path, **sections) -> "ClassitConfig":
 
 
 # Modules whose tests start Ray of their own: sweeps and generation in driver processes, clusters.
-RAY_OF_THEIR_OWN = ("test_sweep_resume.py", "test_cluster_ray.py", "test_cluster_up.py", "test_generate_ray.py")
+RAY_OF_THEIR_OWN = ("test_sweep_resume.py", "test_cluster_ray.py", "test_cluster_up.py", "test_generate_ray.py",
+                    "test_ray_session.py")
 
 
 def qa_spec(**fields) -> dict:
