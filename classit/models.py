@@ -7,8 +7,10 @@ no biases, RMSNorm, head size 64, full multi-head attention, FFN = 4 x hidden).
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+if TYPE_CHECKING:  # transformers' modeling takes ~2.5 s of CPU to import: only processes that build a model pay it
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 PRESETS: dict[str, dict[str, int]] = {
     "llama-140m": dict(vocab_size=32_000, max_position_embeddings=6_144, hidden_size=704,
@@ -23,6 +25,8 @@ PRESETS: dict[str, dict[str, int]] = {
 
 def llama_config(preset: str, tokenizer: PreTrainedTokenizerBase | None = None) -> LlamaConfig:
     """The preset's config; with a tokenizer, its real vocabulary size and special-token ids."""
+    from transformers import LlamaConfig
+
     shape = dict(PRESETS[preset])
     special = {}
     if tokenizer is not None:
@@ -41,6 +45,7 @@ def llama_config(preset: str, tokenizer: PreTrainedTokenizerBase | None = None) 
 
 def build_model(preset: str, tokenizer: PreTrainedTokenizerBase | None = None, seed: int = 0) -> LlamaForCausalLM:
     import torch
+    from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
     return LlamaForCausalLM(llama_config(preset, tokenizer))
@@ -54,6 +59,7 @@ def count_parameters(model) -> int:
 def parameter_count(preset: str) -> int:
     """The preset's parameter count, without allocating it (meta device)."""
     import torch
+    from transformers import LlamaForCausalLM
 
     with torch.device("meta"):
         return count_parameters(LlamaForCausalLM(llama_config(preset)))

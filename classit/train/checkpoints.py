@@ -15,8 +15,6 @@ import posixpath
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from classit.train.distributed import world
-
 BABYLM_WORD_MARKS = (
     [m * 1_000_000 for m in range(1, 10)]
     + [m * 10_000_000 for m in range(1, 10)]
@@ -82,6 +80,8 @@ def save_tokenizer_and_model(model, tokenizer, folder: Path, state_dict: dict | 
 
 def save_checkpoint(engine, tokenizer, state: TrainerState, folder: Path, resumable: bool) -> None:
     """HF-format weights and tokenizer (rank 0), plus DeepSpeed state from every rank when resumable."""
+    from classit.train.distributed import world  # torch: imported by the workers only, not by planners
+
     rank, _ = world()
     # A collective under ZeRO-3 (it gathers the partitioned weights), so every rank calls it.
     weights = engine._zero3_consolidated_16bit_state_dict() if engine.zero_optimization_stage() == 3 else None
