@@ -5,9 +5,8 @@ Tune hears from a trial at validation and checkpoint reports only (reporting eve
 throttle training). The training steps logged in between ride along in the next report as
 `tracked_steps` (rank 0 keeps them), and the trial's last report carries each evaluated
 checkpoint's scores the same way, so no worker talks to a tracker and one run holds everything.
-The callbacks (`trackers.py`) log those steps one by one, then the report itself, each entry at its
-exposure words (the BabyLM x-axis, as Tune's `timesteps_total`). They are imported only for a config
-that names a tracker: MLflow's and W&B's packages take ~2 s of CPU to import.
+The callbacks here log those steps one by one, then the report itself, each entry at its
+exposure words (the BabyLM x-axis, as Tune's `timesteps_total`).
 """
 
 from __future__ import annotations
@@ -15,6 +14,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+
+from ray.air.integrations.mlflow import MLflowLoggerCallback
+from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
+from ray.tune.logger import TBXLoggerCallback
 
 from classit.config import ClassitConfig, ConfigError
 from classit.sweep.plan import experiment_dir
@@ -38,13 +41,47 @@ def log_entries(result: dict) -> list[dict]:
     return [*steps, rest]
 
 
+class StepwiseLogging:
+    """For a Tune logger callback: log a result's carried steps, then the result, each at its
+    exposure words; `training_iteration` counts the entries, so trackers that key rows by it
+    (W&B) keep every step."""
+
+    def log_trial_result(self, iteration: int, trial, result: dict):
+        counts = self.__dict__.setdefault("_entries_logged", {})
+        for entry in log_entries(result):
+            counts[trial.trial_id] = counts.get(trial.trial_id, 0) + 1
+            entry = {**entry, "training_iteration": counts[trial.trial_id]}
+            if entry.get("exposure_words") is not None:
+                entry["timesteps_total"] = int(entry["exposure_words"])
+            super().log_trial_result(iteration, trial, entry)
+
+
+class MLflowTracker(StepwiseLogging, MLflowLoggerCallback):
+    pass
+
+
+class WandbRunWriter(_WandbLoggingActor):
+    """Tune's W&B logging actor, returning only once W&B's service process has written the run:
+    `wandb.finish()` returns before it has, and Tune kills the actor as soon as `run` returns.
+    At a sweep's end that kill came within milliseconds and the last trial's run file kept no
+    history (earlier trials' actors are killed at the next trial's end, seconds later)."""
+
+    def run(self):
+        super().run()
+        self._wandb.teardown()  # waits for the service process to finish every run and exit
+
+
+class WandbTracker(StepwiseLogging, WandbLoggerCallback):
+    _logger_actor_cls = WandbRunWriter
+
+
+class TensorBoardTracker(StepwiseLogging, TBXLoggerCallback):
+    pass
+
+
 def tracking_callbacks(cfg: ClassitConfig) -> list:
     """The Tune callbacks for the config's trackers (none by default)."""
     tracking, name = cfg.tracking, cfg.sweep.name
-    if all(getattr(tracking, tracker) is None for tracker in PACKAGES):
-        return []
-    from classit.sweep.trackers import MLflowTracker, TensorBoardTracker, WandbTracker
-
     callbacks = []
     if tracking.mlflow is not None:
         callbacks.append(MLflowTracker(tracking_uri=tracking.mlflow.tracking_uri,
