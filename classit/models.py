@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # transformers' modeling takes ~2.5 s of CPU to import: only processes that build a model pay it
+# transformers' modeling takes ~2.5 s of CPU to import: only the processes that build a model pay it.
+if TYPE_CHECKING:
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 PRESETS: dict[str, dict[str, int]] = {
