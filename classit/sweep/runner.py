@@ -124,9 +124,10 @@ def make_tuner(cfg: ClassitConfig, experiment: Path, resume: bool, results_root:
     """The Tuner of `run_trial` over the search space (restored from `experiment` when resuming)."""
     from ray import tune
 
+    from classit.sweep.claims import ReleaseClaims
     from classit.sweep.console import SweepConsole
     from classit.sweep.search import tune_setup
-    from classit.sweep.services import ReleaseClaims, evaluation_service_name
+    from classit.sweep.services import evaluation_service_name
     from classit.sweep.tracking import tracking_callbacks
     from classit.sweep.trial import run_trial
 

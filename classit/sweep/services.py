@@ -8,19 +8,14 @@
 - `EvaluationService`: the evaluation actor pool. A trial hands over its checkpoints after its
   training workers are gone, and gets its score rows back; every row is also written to the
   sweep's `eval_scores` table. Trials are served at once, all sharing the pool's actors.
-- `TrialClaims`: which trial parameters are being trained. A search can draw parameters again
-  while their first trial still runs (Optuna's TPE returning to `pt`, which has no learning rate
-  to vary); that twin would train the same run in the same folder beside it. It waits instead,
-  and then reports the first one's row like a trial of a resumed sweep.
+- `TrialClaims` (`claims.py`): which trial parameters are being trained.
 """
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import ray
-from ray import tune
 
 from classit.artefacts import artefact_dir, is_complete, mark_complete, read_marker
 from classit.config import ClassitConfig
@@ -100,45 +95,12 @@ def evaluation_service_name(sweep_name: str) -> str:
     return f"classit-eval-{sweep_name}"
 
 
-@ray.remote(num_cpus=0)
-class TrialClaims:
-    def __init__(self):
-        self.holders: dict[str, str] = {}  # trial key -> the Tune trial training it
-        self.changed = asyncio.Condition()
-
-    async def claim(self, key: str, trial_id: str) -> None:
-        """Returns once no other Tune trial holds `key` (the same trial, retried, holds it still)."""
-        async with self.changed:
-            await self.changed.wait_for(lambda: self.holders.get(key, trial_id) == trial_id)
-            self.holders[key] = trial_id
-
-    async def release(self, trial_id: str) -> None:
-        async with self.changed:
-            self.holders = {key: holder for key, holder in self.holders.items() if holder != trial_id}
-            self.changed.notify_all()
-
-
-def claims_name(sweep_name: str) -> str:
-    return f"classit-claims-{sweep_name}"
-
-
-class ReleaseClaims(tune.Callback):
-    """The driver's side of `TrialClaims`: a trial's claim ends when Tune sees the trial end, with
-    its row written or with an error, also when its process died (retries keep the claim)."""
-
-    def __init__(self, sweep_name: str):
-        self.sweep_name = sweep_name
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        ray.get_actor(claims_name(self.sweep_name)).release.remote(trial.trial_id)
-
-    on_trial_error = on_trial_complete
-
-
 def start_services(cfg: ClassitConfig, results_dir: str) -> list:
     """The base builder, the evaluation service and the trial claims, pinned to this (the driver's)
     node: they hold no compute and must outlive any worker node the cluster loses."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from classit.sweep.claims import TrialClaims, claims_name
 
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
     builder = BaseBuilder.options(name=BUILDER_NAME, scheduling_strategy=here).remote()

@@ -126,7 +126,8 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from classit.results import trials_schema, write_rows
-    from classit.sweep.services import claims_name, ensure_base
+    from classit.sweep.claims import claims_name
+    from classit.sweep.services import ensure_base
     from classit.sweep.space import apply_params
     from classit.train.instruct import prepare_instruct, train_instruct
     from classit.train.runner import TRACKED_STEPS
