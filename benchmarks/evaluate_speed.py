@@ -10,6 +10,9 @@ imports, Ray's start for classit, model loads included), on the same machine and
 
 Targets: classit at least 3x faster on one checkpoint, 5x on the series. Every prediction of both
 sides is compared too (`predictions.json`, item by item), so the speed is of the same answers.
+Also printed: a lower bound on classit's time for one checkpoint on this machine in fp32 (the
+scorer's linear-layer FLOPs at this machine's measured matrix-multiply rate), beside 3x the
+official's time, to tell an overhead from the arithmetic itself.
 
     python benchmarks/evaluate_speed.py --official DIR --python PYTHON --run RUN --blimp ../shared/data/blimp \
         [--marks 6]
@@ -51,6 +54,41 @@ def run_classit(checkpoints: list[Path], data: Path, out: Path) -> float:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+def compute_floor(checkpoint: Path, blimp: Path) -> tuple[float, float, float]:
+    """A lower bound on scoring all of BLiMP with one checkpoint on this machine, in fp32: the
+    FLOPs of the scorer's linear layers (every fed tree node through the decoder's, every node
+    that predicts a scored token through the LM head) at the rate this machine's matrix multiply
+    reaches on the decoder's widest layer with every core. Attention, norms and everything else
+    come on top. Returns (TFLOP, GFLOP/s, seconds)."""
+    import numpy as np
+    import torch
+    import transformers
+
+    from classit.evaluate.scoring import encode_candidates, forests, load_model
+    from classit.evaluate.tasks.zero_shot import read_blimp
+
+    transformers.utils.logging.disable_progress_bar()
+    model, tokenizer = load_model(str(checkpoint), "cpu")
+    encoded = encode_candidates(tokenizer, [c for item in read_blimp(blimp) for c in item.candidates])
+    fed = predictors = 0
+    for _, forest in forests(encoded):
+        fed += len(forest.tokens)
+        predictors += len(np.unique(forest.predicting))
+    linears = [m for m in model.base_model.modules() if isinstance(m, torch.nn.Linear)]
+    flops = 2 * fed * sum(m.weight.numel() for m in linears) + 2 * predictors * model.get_output_embeddings().weight.numel()
+    torch.set_num_threads(os.cpu_count())
+    widest = max(linears, key=lambda m: m.weight.numel())
+    batch = torch.randn(4096, widest.in_features)  # the scorer's batch of tokens
+    with torch.inference_mode():
+        for _ in range(3):
+            widest(batch)
+        start, reps = time.perf_counter(), 50
+        for _ in range(reps):
+            widest(batch)
+    rate = 2 * len(batch) * widest.weight.numel() * reps / (time.perf_counter() - start)
+    return flops / 1e12, rate / 1e9, flops / rate
+
+
 def main() -> None:
     from classit.hub import revisions
 
@@ -86,6 +124,9 @@ def main() -> None:
     for name, n, items, same, ours, theirs in rows:
         print(f"{name:<20} {n:>5} {items:>8,} {same:>9,} {ours:>10.1f} {theirs:>10.1f} {theirs / ours:>7.2f}x")
     print("targets: one checkpoint >= 3x, a series >= 5x")
+    tflop, rate, floor = compute_floor(final, args.blimp)
+    print(f"fp32 compute floor, one checkpoint: {tflop:.2f} TFLOP in linear layers at {rate:.0f} GFLOP/s "
+          f"({os.cpu_count()} cores) = {floor:.1f} s; 3x the official's one checkpoint is {rows[0][5] / 3:.1f} s")
 
 
 if __name__ == "__main__":

@@ -154,6 +154,16 @@ def plant(encoded: Encoded, row_tokens: int = 128) -> Forest:
         owners=np.broadcast_to(np.arange(n)[:, None], predicts.shape)[predicts])
 
 
+def forests(encoded: Encoded, row_tokens: int = 128, chunk_cells: int = 2**21):
+    """The candidates' prefix trees a chunk at a time (chunk size x longest candidate <= `chunk_cells`,
+    bounding memory), in sorted order so that a chunk holds neighbours: (the chunk's candidates, their forest)."""
+    order = np.lexsort(encoded.ids.T[::-1])  # -1 padding sorts a prefix before its extensions
+    chunk = max(1, chunk_cells // encoded.ids.shape[1])
+    for first in range(0, len(order), chunk):
+        part = order[first:first + chunk]
+        yield part, plant(encoded[part], row_tokens)
+
+
 def _batches_by_length(lengths: np.ndarray, max_tokens: int):
     """Index batches in length order, each at most `max_tokens` padded tokens."""
     order = np.argsort(lengths, kind="stable")
@@ -212,10 +222,9 @@ def score(model, encoded: Encoded, pad_id: int, max_tokens: int = 4096, row_toke
           chunk_cells: int = 2**21, progress: Progress | None = None, share: tuple[int, int] = (0, 1)) -> np.ndarray:
     """Summed log-probability of each candidate's scored tokens (float64, in order).
 
-    Candidates are planted in prefix trees a chunk at a time (chunk size x longest candidate <=
-    `chunk_cells`, bounding memory), in sorted order so that a chunk holds neighbours; each row is
-    one sequence whose tokens attend to their ancestors only, at positions equal to their depth.
-    The LM head and log-softmax run once per node that predicts a scored token.
+    Candidates are planted in prefix trees a chunk at a time (`forests`); each row is one sequence
+    whose tokens attend to their ancestors only, at positions equal to their depth. The LM head
+    and log-softmax run once per node that predicts a scored token.
 
     `share` (k, n): only every n-th batch from the k-th is run, the other candidates' totals left 0.
     A candidate's tokens lie in one batch, so the n shares' totals summed are the whole run's, to
@@ -226,11 +235,8 @@ def score(model, encoded: Encoded, pad_id: int, max_tokens: int = 4096, row_toke
     device = next(model.parameters()).device
     transformer, head = model.base_model, model.get_output_embeddings()
     totals = torch.zeros(len(encoded), dtype=torch.float64)
-    order = np.lexsort(encoded.ids.T[::-1])  # -1 padding sorts a prefix before its extensions
-    chunk = max(1, chunk_cells // encoded.ids.shape[1])
-    for first in range(0, len(order), chunk):
-        part = order[first:first + chunk]
-        forest = plant(encoded[part], row_tokens)
+    planted = 0
+    for part, forest in forests(encoded, row_tokens, chunk_cells):
         batches, row_in_batch, scored = _plan_batches(forest, max_tokens)
         for b, rows in enumerate(batches):
             mine = scored[b]
@@ -239,7 +245,8 @@ def score(model, encoded: Encoded, pad_id: int, max_tokens: int = 4096, row_toke
             picked = _score_rows(transformer, head, forest, rows, mine, row_in_batch, pad_id, device)
             totals.index_add_(0, torch.from_numpy(part[forest.owners[mine]]), picked.double().cpu())
             progress.advance(len(np.unique(forest.owners[mine])))  # a candidate's path lies in one row
-        progress.done = first + len(part)  # with those that had nothing to score
+        planted += len(part)
+        progress.done = planted  # with those that had nothing to score
     return totals.numpy()
 
 
