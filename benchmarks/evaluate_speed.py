@@ -107,7 +107,7 @@ def main() -> None:
         data = work / "data"
         shutil.copytree(args.blimp, data / "blimp_filtered")
         official_out, classit_out = work / "official", work / "classit"
-        rows = []
+        rows, differing = [], []
         for name, checkpoints in (("one checkpoint", [final]), (f"series of {len(series)} marks", series)):
             ours = run_classit(checkpoints, data, classit_out / name.replace(" ", "-"))
             theirs = sum(run_official(args.official, args.python, c, "blimp", data, official_out) for c in checkpoints)
@@ -116,6 +116,7 @@ def main() -> None:
                 n, k, _ = compare(predictions(classit_out / name.replace(" ", "-"), checkpoint, "blimp"),
                                   predictions(official_out, checkpoint, "blimp"))
                 items, same = items + n, same + k
+                differing += [f"{checkpoint.name}: {n - k}"] if k < n else []
             rows.append((name, len(checkpoints), items, same, ours, theirs))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -124,6 +125,8 @@ def main() -> None:
     for name, n, items, same, ours, theirs in rows:
         print(f"{name:<20} {n:>5} {items:>8,} {same:>9,} {ours:>10.1f} {theirs:>10.1f} {theirs / ours:>7.2f}x")
     print("targets: one checkpoint >= 3x, a series >= 5x")
+    if differing:
+        print("predictions that differ, by checkpoint: " + ", ".join(differing))
     tflop, rate, floor = compute_floor(final, args.blimp)
     print(f"fp32 compute floor, one checkpoint: {tflop:.2f} TFLOP in linear layers at {rate:.0f} GFLOP/s "
           f"({os.cpu_count()} cores) = {floor:.1f} s; 3x the official's one checkpoint is {rows[0][5] / 3:.1f} s")
