@@ -54,12 +54,35 @@ def run_classit(checkpoints: list[Path], data: Path, out: Path) -> float:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+def matmul_rate(in_features: int, out_features: int, threads: int, start_at: float, seconds: float = 2.0) -> float:
+    """GFLOP/s of an fp32 (4,096 x in) @ (in x out) matrix multiply, the scorer's batch of tokens through
+    one layer, on `threads` threads over `seconds` from `start_at` (a wall-clock time, so that processes
+    started one after another measure at once)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    layer, batch = torch.nn.Linear(in_features, out_features, bias=False), torch.randn(4096, in_features)
+    with torch.inference_mode():
+        layer(batch)
+        time.sleep(max(0.0, start_at - time.time()))
+        start, reps = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            layer(batch)
+            reps += 1
+        elapsed = time.perf_counter() - start
+    return 2 * len(batch) * in_features * out_features * reps / elapsed / 1e9
+
+
 def compute_floor(checkpoint: Path, blimp: Path) -> tuple[float, float, float]:
     """A lower bound on scoring all of BLiMP with one checkpoint on this machine, in fp32: the
     FLOPs of the scorer's linear layers (every fed tree node through the decoder's, every node
-    that predicts a scored token through the LM head) at the rate this machine's matrix multiply
-    reaches on the decoder's widest layer with every core. Attention, norms and everything else
-    come on top. Returns (TFLOP, GFLOP/s, seconds)."""
+    that predicts a scored token through the LM head) at the best rate this machine's matrix
+    multiply reaches on the decoder's widest layer, one process on every core or one process per
+    core at once (as the evaluation actors run). Attention, norms and everything else come on top.
+    Returns (TFLOP, GFLOP/s, seconds)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     import numpy as np
     import torch
     import transformers
@@ -76,17 +99,13 @@ def compute_floor(checkpoint: Path, blimp: Path) -> tuple[float, float, float]:
         predictors += len(np.unique(forest.predicting))
     linears = [m for m in model.base_model.modules() if isinstance(m, torch.nn.Linear)]
     flops = 2 * fed * sum(m.weight.numel() for m in linears) + 2 * predictors * model.get_output_embeddings().weight.numel()
-    torch.set_num_threads(os.cpu_count())
     widest = max(linears, key=lambda m: m.weight.numel())
-    batch = torch.randn(4096, widest.in_features)  # the scorer's batch of tokens
-    with torch.inference_mode():
-        for _ in range(3):
-            widest(batch)
-        start, reps = time.perf_counter(), 50
-        for _ in range(reps):
-            widest(batch)
-    rate = 2 * len(batch) * widest.weight.numel() * reps / (time.perf_counter() - start)
-    return flops / 1e12, rate / 1e9, flops / rate
+    shape, cores = (widest.in_features, widest.out_features), os.cpu_count()
+    with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn")) as pool:
+        start_at = time.time() + 5  # every process started and torch imported by then
+        per_core = sum(pool.map(matmul_rate, *zip(*[(*shape, 1, start_at)] * cores)))
+    rate = max(per_core, matmul_rate(*shape, cores, time.time()))
+    return flops / 1e12, rate, flops / (rate * 1e9)
 
 
 def main() -> None:
