@@ -98,6 +98,26 @@ def test_unknown_task_and_missing_data_are_error_rows(tmp_path):
     assert rows[0]["metric"] == "error" and rows[0]["error"]
 
 
+def test_the_catalog_names_every_task_its_task_modules_run():
+    from classit.evaluate.catalog import FINETUNE, TASKS
+    from classit.evaluate.tasks import finetune, zero_shot
+
+    assert set(TASKS) == {*zero_shot.TASKS, "reading", "aoa", *finetune.TASKS}
+    assert set(FINETUNE) == set(finetune.TASKS)
+
+
+def test_the_processes_that_only_hand_out_jobs_start_without_torch():
+    """`classit evaluate`'s driver and a sweep's evaluation service import torch (~1.8 s) nowhere:
+    scoring and fine-tuning are imported where a job runs."""
+    import subprocess
+    import sys
+
+    code = ("import sys, classit.cli, classit.evaluate.actors, classit.evaluate.export, classit.sweep.services\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-2000:]
+
+
 def test_export_writes_the_leaderboard_layout_and_collates_it(tmp_path):
     from classit.evaluate import export
     from classit.evaluate.jobs import ModelCache, run_job

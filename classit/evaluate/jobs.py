@@ -11,15 +11,19 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from classit.evaluate import export
-from classit.evaluate.catalog import TASKS, ZERO_SHOT_METRIC
+from classit.evaluate.catalog import FINETUNE, TASKS, ZERO_SHOT_METRIC
 from classit.evaluate.progress import Progress
-from classit.evaluate.scoring import Encoded, encode_candidates, load_model, score
-from classit.evaluate.tasks import aoa, finetune, reading, zero_shot
+from classit.evaluate.tasks import aoa, reading, zero_shot
 
+if TYPE_CHECKING:
+    from classit.evaluate.scoring import Encoded
+
+# Scoring and fine-tuning (torch) are imported where a job runs: the processes that only hand out
+# jobs (`classit evaluate`'s driver, a sweep's evaluation service) start without torch.
 FAST_ITEMS_PER_SUBTASK = 100  # the fixed, seeded subset of `fast` mode, per UID
-assert set(TASKS) == {*zero_shot.TASKS, "reading", "aoa", *finetune.TASKS}, "catalog.py lists every task module's tasks"
 AOA_SURPRISAL = "aoa_surprisal"  # the table an AoA job's per-context surprisals go to
 SHARE = "share"  # a split job's share: its candidates' scores, merged into the job's rows by the pool
 SPLIT_MIN_ITEMS = 10_000  # a zero-shot task this large is split over the actors (BLiMP whole: 67,000)
@@ -77,6 +81,8 @@ def run_zero_shot(job: EvalJob, model, tokenizer, cache: ModelCache, progress: P
                   share: tuple[int, int] = (0, 1)) -> list[dict]:
     """The job's rows; for a share of a split job (`split_jobs`), its candidates' scores instead
     (one row of the `SHARE` table), which `merge_shares` makes into the same rows."""
+    from classit.evaluate.scoring import score
+
     start = time.perf_counter()
     folder, items, encoded = cache.prepared(job)
     flat = score(model, encoded, tokenizer.pad_token_id, progress=progress, share=share)
@@ -144,6 +150,8 @@ def run_reading(job: EvalJob, model, tokenizer, progress: Progress) -> list[dict
 
 
 def run_finetune(job: EvalJob, device: str | None, progress: Progress) -> list[dict]:
+    from classit.evaluate.tasks import finetune
+
     start = time.perf_counter()
     scores, preds, best_epoch = finetune.finetune(job.checkpoint, job.task, job.data_dir, device=device,
                                                   pooling=job.pooling, progress=progress)
@@ -246,6 +254,8 @@ class ModelCache:
         self.tasks: dict[tuple, tuple] = {}
 
     def get(self, path: str):
+        from classit.evaluate.scoring import load_model
+
         if path != self.path:
             self.path, self.loaded = None, None  # a failed load leaves nothing stale behind
             self.loaded = load_model(path, self.device)
@@ -255,6 +265,8 @@ class ModelCache:
 
     def prepared(self, job: EvalJob) -> tuple[Path, list[zero_shot.Item], Encoded]:
         """The job's folder, items and their candidates tokenized by the loaded checkpoint's tokenizer."""
+        from classit.evaluate.scoring import encode_candidates
+
         key = (job.task, job.data_dir, job.fast, self.fingerprint) if self.fingerprint else None
         if key in self.tasks:
             return self.tasks[key]
@@ -290,7 +302,7 @@ def _job_rows(job: EvalJob, cache: ModelCache, progress: Progress, share: tuple[
     try:
         if job.task not in TASKS:
             raise ValueError(f"unknown task {job.task!r} (known: {', '.join(TASKS)})")
-        if job.task in finetune.TASKS:  # trains its own copy: the cached scoring model stays as it is
+        if job.task in FINETUNE:  # trains its own copy: the cached scoring model stays as it is
             return run_finetune(job, cache.device, progress)
         model, tokenizer = cache.get(job.checkpoint)
         if job.task == "reading":

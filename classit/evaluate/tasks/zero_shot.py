@@ -20,10 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from classit.evaluate.scoring import Encoded, choose, encode_candidates, score
+if TYPE_CHECKING:
+    from classit.evaluate.scoring import Encoded
 
 ENTITY_TRACKING_SPLITS = ("regular", "ambiref", "move_contents")
 
@@ -194,6 +196,8 @@ def fast_subset(items: list[Item], per_uid: int, seed: int = 0) -> list[Item]:
 def score_items(model, tokenizer, items: list[Item], encoded: Encoded | None = None, **options) -> list[np.ndarray]:
     """Each item's candidate scores (summed log-probs of the scored tokens); `encoded`: the items'
     candidates already tokenized (`encode_candidates`), in order."""
+    from classit.evaluate.scoring import encode_candidates, score
+
     if encoded is None:
         encoded = encode_candidates(tokenizer, [c for item in items for c in item.candidates])
     return per_item(items, score(model, encoded, tokenizer.pad_token_id, **options))  # batching, progress
@@ -207,6 +211,8 @@ def per_item(items: list[Item], flat: np.ndarray) -> list[np.ndarray]:
 
 def accuracies(task: str, items: list[Item], scores: list[np.ndarray]) -> dict[str, dict[str, float]]:
     """Accuracy (%) per value of each metadata key, and the task average as the pipeline takes it."""
+    from classit.evaluate.scoring import choose
+
     correct = [choose(s[None, :])[0] == 0 for s in scores]
     result: dict[str, dict[str, float]] = {}
     for key in TASKS[task].meta_keys:
