@@ -88,6 +88,17 @@ def ray_local():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def loaded_by(code: str, watched: tuple[str, ...]) -> list[str]:
+    """Which of the `watched` modules a fresh interpreter has loaded after running `code`."""
+    import subprocess
+    import sys
+
+    probe = f"{code}\nimport sys\nprint(' '.join(m for m in {watched!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.split()
+
+
 def ray_processes(marker: str) -> list[str]:
     """Processes whose command line holds `marker` (a Ray temp folder: that Ray's processes)."""
     import subprocess
