@@ -33,10 +33,10 @@ def _quiet_progress_bars() -> None:
     """The driver's corpus and data preparation prints its own lines; library progress bars
     would bury them (and a one-line error) on stderr."""
     import datasets
-    import transformers
+    from huggingface_hub.utils import disable_progress_bars
 
     datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
+    disable_progress_bars()  # transformers reads this when it is imported (not here: it brings torch)
 
 
 def cmd_pretrain(args) -> int:

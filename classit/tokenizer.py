@@ -10,9 +10,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+# transformers (torch with it, ~2 s) is imported where a tokenizer is built or loaded, so that
+# what only reads records and counts words (the sweep driver's planning) starts without it.
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 REPLY = "<|reply|>"  # the prompt/reply boundary in instruction data
@@ -26,6 +31,8 @@ PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 def train_tokenizer(lines: Iterable[str] | Iterable[list[str]], vocab_size: int,
                     min_frequency: int = 2) -> PreTrainedTokenizerFast:
     """Train on `lines` (or batches of lines: `tokenizers` reads either), streamed."""
+    from transformers import PreTrainedTokenizerFast
+
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -61,6 +68,8 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, path: str | Path) -> None
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(str(path))
 
 

@@ -10,11 +10,10 @@ from classit.budget import BudgetError
 from classit.config import ConfigError, InstructConfig, TemplateConfig, WordBudgetConfig, parse_config
 from classit.data.corpus import prepare_corpus
 from classit.data.curriculum import expand_curriculum, plan_curriculum, sample_mixture, split_records
-from classit.data.instruct import (IGNORE, MaskError, check_instruct_batch, collate_instruct, encode_record,
-                                   load_records, record_words, switchboard_pairs)
+from classit.data.instruct import IGNORE, encode_record, load_records, record_words, switchboard_pairs
 from classit.models import build_model
 from classit.tokenizer import load_tokenizer, reply_token_id
-from classit.train.loop import token_loss
+from classit.train.loop import MaskError, check_instruct_batch, collate_instruct, token_loss
 from conftest import small_config
 
 DIALOGUE = """A: hello there how are you

@@ -97,12 +97,18 @@ def test_bad_sweep_yaml_stops_the_entry_point_before_ray(tmp_path, sweep, messag
     assert list(ray_tmp.iterdir()) == []
 
 
-def test_dry_run_prints_trials_budgets_and_cost(tmp_path):
+def small_demo_config(tmp_path) -> Path:
+    """The demo sweep's config on a smaller corpus, running and caching under `tmp_path`."""
     path = tmp_path / "sweep.yaml"
     config = yaml.safe_load((REPO / "sweeps" / "configs" / "demo.yaml").read_text())
     config["run"] = {"storage_path": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache")}
     config["corpus"]["synthetic"]["sentences"] = 3000
     path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_dry_run_prints_trials_budgets_and_cost(tmp_path):
+    path = small_demo_config(tmp_path)
     proc = subprocess.run([sys.executable, str(REPO / "sweeps" / "curriculum_sweep.py"), "--config", str(path),
                            "--dry-run"], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -180,6 +186,15 @@ def test_the_sweep_driver_trial_actors_and_train_controllers_import_no_model():
     modules it is handed: transformers' modeling (~2.5 s of CPU) and DeepSpeed wait for the processes
     that build a model."""
     assert loaded_by(ORCHESTRATION_IMPORTS, ("transformers.modeling_utils", "deepspeed")) == []
+
+
+def test_the_sweep_driver_plans_without_torch(tmp_path):
+    """Planning reads the corpus and the records and counts words: torch and transformers (~2 s of
+    the driver's start, while no trial trains) wait for the processes that tokenize or build a model."""
+    plan = ("from classit.config import load_config\nfrom classit.sweep.plan import plan_trials, validate\n"
+            f"plans, bases = plan_trials(validate(load_config({str(small_demo_config(tmp_path))!r})))\n"
+            "assert plans and list(bases) == ['tiny'], bases")
+    assert loaded_by(plan, ("torch", "transformers")) == []
 
 
 def test_a_tracker_whose_package_is_missing_fails_before_ray_with_one_line(monkeypatch):

@@ -41,6 +41,22 @@ def shared(tmp_path_factory):
     return tmp_path_factory.mktemp("sweeps")
 
 
+def test_a_base_built_ahead_that_fails_leaves_its_error_to_the_trials(ray_local, tmp_path):
+    """The driver asks for every missing base as the sweep starts and waits for none: a failure
+    is not raised to it (nobody reads that reply) but by each trial's own `ensure`."""
+    from classit.sweep.services import BaseBuilder
+
+    over_budget = sweep_config(tmp_path) | {"budget": {"max_input_words": 1000}}
+    cfg_json = parse_config(over_budget).model_dump(mode="json")
+    builder = BaseBuilder.remote()
+    try:
+        assert ray_local.get(builder.build_ahead.remote(cfg_json)) is None
+        with pytest.raises(ray_local.exceptions.RayTaskError, match="over the BabyLM word limits"):
+            ray_local.get(builder.ensure.remote(cfg_json))
+    finally:
+        ray_local.kill(builder)
+
+
 def test_six_trials_share_one_base_built_once_and_all_get_scores(ray_local, shared):
     # Two trials at a time: the first two both find the base missing and must not both build it.
     cfg = parse_config(sweep_config(shared, max_concurrent_trials=2))

@@ -1,7 +1,8 @@
-"""Instruction data: prompt/reply records, the Switchboard pair builder, and the loss mask.
+"""Instruction data: prompt/reply records, the Switchboard pair builder, and their encoding.
 
 A record becomes `BOS prompt <|reply|> reply EOS`; labels are -100 everywhere but on the reply
 and its EOS, so the loss (the same token cross-entropy as pretraining) is on replies only.
+Batching them (and checking that mask) is the training loop's: `train/loop.py::collate_instruct`.
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-
-import torch
 
 from classit.config import ConfigError, InstructDataset, TemplateConfig
 from classit.data.corpus import clean_text, count_words, split_speaker
@@ -21,10 +20,6 @@ IGNORE = -100
 
 class DataError(ConfigError):
     """Malformed instruction data; the message names the file and line (or record)."""
-
-
-class MaskError(ValueError):
-    """A batch whose loss mask is wrong: it would silently train on the wrong tokens."""
 
 
 def record_words(record: dict) -> int:
@@ -144,33 +139,3 @@ def encode_record(tokenizer, record: dict, max_length: int, template: TemplateCo
     labels = [IGNORE] * (len(prompt) + len(head)) + reply
     return {"input_ids": input_ids, "labels": labels, "num_words": record_words(record),
             "truncated": overflow > 0}
-
-
-def check_instruct_batch(batch: dict[str, torch.Tensor], eos_id: int) -> None:
-    """Guard rails: fail loudly on a batch that would train on the wrong tokens."""
-    labels, ids = batch["labels"], batch["input_ids"]
-    if (labels == IGNORE).all():
-        raise MaskError("instruction batch has no labelled token: every label is -100")
-    if not (labels == IGNORE).any():
-        raise MaskError("instruction batch has no masked token: the prompt would be trained on")
-    last = batch["attention_mask"].sum(dim=1) - 1  # right padding: the last real token
-    rows = torch.arange(len(ids))
-    if not ((ids[rows, last] == eos_id) & (labels[rows, last] == eos_id)).all():
-        raise MaskError("a reply's EOS is missing or not in the loss")
-
-
-def collate_instruct(rows: dict[str, list], pad_id: int, eos_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch of encoded records (column-wise) to its longest, then check the mask."""
-    width = max(map(len, rows["input_ids"]))
-    n = len(rows["input_ids"])
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    labels = torch.full((n, width), IGNORE, dtype=torch.long)
-    for i, (ids, labs) in enumerate(zip(rows["input_ids"], rows["labels"])):
-        input_ids[i, :len(ids)] = torch.as_tensor(ids)
-        labels[i, :len(labs)] = torch.as_tensor(labs)
-    lengths = torch.as_tensor([len(ids) for ids in rows["input_ids"]])
-    attention_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-             "num_words": torch.as_tensor(rows["num_words"], dtype=torch.long)}
-    check_instruct_batch(batch, eos_id)
-    return batch

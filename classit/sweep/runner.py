@@ -55,7 +55,7 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
     pending_bases = log_bases(cfg, log)
     quiet_driver(verbose)
     with ray_session(address, quiet=not verbose):
-        services = start_services(cfg, f"{results_root}/{EVAL_SCORES}")  # held for the whole sweep
+        services = start_services(cfg, f"{results_root}/{EVAL_SCORES}", pending_bases)  # held for the whole sweep
         grid = make_tuner(cfg, experiment, resume, results_root, str(Path(data_dir).resolve()),
                           pending_bases, log).fit()
         for actor in services:
@@ -101,7 +101,7 @@ def log_bases(cfg: ClassitConfig, log) -> dict[str, ClassitConfig]:
         found = cached_base(base_cfg)
         if found is None:
             pending[preset] = base_cfg
-        log(f"base {preset}: reused {found}" if found else f"base {preset}: not cached; the first trial pretrains it")
+        log(f"base {preset}: reused {found}" if found else f"base {preset}: not cached; pretrained as the sweep starts")
     return pending
 
 

@@ -66,6 +66,15 @@ class BaseBuilder:
                       val_loss=result.metrics.get("val_loss"))
         return result.checkpoint.path
 
+    def build_ahead(self, cfg_json: dict) -> None:
+        """`ensure`, asked by the driver as the sweep starts, so that pretraining overlaps Tune's
+        start-up instead of waiting for the first trial to ask. A failure is not raised here: each
+        trial's own `ensure` builds again and raises it."""
+        try:
+            self.ensure(cfg_json)
+        except Exception:  # noqa: BLE001 (reported through the trials)
+            pass
+
 
 def ensure_base(cfg: ClassitConfig) -> Path:
     """From a trial: the base its config needs, built by the sweep's one builder if missing."""
@@ -95,15 +104,18 @@ def evaluation_service_name(sweep_name: str) -> str:
     return f"classit-eval-{sweep_name}"
 
 
-def start_services(cfg: ClassitConfig, results_dir: str) -> list:
-    """The base builder, the evaluation service and the trial claims, pinned to this (the driver's)
-    node: they hold no compute and must outlive any worker node the cluster loses."""
+def start_services(cfg: ClassitConfig, results_dir: str, pending_bases: dict[str, ClassitConfig]) -> list:
+    """The base builder (already pretraining the `pending_bases`), the evaluation service and the
+    trial claims, pinned to this (the driver's) node: they hold no compute and must outlive any
+    worker node the cluster loses."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from classit.sweep.claims import TrialClaims, claims_name
 
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
     builder = BaseBuilder.options(name=BUILDER_NAME, scheduling_strategy=here).remote()
+    for base_cfg in pending_bases.values():
+        builder.build_ahead.remote(base_cfg.model_dump(mode="json"))
     service = EvaluationService.options(name=evaluation_service_name(cfg.sweep.name), scheduling_strategy=here).remote(
         cfg.evaluation.model_dump(mode="json"), results_dir)
     claims = TrialClaims.options(name=claims_name(cfg.sweep.name), scheduling_strategy=here).remote()

@@ -77,10 +77,9 @@ def instruct_worker(loop_config: dict) -> None:
     import datasets
     import ray.train
 
-    from classit.data.instruct import collate_instruct
     from classit.tokenizer import load_tokenizer
     from classit.train.checkpoints import load_trainer_state
-    from classit.train.loop import Stage, full_state_dict, train_stage
+    from classit.train.loop import Stage, collate_instruct, full_state_dict, train_stage
 
     quiet_worker()
     payload = InstructPayload.model_validate(loop_config)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from classit.config import DistributedConfig, TrainConfig
+from classit.data.instruct import IGNORE
 from classit.train.checkpoints import (DEEPSPEED_DIR, TRAINER_STATE, TrainerState, checkpoint_marks,
                                        load_trainer_state, save_checkpoint, scaled_marks)
 from classit.train.distributed import all_sum, device, world
@@ -58,17 +59,51 @@ def deepspeed_config(tcfg: TrainConfig, dcfg: DistributedConfig, bf16: bool) -> 
 def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token cross-entropy over labelled positions (labels -100 are ignored), and their count."""
     # Shift the labels rather than the logits: no copy of the (batch x length x vocab) logits.
-    targets = F.pad(labels[:, 1:], (0, 1), value=-100)
-    total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
-    return total, (targets != -100).sum()
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
+    total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+    return total, (targets != IGNORE).sum()
 
 
 def collate_blocks(rows: dict[str, list], pad_id: int) -> dict[str, torch.Tensor]:
     """Packed pretraining blocks (a batch of dataset rows, column-wise): every non-pad token is a target."""
     input_ids = torch.as_tensor(rows["input_ids"], dtype=torch.long)
     mask = input_ids != pad_id
-    return {"input_ids": input_ids, "attention_mask": mask.long(), "labels": input_ids.masked_fill(~mask, -100),
+    return {"input_ids": input_ids, "attention_mask": mask.long(), "labels": input_ids.masked_fill(~mask, IGNORE),
             "num_words": torch.as_tensor(rows["num_words"], dtype=torch.long)}
+
+
+class MaskError(ValueError):
+    """A batch whose loss mask is wrong: it would silently train on the wrong tokens."""
+
+
+def check_instruct_batch(batch: dict[str, torch.Tensor], eos_id: int) -> None:
+    """Guard rails: fail loudly on a batch that would train on the wrong tokens."""
+    labels, ids = batch["labels"], batch["input_ids"]
+    if (labels == IGNORE).all():
+        raise MaskError("instruction batch has no labelled token: every label is -100")
+    if not (labels == IGNORE).any():
+        raise MaskError("instruction batch has no masked token: the prompt would be trained on")
+    last = batch["attention_mask"].sum(dim=1) - 1  # right padding: the last real token
+    rows = torch.arange(len(ids))
+    if not ((ids[rows, last] == eos_id) & (labels[rows, last] == eos_id)).all():
+        raise MaskError("a reply's EOS is missing or not in the loss")
+
+
+def collate_instruct(rows: dict[str, list], pad_id: int, eos_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch of encoded records (column-wise) to its longest, then check the mask."""
+    width = max(map(len, rows["input_ids"]))
+    n = len(rows["input_ids"])
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    labels = torch.full((n, width), IGNORE, dtype=torch.long)
+    for i, (ids, labs) in enumerate(zip(rows["input_ids"], rows["labels"])):
+        input_ids[i, :len(ids)] = torch.as_tensor(ids)
+        labels[i, :len(labs)] = torch.as_tensor(labs)
+    lengths = torch.as_tensor([len(ids) for ids in rows["input_ids"]])
+    attention_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+             "num_words": torch.as_tensor(rows["num_words"], dtype=torch.long)}
+    check_instruct_batch(batch, eos_id)
+    return batch
 
 
 class Reporter(Protocol):
