@@ -72,7 +72,7 @@ class BaseBuilder:
         trial's own `ensure` builds again and raises it."""
         try:
             self.ensure(cfg_json)
-        except Exception:  # noqa: BLE001 (reported through the trials)
+        except Exception:  # noqa: BLE001 - raised again by the trials that ask for this base
             pass
 
 
