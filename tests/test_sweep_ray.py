@@ -58,7 +58,7 @@ def test_a_base_built_ahead_that_fails_leaves_its_error_to_the_trials(ray_local,
 
 
 def test_six_trials_share_one_base_built_once_and_all_get_scores(ray_local, shared):
-    # Two trials at a time: the first two both find the base missing and must not both build it.
+    # Two trials at a time: the first two both wait for the base the driver asked for, and must not build it again.
     cfg = parse_config(sweep_config(shared, max_concurrent_trials=2))
     board = run_sweep(cfg, log=lambda _: None)
 
