@@ -1,7 +1,7 @@
 """The sweep driver: Ray Tune + Optuna over curricula, mix ratios and learning rates.
 
-Validates and plans everything before Ray starts (`plan.py`), starts the two shared services (base builder,
-evaluation pool), runs (or restores) the Tuner, prints a live table of trials while they run and
+Validates and plans everything before Ray starts (`plan.py`), starts the shared services (base builder,
+evaluation pool, trial claims), runs (or restores) the Tuner, prints a live table of trials while they run and
 the analysis layer's per-trial leaderboard at the end. Results: `<storage>/<sweep>/results/{trials,train_metrics,eval_scores}`.
 """
 
@@ -93,7 +93,8 @@ def finished_sweep(cfg: ClassitConfig, experiment: Path, results_root: str, obje
 
 
 def log_bases(cfg: ClassitConfig, log) -> dict[str, ClassitConfig]:
-    """Say which base models are cached; returns the configs of those the first trials will build."""
+    """Say which base models are cached; returns the configs of the missing ones, which the base builder
+    pretrains as soon as it starts."""
     from classit.sweep.services import cached_base
 
     pending = {}
