@@ -1,6 +1,7 @@
 """`classit instruct` on Ray (2 workers, ZeRO-2, CPU) from one pretrained tiny base: the word budget,
 the checkpoint schedule and learning. Every curriculum preset runs end to end in the sweep test
-(`test_sweep_ray.py`), through the same `train_instruct`."""
+(`test_sweep_ray.py`), through the same `train_instruct`. The base is pretrained in this process
+by the same loop (pretraining on Ray is `test_train_ray.py`'s): a Ray Train run fewer."""
 
 from pathlib import Path
 
@@ -8,16 +9,13 @@ import pytest
 
 from classit.results import read_table, table_dir
 from classit.train.instruct import run_instruct
-from classit.train.runner import run_pretraining
-from conftest import small_config
+from conftest import small_config, train_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def base(ray_local, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("base")
-    result = run_pretraining(small_config(tmp, pretrain={"max_steps": 40, "checkpoints": {"schedule": "final"}}))
-    assert result.error is None
-    return tmp, Path(result.checkpoint.path)
+    return tmp, train_tiny_checkpoint(tmp)
 
 
 def instruct_config(tmp, curriculum, run_name, **instruct):
