@@ -254,3 +254,28 @@ def test_the_wandb_writer_returns_only_once_the_run_file_holds_every_logged_row(
     run_files = list(tmp_path.glob("wandb/offline-run-*/run-t1.wandb"))
     assert len(run_files) == 1, "W&B wrote no run file before the writer returned"
     assert [row["train/loss"] for row in wandb_history(run_files[0])] == pytest.approx([1.0 / i for i in range(1, 201)])
+
+
+def test_a_twin_draw_takes_no_slot_and_a_draw_per_seed_does(tmp_path):
+    """Twins (parameters drawn again while their first trial runs) wait and train nothing, so the
+    limit on trials at once lets them pass; each seed of a draw is a trial of its own and counts."""
+    from classit.sweep.search import tune_setup
+
+    space = {"curriculum": {"choice": ["switch"]}, "learning_rate": {"choice": [2e-3]}}  # every draw the same
+    run = {"storage_path": str(tmp_path)}
+    twins = parse_config({"sweep": {"name": "twins", "search": "random", "num_samples": 5, "max_concurrent_trials": 2,
+                                    "space": space}, "run": run})
+    search = tune_setup(twins)[1].search_alg
+    first, *again = (search.suggest(trial_id) for trial_id in ("a", "b", "c"))
+    assert again == [first, first] and search.live_trials == {"a"}  # b and c wait for a's row
+    search.on_trial_complete("b", {"val_loss": 2.5})  # a twin's end reaches Optuna
+    search.on_trial_complete("a", {"val_loss": 2.5})
+    assert search.suggest("d") == first and search.live_trials == {"d"}  # a's draw is done: no twin of it
+    study = optuna.load_study(study_name="twins", storage=search.searcher._storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "RUNNING", "RUNNING"]
+
+    seeds = parse_config({"sweep": {"name": "seeds", "search": "random", "num_samples": 2, "seeds": [0, 1],
+                                    "max_concurrent_trials": 2, "space": space}, "run": run})
+    search = tune_setup(seeds)[1].search_alg
+    assert search.suggest("s0") == {**first, "__trial_index__": 0} and search.suggest("s1") is not None
+    assert search.live_trials == {"s0", "s1"} and search.suggest("s2") is None  # two seeds, two slots

@@ -1,6 +1,7 @@
 """The search a sweep runs: Tune's grid, or Optuna (TPE or random) through Tune's OptunaSearch,
-with its study kept in a journal file in the sweep's folder, each draw repeated once per seed, and
-ASHA when asked for. Imported when a sweep starts (it loads Ray Tune and Optuna)."""
+with its study kept in a journal file in the sweep's folder, each draw repeated once per seed, twin
+draws let past the concurrency limit, and ASHA when asked for. Imported when a sweep starts (it
+loads Ray Tune and Optuna)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from ray import tune
-from ray.tune.search import Repeater
+from ray.tune.search import ConcurrencyLimiter, Repeater
 from ray.tune.search.optuna import OptunaSearch
 
 from classit.config import ClassitConfig
 from classit.evaluate.catalog import objective_key
 from classit.sweep.plan import experiment_dir
 from classit.sweep.space import DefineByRun, grid_trials
+from classit.sweep.trial import trial_key, trial_params
 
 OPTUNA_JOURNAL = "optuna.journal"  # a TPE or random sweep's Optuna study, on disk: optuna-dashboard reads it
 
@@ -42,8 +44,8 @@ def tune_setup(cfg: ClassitConfig):
                                  sampler=sampler, study_name=sweep.name, storage=optuna_journal(cfg))
     if len(sweep.seeds) > 1:  # the searcher sees the mean over seeds of each draw
         search = SeedRepeater(search, repeat=len(sweep.seeds))
-    return {}, tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=sweep.num_samples * len(sweep.seeds),
-                               max_concurrent_trials=sweep.max_concurrent_trials)
+    search = TwinPassingLimiter(search, sweep.max_concurrent_trials, sweep.seeds)
+    return {}, tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=sweep.num_samples * len(sweep.seeds))
 
 
 def optuna_journal(cfg: ClassitConfig):
@@ -82,3 +84,36 @@ class SeedRepeater(Repeater):
         if group.finished_reporting():
             means = np.nanmean(np.array(group.scores(), dtype=float), axis=0)
             self.searcher.on_trial_complete(group.primary_trial_id, result=dict(zip(metrics, means)), **kwargs)
+
+
+class TwinPassingLimiter(ConcurrencyLimiter):
+    """Tune's limit on trials at once (`sweep.max_concurrent_trials`), except for twins: a draw of
+    the parameters of a trial still running trains nothing and waits for that trial's row (see
+    `claims.py`), so it takes no slot and the next draw starts beside it. (If the first trial then
+    fails, its twin trains in its place, one over the limit; Ray's resources still bound the workers.)"""
+
+    def __init__(self, searcher, max_concurrent: int, seeds: list[int]):
+        super().__init__(searcher, max_concurrent)
+        self.seeds = seeds
+        self.slot_keys: dict[str, str] = {}  # trial id -> trial key, of the trials holding a slot
+        self.twins: set[str] = set()
+
+    def suggest(self, trial_id: str):
+        suggestion = super().suggest(trial_id)
+        if isinstance(suggestion, dict):
+            key = trial_key(trial_params(suggestion, self.seeds))
+            if key in self.slot_keys.values():
+                self.live_trials.discard(trial_id)
+                self.num_unfinished_live_trials -= 1
+                self.twins.add(trial_id)
+            else:
+                self.slot_keys[trial_id] = key
+        return suggestion
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if trial_id in self.twins:
+            self.twins.discard(trial_id)
+            self.searcher.on_trial_complete(trial_id, result=result, error=error)
+            return
+        self.slot_keys.pop(trial_id, None)
+        super().on_trial_complete(trial_id, result=result, error=error)
