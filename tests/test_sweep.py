@@ -259,7 +259,7 @@ def test_the_wandb_writer_returns_only_once_the_run_file_holds_every_logged_row(
 def test_a_twin_draw_takes_no_slot_and_a_draw_per_seed_does(tmp_path):
     """Twins (parameters drawn again while their first trial runs) wait and train nothing, so the
     limit on trials at once lets them pass; each seed of a draw is a trial of its own and counts."""
-    from classit.sweep.search import tune_setup
+    from classit.sweep.search import optuna_journal, tune_setup
 
     space = {"curriculum": {"choice": ["switch"]}, "learning_rate": {"choice": [2e-3]}}  # every draw the same
     run = {"storage_path": str(tmp_path)}
@@ -271,7 +271,7 @@ def test_a_twin_draw_takes_no_slot_and_a_draw_per_seed_does(tmp_path):
     search.on_trial_complete("b", {"val_loss": 2.5})  # a twin's end reaches Optuna
     search.on_trial_complete("a", {"val_loss": 2.5})
     assert search.suggest("d") == first and search.live_trials == {"d"}  # a's draw is done: no twin of it
-    study = optuna.load_study(study_name="twins", storage=search.searcher._storage)
+    study = optuna.load_study(study_name="twins", storage=optuna_journal(twins))
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "RUNNING", "RUNNING"]
 
     seeds = parse_config({"sweep": {"name": "seeds", "search": "random", "num_samples": 2, "seeds": [0, 1],
