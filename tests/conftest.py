@@ -73,6 +73,13 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory):
+    """One storage and cache folder for the sweeps of test_sweep_ray and test_sweep_resume (each
+    sweep its own name): one base model for all of them, built by whichever sweep runs first."""
+    return tmp_path_factory.mktemp("sweeps")
+
+
 @pytest.fixture(scope="module")
 def ray_local():
     """One local Ray instance per test module, in its own temp folder, removed afterwards."""

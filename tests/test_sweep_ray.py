@@ -35,12 +35,6 @@ def sweep_config(tmp: Path, **sweep) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    """One storage and cache folder for the module's sweeps (each its own name): one base for all."""
-    return tmp_path_factory.mktemp("sweeps")
-
-
 def test_a_base_built_ahead_that_fails_leaves_its_error_to_the_trials(ray_local, tmp_path):
     """The driver asks for every missing base as the sweep starts and waits for none: a failure
     is not raised to it (nobody reads that reply) but by each trial's own `ensure`."""

@@ -20,7 +20,7 @@ from classit.sweep.space import grid_trials
 from classit.sweep.status import sweep_status
 from classit.sweep.trial import trial_key
 from conftest import ray_processes
-from test_sweep_ray import shared, sweep_config  # noqa: F401 - shared is a fixture: one base for the module
+from test_sweep_ray import sweep_config
 
 REPO = Path(__file__).resolve().parents[1]
 
