@@ -5,7 +5,8 @@ changed input gets a folder of its own and an unchanged one finds its finished f
 complete once its marker, `artefact.json`, is there: written last, through a temporary name and a
 rename, it records what made the artefact and whatever the artefact's readers need (counts, an
 index). A folder without a marker is unfinished; a step that keeps finished parts (chunks, shards)
-resumes in it, and one that builds the whole folder at once builds it beside it, under
+resumes in it, holding the folder's lock (`building`) so that a second process waits instead of
+building over it, and one that builds the whole folder at once builds it beside it, under
 `<folder>.tmp-<host>-<pid>`, and renames it into place (`commit_folder`). Every cache of classit is one of these: the synthetic
 corpus, cleaned lines, tokenizer and blocks, encoded instruction data, teacher-written Q&A, the demo
 teacher, and the base models a sweep records.
@@ -18,6 +19,8 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -55,6 +58,20 @@ def mark_complete(folder: Path, made_by: dict, **fields) -> dict:
     marker = {"made_by": made_by, "completed": time.time(), **fields}
     commit_file(lambda tmp: Path(tmp).write_text(json.dumps(marker, indent=1, default=str) + "\n"), folder / MARKER)
     return marker
+
+
+@contextmanager
+def building(folder: Path) -> Iterator[None]:
+    """Held while `folder` is built in place: an exclusive lock on `<folder>.lock`. A second process
+    preparing the same artefact (another sweep or command on a shared cache) waits here and then finds
+    it complete, instead of writing the same parts and deleting what the first still reads. The
+    kernel releases a killed holder's lock; on NFS, `flock` is a lock the server holds for every node."""
+    import fcntl
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(f"{folder.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def commit_folder(folder: Path, build: Callable[[Path], dict | None], made_by: dict) -> dict:

@@ -177,3 +177,27 @@ def test_a_killed_preparation_resumes_from_its_chunks_to_the_same_blocks(tmp_pat
     for split in ("train", "validation"):
         a, b = resumed.load_blocks(split), whole.load_blocks(split)
         assert a["input_ids"] == b["input_ids"] and a["num_words"] == b["num_words"]
+
+
+def test_two_processes_preparing_one_corpus_at_once_both_get_the_blocks_of_a_lone_preparation(tmp_path):
+    """Two commands (two sweeps, a pretraining and a sweep) on one cache: the second waits for the
+    first's preparation instead of cleaning and tokenizing over it and losing the shards it packs."""
+    import subprocess
+    import sys
+
+    cfg = small_config(tmp_path / "shared", corpus={"num_proc": 2})
+    config = tmp_path / "config.json"
+    config.write_text(cfg.model_dump_json())
+    # Each chunk slowed, so that both are mid-way at once whatever their start-up times.
+    preparing = [subprocess.Popen([sys.executable, "-c", KILLABLE_PREPARATION, str(config), step],
+                                  stderr=subprocess.PIPE, text=True)
+                 for step in ("clean_lines", "tokenize_lines")]
+    errors = [p.communicate(timeout=300)[1] for p in preparing]
+    assert [p.returncode for p in preparing] == [0, 0], [e[-2000:] for e in errors]
+
+    shared = prepare_corpus(cfg)  # found complete
+    lone = prepare_corpus(small_config(tmp_path / "lone", corpus={"num_proc": 1}))
+    assert shared.stats == lone.stats
+    for split in ("train", "validation"):
+        a, b = shared.load_blocks(split), lone.load_blocks(split)
+        assert a["input_ids"] == b["input_ids"] and a["num_words"] == b["num_words"]

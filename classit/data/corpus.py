@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from classit.artefacts import artefact_dir, commit_file, commit_folder, is_complete, mark_complete, read_marker
+from classit.artefacts import (artefact_dir, building, commit_file, commit_folder, is_complete, mark_complete,
+                               read_marker)
 from classit.config import ClassitConfig, SyntheticCorpusConfig, config_hash
 from classit.models import PRESETS
 
@@ -254,8 +255,14 @@ def clean_corpus(raw: dict[str, Iterable[str]], root: Path, num_proc: int, made_
     `root/<source>/chunk-<k>.arrow`, each kept as it is finished (a rerun cleans only the missing
     ones). Returns each source's raw line count and chunks (file, lines), kept in the folder's
     marker: once it is written no raw line is read again."""
-    if is_complete(root):
-        return read_marker(root)["sources"]
+    if not is_complete(root):
+        with building(root):
+            if not is_complete(root):  # not finished by a process this one waited for
+                _clean_chunks(raw, root, num_proc, made_by)
+    return read_marker(root)["sources"]
+
+
+def _clean_chunks(raw: dict[str, Iterable[str]], root: Path, num_proc: int, made_by: dict) -> None:
     raw_counts, chunk_paths = {}, {}
 
     def jobs():
@@ -275,7 +282,6 @@ def clean_corpus(raw: dict[str, Iterable[str]], root: Path, num_proc: int, made_
                                  for path in chunk_paths[source]]}
              for source in sorted(raw)}
     mark_complete(root, made_by, sources=index)
-    return index
 
 
 @dataclass
@@ -382,8 +388,6 @@ def prepare_corpus(cfg: ClassitConfig) -> PreparedCorpus:
     """Tokenizer and blocks for this config, built once and then read from the cache. Each step
     streams the corpus a chunk at a time and keeps what it finished: the cleaned lines (kept, for
     other tokenizers and block sizes), the tokenizer, the tokenized shards (deleted once packed)."""
-    from classit.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
-
     cache_dir = Path(cfg.run.cache_dir)
     corpus = cfg.corpus
     raw, fingerprint = _load_lines(cfg, cache_dir)
@@ -393,9 +397,20 @@ def prepare_corpus(cfg: ClassitConfig) -> PreparedCorpus:
                "tokenizer": cfg.tokenizer.model_dump(), "vocab_size": vocab_size}
     tok_root = artefact_dir(cache_dir, "corpus", made_by)
     blocks_root = tok_root / f"blocks-{corpus.block_size}"
-    if is_complete(blocks_root):
-        return PreparedCorpus.load(blocks_root)
+    if not is_complete(blocks_root):
+        with building(tok_root):  # its tokenizer, shards and blocks
+            if not is_complete(blocks_root):  # not finished by a process this one waited for
+                _build_blocks(cfg, raw, fingerprint, made_by, tok_root, blocks_root)
+    return PreparedCorpus.load(blocks_root)
 
+
+def _build_blocks(cfg: ClassitConfig, raw: dict[str, Iterable[str]], fingerprint: str, made_by: dict,
+                  tok_root: Path, blocks_root: Path) -> None:
+    """Clean (or reuse the cleaned lines), train the tokenizer, tokenize and pack, each step kept."""
+    from classit.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+
+    corpus = cfg.corpus
+    vocab_size = made_by["vocab_size"]
     cleaned = cleaned_corpus(cfg, raw, fingerprint)
     n_valid = sum(int(is_valid.sum()) for _, _, is_valid in cleaned.chunks)
     n_train = sum(s["lines"] for s in cleaned.source_stats.values()) - n_valid
@@ -423,4 +438,3 @@ def prepare_corpus(cfg: ClassitConfig) -> PreparedCorpus:
 
     commit_folder(blocks_root, pack, {**made_by, "lines": cleaned.root.name, "block_size": corpus.block_size})
     shutil.rmtree(tok_root / "tokenized")  # the blocks hold it all now
-    return PreparedCorpus(blocks_root, stats)
