@@ -65,7 +65,7 @@ def building(folder: Path) -> Iterator[None]:
     """Held while `folder` is built in place: an exclusive lock on `<folder>.lock`. A second process
     preparing the same artefact (another sweep or command on a shared cache) waits here and then finds
     it complete, instead of writing the same parts and deleting what the first still reads. The
-    kernel releases a killed holder's lock; on NFS, `flock` is a lock the server holds for every node."""
+    kernel releases a killed holder's lock; Linux's NFS client takes `flock` on the server, for every node."""
     import fcntl
 
     folder.parent.mkdir(parents=True, exist_ok=True)
