@@ -1,6 +1,7 @@
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,12 @@ def ray_local():
         with ray_session(num_cpus=4, _temp_dir=temp_dir, include_dashboard=True):
             yield ray
     finally:
+        # A process of this Ray can outlive ray.shutdown() by a moment and write its session folder
+        # again after it was removed: wait for them to be gone first.
+        for _ in range(40):
+            if not ray_processes(temp_dir):
+                break
+            time.sleep(0.25)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
