@@ -95,10 +95,7 @@ def ray_local():
     finally:
         # A process of this Ray can outlive ray.shutdown() by a moment and write its session folder
         # again after it was removed: wait for them to be gone first.
-        for _ in range(40):
-            if not ray_processes(temp_dir):
-                break
-            time.sleep(0.25)
+        ray_processes_left(temp_dir, seconds=10)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -119,6 +116,14 @@ def ray_processes(marker: str) -> list[str]:
 
     out = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+def ray_processes_left(marker: str, seconds: float) -> list[str]:
+    """The processes of that Ray still running after waiting up to `seconds` for them to exit."""
+    deadline = time.time() + seconds
+    while (left := ray_processes(marker)) and time.time() < deadline:
+        time.sleep(0.25)
+    return left
 
 
 def actors(class_name: str, alive_only: bool = True) -> list:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import qa_spec, ray_processes
+from conftest import qa_spec, ray_processes, ray_processes_left
 
 from classit.config import parse_config
 from classit.generate.qa import check_pair, template_hash
@@ -55,11 +55,7 @@ class Driver:
         assert proc.poll() is None, "the generation ended before it could be killed"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        for _ in range(60):  # Ray's local processes share the driver's fate
-            if not ray_processes(str(self.ray_tmp)):
-                break
-            time.sleep(1)
-        leftover = ray_processes(str(self.ray_tmp))
+        leftover = ray_processes_left(str(self.ray_tmp), seconds=60)  # Ray's local processes share the driver's fate
         for line in leftover:
             os.kill(int(line.split()[0]), signal.SIGKILL)
         assert not leftover, leftover

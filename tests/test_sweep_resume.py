@@ -19,7 +19,7 @@ from classit.results import read_table
 from classit.sweep.space import grid_trials
 from classit.sweep.status import sweep_status
 from classit.sweep.trial import trial_key
-from conftest import ray_processes
+from conftest import ray_processes, ray_processes_left
 from test_sweep_ray import sweep_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,11 +109,8 @@ def kill_and_resume(config: dict, tmp_path: Path, finished: int):
         counts = status["counts"]
         assert counts["finished"] == len(finished_before) and counts["running"] == 0
         assert sum(counts.values()) == status["planned"] and status["driver_alive"] is False
-        for _ in range(90):  # Ray's local processes share the driver's fate (a worker can take a minute)
-            if not ray_processes(str(ray_tmp)):
-                break
-            time.sleep(1)
-        leftover = ray_processes(str(ray_tmp))
+        # Ray's local processes share the driver's fate (a worker can take a minute).
+        leftover = ray_processes_left(str(ray_tmp), seconds=90)
         for line in leftover:
             os.kill(int(line.split()[0]), signal.SIGKILL)
         assert not leftover, leftover
