@@ -3,8 +3,9 @@
 Runs a sweep (default: the demo's config and sizes, with 2 trials at once) in a process of its own,
 from an empty cache and storage, so the base model is pretrained inside it as in a first sweep,
 and samples the sweep's process tree every 0.25 s: the training workers (`ray::RayTrainWorker`,
-the base's pretraining included) or the evaluation actors (`ray::Evaluator`) were busy in an
-interval when together they used at least half a core of CPU time in it. Prints the share of the
+the base's pretraining included, and `ray::score_base`, the `pt` curriculum's validation pass) or
+the evaluation actors (`ray::Evaluator`) were busy in an interval when together they used at least
+half a core of CPU time in it. Prints the share of the
 sweep's wall time (the baseline, measured in the same run: from the command's start to its exit)
 in which at least one of them was busy (target: at least 70%), split into training only,
 evaluation only and both; the rest is overhead. To show where that goes, the longest idle
@@ -33,7 +34,8 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_SECONDS = 0.25
 IDLE_SHOWN = 8
-ROLES = {"train": "ray::RayTrainWorker", "eval": "ray::Evaluator"}
+# A run's model work: Ray Train's workers, and `pt`'s one task (its validation pass and saved base).
+ROLES = {"train": ("ray::RayTrainWorker", "ray::score_base"), "eval": ("ray::Evaluator",)}
 
 
 def process_name(process: psutil.Process) -> str:
@@ -61,8 +63,8 @@ def cpu_used(tree: psutil.Process, cpu_before: dict[int, float]) -> dict[str, fl
 
 def busy_roles(used: dict[str, float], interval: float) -> set[str]:
     """The roles whose processes used at least half a core since the last sample."""
-    return {role for role, prefix in ROLES.items()
-            if sum(u for name, u in used.items() if name.startswith(prefix)) >= 0.5 * interval}
+    return {role for role, prefixes in ROLES.items()
+            if sum(u for name, u in used.items() if name.startswith(prefixes)) >= 0.5 * interval}
 
 
 def union_seconds(intervals: list[tuple[float, float]]) -> float:

@@ -157,7 +157,7 @@ def storage_uri(storage_path: str) -> str:
     return storage_path if "://" in storage_path else str(Path(storage_path).expanduser().resolve())
 
 
-def _filesystem(folder: str) -> tuple[pafs.FileSystem, str]:
+def filesystem(folder: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(storage_uri(folder))
 
 
@@ -184,7 +184,7 @@ def write_rows(folder: str, rows: list[dict[str, Any]], schema: pa.Schema | None
         if unknown:
             raise ValueError(f"results table {folder}: rows carry columns its schema does not declare: {unknown}")
         table = pa.Table.from_pylist(rows, schema=schema)
-    fs, path = _filesystem(folder)
+    fs, path = filesystem(folder)
     fs.create_dir(path, recursive=True)
     name = f"part-{hashlib.sha256(key.encode()).hexdigest()[:32] if key else uuid.uuid4().hex}.parquet"
     tmp = f"{path}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
@@ -195,7 +195,7 @@ def write_rows(folder: str, rows: list[dict[str, Any]], schema: pa.Schema | None
 
 def part_files(folder: str) -> list[str]:
     """The complete part files of a table (temporary files of writers in flight excluded)."""
-    fs, path = _filesystem(folder)
+    fs, path = filesystem(folder)
     info = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     return sorted(i.path for i in info if i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
 
@@ -216,7 +216,7 @@ def read_table(folder: str):
     """
     import pandas as pd
 
-    fs, _ = _filesystem(folder)
+    fs, _ = filesystem(folder)
     frames, skipped = [], []
     for part in part_files(folder):
         try:

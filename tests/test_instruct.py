@@ -174,3 +174,16 @@ def test_records_missing_a_reply_are_named(tmp_path):
     cfg = parse_config({"instruct": {"datasets": {"qa": {"path": str(path)}}, "curriculum": [{"datasets": ["qa"]}]}})
     with pytest.raises(ConfigError, match=r"qa.jsonl:2: instruct.datasets.qa: record has no 'reply'"):
         load_records("qa", cfg.instruct.datasets["qa"])
+
+
+def test_a_base_whose_weights_do_not_load_is_named_in_the_error(tmp_path, tokenizer):
+    from classit.models import build_model
+    from classit.train.checkpoints import save_tokenizer_and_model
+    from classit.train.instruct import _model_with
+
+    save_tokenizer_and_model(build_model("tiny", tokenizer, seed=0), tokenizer, tmp_path)
+    assert _model_with(tmp_path, None).config.hidden_size == 128
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # cut short, as by a full disk
+    with pytest.raises(ValueError, match=f"^{tmp_path}: the base model's weights do not load"):
+        _model_with(tmp_path, None)

@@ -67,3 +67,24 @@ def test_instruction_tuning_continues_the_checkpoint_schedule_past_the_base_and_
     # is the base's own on these validation records (the sweep test checks it equals `pt`'s).
     losses = rows.dropna(subset=["val_loss"]).sort_values(["stage_index", "step"])["val_loss"]
     assert losses.iloc[-1] < losses.iloc[0]
+
+
+def test_pt_trains_nothing_and_records_the_base_as_its_run_with_its_validation_loss(base):
+    """`pt` is one Ray task, not a worker group: the base saved again as the run's `pt-final` and
+    one metric row at step 0 in the run's own table (the sweep test checks its loss is the one
+    every trained run starts from)."""
+    from safetensors.torch import load_file
+
+    tmp, checkpoint = base
+    cfg = instruct_config(tmp, "pt", "pt")
+    result = run_instruct(cfg, checkpoint)
+    saved = Path(result.checkpoint.path)
+    assert saved == Path(cfg.run.storage_path).resolve() / "pt" / "pt-final"
+    assert [c.path for c, _ in result.best_checkpoints] == [result.checkpoint.path]
+    copied, original = load_file(saved / "model.safetensors"), load_file(checkpoint / "model.safetensors")
+    assert copied.keys() == original.keys() and all((copied[k] == original[k]).all() for k in original)
+    assert (saved / "tokenizer.json").is_file()
+    rows = read_table(table_dir(cfg.run.storage_path, cfg.run.name, "train_metrics"))
+    assert rows[["stage", "step", "words_seen"]].values.tolist() == [["pt", 0, 0]]
+    assert rows["val_loss"].item() == result.metrics["val_loss"] > 0
+    assert rows[["val_loss:switch", "val_loss:wiki"]].notna().all(axis=None)

@@ -17,7 +17,9 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from classit.config import ClassitConfig, InstructTrainConfig
-from classit.train.runner import RayReporter, WorkerPayload, make_trainer, named, quiet_worker
+from classit.train.runner import MetricRows, RayReporter, WorkerPayload, make_trainer, named, quiet_worker
+
+BASE_ONLY_CHECKPOINT = "pt-final"
 
 
 class PlannedStage(BaseModel):
@@ -49,27 +51,66 @@ def _model_with(base: Path, weights: dict | None):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if weights is None:
-        return AutoModelForCausalLM.from_pretrained(base)
+        try:
+            return AutoModelForCausalLM.from_pretrained(base)
+        except Exception as err:  # a truncated or foreign weights file: name the checkpoint
+            raise ValueError(f"{base}: the base model's weights do not load ({err})") from err
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))
     model.load_state_dict(weights)
     return model
 
 
-def _evaluate_base_only(cfg: ClassitConfig, base: Path, tokenizer, validation, collate, report, words: dict) -> None:
-    """The `pt` curriculum: no training; the base is scored and recorded as this run's checkpoint."""
+def score_base(payload_json: dict) -> dict:
+    """The `pt` curriculum, in one process: no training. The base's validation losses are the run's
+    metrics (one `train_metrics` row), and the base, saved again with its tokenizer, is the run's
+    only checkpoint, where Ray Train would have put it (`<storage>/<run>/pt-final`)."""
     import tempfile
 
+    import pyarrow.fs as pafs
+
+    from classit.results import filesystem
     from classit.train.checkpoints import save_tokenizer_and_model
     from classit.train.distributed import device
     from classit.train.loop import validation_losses
 
-    model = _model_with(base, None).to(device())
-    losses = validation_losses(model, validation, collate, cfg.instruct.train.batch_size)
-    metrics = {"stage": "pt", "stage_index": 0, "step": 0, "total_steps": 0, "words_seen": 0, **losses, **words}
+    quiet_worker()
+    payload = InstructPayload.model_validate(payload_json)
+    cfg = payload.config
+    tokenizer, validation, collate = _run_inputs(payload)
+    model = _model_with(Path(payload.base), None).to(device())
+    metrics = {"stage": "pt", "stage_index": 0, "step": 0, "total_steps": 0, "words_seen": 0,
+               **validation_losses(model, validation, collate, cfg.instruct.train.batch_size),
+               "input_words": payload.base_input_words, "exposure_words": payload.base_exposure_words,
+               **_run_columns(payload)}
+    rows = MetricRows(payload, validation_sets=list(validation))
+    rows.add(metrics)
+    rows.flush()
+    fs, path = filesystem(f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}/{BASE_ONLY_CHECKPOINT}")
     with tempfile.TemporaryDirectory(prefix="classit-ckpt-") as tmp:
-        if report.rank == 0:
-            save_tokenizer_and_model(model, tokenizer, Path(tmp))
-        report(metrics, checkpoint_dir=tmp if report.rank == 0 else None, name="pt-final")
+        save_tokenizer_and_model(model, tokenizer, Path(tmp))
+        fs.delete_dir_contents(path, missing_dir_ok=True)
+        fs.create_dir(path)
+        pafs.copy_files(tmp, path, destination_filesystem=fs)
+    return metrics
+
+
+def _run_inputs(payload: InstructPayload):
+    """The base's tokenizer, the encoded validation sets by name, and the batch collator."""
+    import datasets
+
+    from classit.tokenizer import load_tokenizer
+    from classit.train.loop import collate_instruct
+
+    tokenizer = load_tokenizer(Path(payload.base))
+    validation = {name: datasets.load_from_disk(str(Path(payload.data_root) / f"validation-{name}"))
+                  for name in payload.validation_sets}
+    return tokenizer, validation, partial(collate_instruct, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id)
+
+
+def _run_columns(payload: InstructPayload) -> dict:
+    """The columns every metric row of an instruction-tuning run carries."""
+    return {"curriculum": payload.curriculum, "mix_ratio": payload.config.instruct.mix_ratio,
+            "validation_records": payload.validation_records}
 
 
 def instruct_worker(loop_config: dict) -> None:
@@ -77,27 +118,17 @@ def instruct_worker(loop_config: dict) -> None:
     import datasets
     import ray.train
 
-    from classit.tokenizer import load_tokenizer
     from classit.train.checkpoints import load_trainer_state
-    from classit.train.loop import Stage, collate_instruct, full_state_dict, train_stage
+    from classit.train.loop import Stage, full_state_dict, train_stage
 
     quiet_worker()
     payload = InstructPayload.model_validate(loop_config)
     cfg = payload.config
     base, data_root = Path(payload.base), Path(payload.data_root)
-    tokenizer = load_tokenizer(base)
-    validation = {name: datasets.load_from_disk(str(data_root / f"validation-{name}"))
-                  for name in payload.validation_sets}
-    collate = partial(collate_instruct, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id)
+    tokenizer, validation, collate = _run_inputs(payload)
     report = RayReporter(payload, validation_sets=list(validation))
     prior_input, prior_exposure = payload.base_input_words, payload.base_exposure_words
-    extra = {"curriculum": payload.curriculum, "mix_ratio": cfg.instruct.mix_ratio,
-             "validation_records": payload.validation_records}
-    if not payload.stages:
-        _evaluate_base_only(cfg, base, tokenizer, validation, collate, report,
-                            {"input_words": prior_input, "exposure_words": prior_exposure, **extra})
-        return
-
+    extra = _run_columns(payload)
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
         resumed = load_trainer_state(Path(resume_dir)) if resume_dir else None
@@ -226,14 +257,41 @@ def encode_instruct_data(folder: Path, base: Path, icfg, stages: list[list[dict]
 
 
 def train_instruct(job: InstructJob, log=print, metrics_dir: str | None = None, callbacks: list = ()):
-    """Run a prepared job on Ray Train workers; returns Ray's Result. The one instruction-tuning
-    path: `classit instruct` and every sweep trial (which adds its metrics folder and Tune's callback)."""
+    """Run a prepared job on Ray Train workers (`pt`, which trains nothing, as one task); returns Ray's
+    Result. The one instruction-tuning path: `classit instruct` and every sweep trial (which adds
+    its metrics folder and Tune's callback)."""
     log(f"plan: {job.plan.summary()}")
     if job.counts["dropped_too_long"] or job.counts["truncated"]:
         log(f"records longer than instruct.max_length={job.cfg.instruct.max_length}: {job.counts['truncated']} had "
             f"their prompt cut from the left, {job.counts['dropped_too_long']} dropped (reply alone too long)")
     payload = job.payload.model_copy(update={"metrics_dir": metrics_dir})
+    if not payload.stages:
+        return _score_base_as_a_task(payload)
     return make_trainer(instruct_worker, payload, callbacks).fit()
+
+
+def _score_base_as_a_task(payload: InstructPayload):
+    """`score_base` as one Ray task with one training worker's resources (a GPU where they have one):
+    a validation pass needs no worker group, DeepSpeed or Ray Train's controller. Returns a Ray
+    Train `Result` like a trained run's, its one checkpoint also its best."""
+    import ray
+    from ray.train import Checkpoint, Result
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from classit.results import filesystem
+
+    cfg = payload.config
+    dcfg = cfg.distributed
+    task = ray.remote(score_base).options(
+        num_cpus=dcfg.cpus_per_worker, num_gpus=int(dcfg.use_gpu), resources=dcfg.worker_resources,
+        # Not the calling Tune trial's placement group (it holds no CPU): the cluster's free resources.
+        scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
+    metrics = ray.get(task.remote(payload.model_dump(mode="json")))
+    run = f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}"
+    fs, path = filesystem(f"{run}/{BASE_ONLY_CHECKPOINT}")
+    checkpoint = Checkpoint(path, filesystem=fs)
+    return Result(metrics=metrics, checkpoint=checkpoint, error=None, path=filesystem(run)[1],
+                  best_checkpoints=[(checkpoint, metrics)], _storage_filesystem=fs)
 
 
 def run_instruct(cfg: ClassitConfig, base: Path, log=print):

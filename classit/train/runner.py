@@ -56,6 +56,26 @@ def quiet_worker() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
 
 
+class MetricRows:
+    """A run's `train_metrics` rows, each with the run's name, the time and the whole config;
+    written to Parquet (the payload's metrics folder, else the run's own) at each `flush`."""
+
+    def __init__(self, payload: WorkerPayload, validation_sets=()):
+        cfg = payload.config
+        self.folder = payload.metrics_dir or table_dir(cfg.run.storage_path, cfg.run.name, "train_metrics")
+        self.trial = cfg.run.name
+        self.config = config_json(cfg)  # whole, in every row
+        self.schema = train_metrics_schema([name for name in validation_sets if name])
+        self.rows: list[dict] = []
+
+    def add(self, metrics: dict) -> None:
+        self.rows.append({"trial": self.trial, "time": time.time(), **metrics, "config": self.config})
+
+    def flush(self) -> None:
+        write_rows(self.folder, self.rows, self.schema)
+        self.rows = []
+
+
 class RayReporter:
     """Rank 0 keeps every metric row and flushes them to Parquet at checkpoints; Ray Train hears of
     evaluations and checkpoints only.
@@ -67,19 +87,14 @@ class RayReporter:
     def __init__(self, payload: WorkerPayload, validation_sets=()):
         import ray.train
 
-        cfg = payload.config
         self.train = ray.train
         self.rank = ray.train.get_context().get_world_rank()
-        self.metrics_dir = payload.metrics_dir or table_dir(cfg.run.storage_path, cfg.run.name, "train_metrics")
-        self.trial = cfg.run.name
-        self.config = config_json(cfg)  # whole, in every row
-        self.schema = train_metrics_schema([name for name in validation_sets if name])
-        self.rows: list[dict] = []
+        self.rows = MetricRows(payload, validation_sets)
         self.unreported_steps: list[dict] = []
 
     def __call__(self, metrics: dict, checkpoint_dir: str | None = None, name: str | None = None) -> None:
         if self.rank == 0:
-            self.rows.append({"trial": self.trial, "time": time.time(), **metrics, "config": self.config})
+            self.rows.add(metrics)
             if "loss" in metrics:
                 self.unreported_steps.append({"exposure_words": metrics["exposure_words"], "train": {
                     k: metrics[k] for k in TRACKED_METRICS if k in metrics}})
@@ -93,8 +108,7 @@ class RayReporter:
             self.flush()
 
     def flush(self) -> None:
-        write_rows(self.metrics_dir, self.rows, self.schema)
-        self.rows = []
+        self.rows.flush()
 
 
 def pretrain_worker(loop_config: dict) -> None:
