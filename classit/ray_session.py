@@ -11,7 +11,12 @@ from pathlib import Path
 # (2 s by default) and the worker waits for it: a quarter second keeps training from idling.
 # Its preemption watcher only logs node drains (a worker lost is retried by `max_failures`
 # anyway), yet costs an actor per run and prints an error line when it starts.
-RAY_JOB_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+# Tune moves each trial into a folder of Ray's session by default: a relative path of the config
+# (`run.storage_path: runs`, a dataset file) would then lead there, checkpoints would be written
+# into Ray's temporary files and inputs not found. Trials keep the job's working directory, as
+# every other process of the job does.
+RAY_JOB_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+               "RAY_CHDIR_TO_TRIAL_DIR": "0"}
 
 
 @contextmanager

@@ -33,12 +33,15 @@ def test_a_killed_tpe_driver_resumes_its_optuna_study_without_rerunning_finished
     config = sweep_config(shared, name="resumable", search="tpe", num_samples=3,
                           space={"curriculum": {"choice": ["switch", "wiki", "merged"]},
                                  "learning_rate": {"loguniform": [5e-4, 5e-3]}})
-    finished_before, resumed, storage = kill_and_resume(config, tmp_path, finished=2)
+    # Paths relative to the driver's working directory, as the demo's config has them.
+    config["run"].update(storage_path="runs", cache_dir="cache")
+    finished_before, resumed, storage = kill_and_resume(config, tmp_path, finished=2, cwd=shared)
     assert "leaderboard (3 trials" in resumed.stdout
 
     # Every trial is in the Optuna study once, none left RUNNING, and the resumed sampler saw the
     # trials from before the kill.
-    study = optuna.load_study(study_name="resumable", storage=optuna_journal(parse_config(config)))
+    in_shared = {**config, "run": {"storage_path": str(storage), "cache_dir": str(shared / "cache")}}
+    study = optuna.load_study(study_name="resumable", storage=optuna_journal(parse_config(in_shared)))
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
     drawn = [trial_key({**t.params, "seed": 0}) for t in study.trials]
     assert len(set(drawn)) == 3 and set(drawn[:2]) == finished_before
@@ -46,6 +49,8 @@ def test_a_killed_tpe_driver_resumes_its_optuna_study_without_rerunning_finished
 
     trials = read_table(str(storage / "resumable" / "results" / "trials"))
     assert sorted(trials["trial"]) == sorted(drawn) and (trials["status"] == "finished").all()  # each finished once
+    # Every checkpoint under the storage folder the config names, none in a Ray session's files.
+    assert all(Path(c).is_relative_to(storage) for c in trials["checkpoint"]), list(trials["checkpoint"])
     by_key = trials.set_index("trial")
     assert [t.value for t in study.trials] == pytest.approx([by_key.loc[k, "blimp:average:accuracy"] for k in drawn])
     assert_not_retrained(storage / "resumable", finished_before)
@@ -58,7 +63,7 @@ def test_a_killed_tpe_driver_resumes_its_optuna_study_without_rerunning_finished
     assert status.stdout.startswith("sweep resumable: 3 trials planned: 3 finished\n")
     assert "driver" in status.stdout and "not running" in status.stdout and "best blimp:average:accuracy" in status.stdout
     command = sweep_command(tmp_path / "sweep.yaml")
-    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(command, cwd=shared, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "already finished" in again.stdout  # a finished sweep is not rerun
 
 
@@ -82,20 +87,20 @@ def sweep_command(path: Path) -> list[str]:
     return [sys.executable, str(REPO / "sweeps" / "curriculum_sweep.py"), "--config", str(path)]
 
 
-def kill_and_resume(config: dict, tmp_path: Path, finished: int):
-    """Run the sweep in a driver process, SIGKILL its process group once `finished` trials have
-    rows, check no Ray process outlives it, and resume; returns the trials finished before the
-    kill, the resumed run's CompletedProcess and the storage folder."""
+def kill_and_resume(config: dict, tmp_path: Path, finished: int, cwd: Path):
+    """Run the sweep in a driver process (in `cwd`), SIGKILL its process group once `finished`
+    trials have rows, check no Ray process outlives it, and resume; returns the trials finished
+    before the kill, the resumed run's CompletedProcess and the storage folder."""
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(config))
-    storage = Path(config["run"]["storage_path"])
+    storage = cwd / config["run"]["storage_path"]
     trials_dir = str(storage / config["sweep"]["name"] / "results" / "trials")
     # This test's own Ray session folders (short: socket paths are limited), so its processes can be found.
     ray_tmp = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
     command = sweep_command(path)
     try:
-        driver = subprocess.Popen(command, env=env, cwd=tmp_path, start_new_session=True,
+        driver = subprocess.Popen(command, env=env, cwd=cwd, start_new_session=True,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 900
         while time.time() < deadline and driver.poll() is None and len(read_table(trials_dir)) < finished:
@@ -115,7 +120,7 @@ def kill_and_resume(config: dict, tmp_path: Path, finished: int):
             os.kill(int(line.split()[0]), signal.SIGKILL)
         assert not leftover, leftover
 
-        resumed = subprocess.run([*command, "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True,
+        resumed = subprocess.run([*command, "--resume"], env=env, cwd=cwd, capture_output=True, text=True,
                                  timeout=900)
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
         assert len(finished_before) >= finished and not ray_processes(str(ray_tmp))
