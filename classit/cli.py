@@ -291,10 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"classit: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # noqa: BLE001 - Ray's failure carries every worker's traceback: one line instead
-        from ray.exceptions import RayTaskError
         from ray.train import TrainingFailedError
 
-        if not isinstance(err, (TrainingFailedError, RayTaskError)):  # a worker group's, or one task's (`pt`)
+        if not isinstance(err, TrainingFailedError):
             raise
         print(f"classit: error: training failed: {_root_cause(err)}", file=sys.stderr)
         return 1

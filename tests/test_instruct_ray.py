@@ -88,3 +88,17 @@ def test_pt_trains_nothing_and_records_the_base_as_its_run_with_its_validation_l
     assert rows[["stage", "step", "words_seen"]].values.tolist() == [["pt", 0, 0]]
     assert rows["val_loss"].item() == result.metrics["val_loss"] > 0
     assert rows[["val_loss:switch", "val_loss:wiki"]].notna().all(axis=None)
+
+
+def test_pt_on_a_base_whose_weights_do_not_load_fails_like_a_training_run_naming_the_base(base):
+    import shutil
+
+    from ray.train import WorkerGroupError
+
+    tmp, checkpoint = base
+    bad = tmp / "cut-short"
+    shutil.copytree(checkpoint, bad)
+    weights = bad / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(WorkerGroupError, match=f"{bad}: the base model's weights do not load"):
+        run_instruct(instruct_config(tmp, "pt", "pt-cut-short"), bad)

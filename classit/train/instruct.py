@@ -60,10 +60,10 @@ def _model_with(base: Path, weights: dict | None):
     return model
 
 
-def score_base(payload_json: dict) -> dict:
+def score_base(payload_json: dict, checkpoint_uri: str) -> dict:
     """The `pt` curriculum, in one process: no training. The base's validation losses are the run's
-    metrics (one `train_metrics` row), and the base, saved again with its tokenizer, is the run's
-    only checkpoint, where Ray Train would have put it (`<storage>/<run>/pt-final`)."""
+    metrics (one `train_metrics` row), and the base, saved again with its tokenizer at
+    `checkpoint_uri`, is the run's only checkpoint."""
     import tempfile
 
     import pyarrow.fs as pafs
@@ -85,7 +85,7 @@ def score_base(payload_json: dict) -> dict:
     rows = MetricRows(payload, validation_sets=list(validation))
     rows.add(metrics)
     rows.flush()
-    fs, path = filesystem(f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}/{BASE_ONLY_CHECKPOINT}")
+    fs, path = filesystem(checkpoint_uri)
     with tempfile.TemporaryDirectory(prefix="classit-ckpt-") as tmp:
         save_tokenizer_and_model(model, tokenizer, Path(tmp))
         fs.delete_dir_contents(path, missing_dir_ok=True)
@@ -273,9 +273,11 @@ def train_instruct(job: InstructJob, log=print, metrics_dir: str | None = None, 
 def _score_base_as_a_task(payload: InstructPayload):
     """`score_base` as one Ray task with one training worker's resources (a GPU where they have one):
     a validation pass needs no worker group, DeepSpeed or Ray Train's controller. Returns a Ray
-    Train `Result` like a trained run's, its one checkpoint also its best."""
+    Train `Result` like a trained run's (its one checkpoint, where Ray Train would put it, also its
+    best) and fails like one (`WorkerGroupError`)."""
     import ray
-    from ray.train import Checkpoint, Result
+    from ray.exceptions import RayTaskError
+    from ray.train import Checkpoint, Result, WorkerGroupError
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     from classit.results import filesystem
@@ -286,9 +288,13 @@ def _score_base_as_a_task(payload: InstructPayload):
         num_cpus=dcfg.cpus_per_worker, num_gpus=int(dcfg.use_gpu), resources=dcfg.worker_resources,
         # Not the calling Tune trial's placement group (it holds no CPU): the cluster's free resources.
         scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
-    metrics = ray.get(task.remote(payload.model_dump(mode="json")))
     run = f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}"
-    fs, path = filesystem(f"{run}/{BASE_ONLY_CHECKPOINT}")
+    saved_to = f"{run}/{BASE_ONLY_CHECKPOINT}"
+    try:
+        metrics = ray.get(task.remote(payload.model_dump(mode="json"), saved_to))
+    except RayTaskError as err:
+        raise WorkerGroupError(str(err), {0: err.cause}) from None
+    fs, path = filesystem(saved_to)
     checkpoint = Checkpoint(path, filesystem=fs)
     return Result(metrics=metrics, checkpoint=checkpoint, error=None, path=filesystem(run)[1],
                   best_checkpoints=[(checkpoint, metrics)], _storage_filesystem=fs)
