@@ -84,6 +84,8 @@ def test_pt_trains_nothing_and_records_the_base_as_its_run_with_its_validation_l
     copied, original = load_file(saved / "model.safetensors"), load_file(checkpoint / "model.safetensors")
     assert copied.keys() == original.keys() and all((copied[k] == original[k]).all() for k in original)
     assert (saved / "tokenizer.json").is_file()
+    again = run_instruct(cfg, checkpoint)  # rerun, as a resumed sweep may: the same one row
+    assert again.metrics["val_loss"] == result.metrics["val_loss"]
     rows = read_table(table_dir(cfg.run.storage_path, cfg.run.name, "train_metrics"))
     assert rows[["stage", "step", "words_seen"]].values.tolist() == [["pt", 0, 0]]
     assert rows["val_loss"].item() == result.metrics["val_loss"] > 0

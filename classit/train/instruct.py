@@ -84,7 +84,7 @@ def score_base(payload_json: dict, checkpoint_uri: str) -> dict:
                **_run_columns(payload)}
     rows = MetricRows(payload, validation_sets=list(validation))
     rows.add(metrics)
-    rows.flush()
+    rows.flush(key=f"{cfg.run.name}/pt")  # a rerun (a resumed sweep) replaces the run's one row
     fs, path = filesystem(checkpoint_uri)
     with tempfile.TemporaryDirectory(prefix="classit-ckpt-") as tmp:
         save_tokenizer_and_model(model, tokenizer, Path(tmp))

@@ -71,8 +71,9 @@ class MetricRows:
     def add(self, metrics: dict) -> None:
         self.rows.append({"trial": self.trial, "time": time.time(), **metrics, "config": self.config})
 
-    def flush(self) -> None:
-        write_rows(self.folder, self.rows, self.schema)
+    def flush(self, key: str | None = None) -> None:
+        """`key`: the part file replaces an earlier one of the same key (a run's rerun of the same rows)."""
+        write_rows(self.folder, self.rows, self.schema, key=key)
         self.rows = []
 
 
