@@ -161,8 +161,13 @@ def filesystem(folder: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(storage_uri(folder))
 
 
+def run_dir(storage_path: str, run_name: str) -> str:
+    """Where Ray Train keeps a run's checkpoints (a folder or a cloud URI)."""
+    return f"{storage_path.rstrip('/')}/{run_name}"
+
+
 def table_dir(storage_path: str, run_name: str, table: str) -> str:
-    return f"{storage_path.rstrip('/')}/{run_name}/results/{table}"
+    return f"{run_dir(storage_path, run_name)}/results/{table}"
 
 
 def write_rows(folder: str, rows: list[dict[str, Any]], schema: pa.Schema | None = None,

@@ -280,7 +280,7 @@ def _score_base_as_a_task(payload: InstructPayload):
     from ray.train import Checkpoint, Result, WorkerGroupError
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from classit.results import filesystem
+    from classit.results import filesystem, run_dir
 
     cfg = payload.config
     dcfg = cfg.distributed
@@ -288,7 +288,7 @@ def _score_base_as_a_task(payload: InstructPayload):
         num_cpus=dcfg.cpus_per_worker, num_gpus=int(dcfg.use_gpu), resources=dcfg.worker_resources,
         # Not the calling Tune trial's placement group (it holds no CPU): the cluster's free resources.
         scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
-    run = f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}"
+    run = run_dir(cfg.run.storage_path, cfg.run.name)
     saved_to = f"{run}/{BASE_ONLY_CHECKPOINT}"
     try:
         metrics = ray.get(task.remote(payload.model_dump(mode="json"), saved_to))
