@@ -290,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, FileExistsError) as err:
         print(f"classit: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # Ctrl-C: one line, and the shell's status for it
+        print(f"classit: interrupted{f': {err}' if str(err) else ''}", file=sys.stderr)
+        return 130
     except Exception as err:  # noqa: BLE001 - Ray's failure carries every worker's traceback: one line instead
         from ray.train import TrainingFailedError
 

@@ -35,7 +35,7 @@ def test_a_killed_tpe_driver_resumes_its_optuna_study_without_rerunning_finished
                                  "learning_rate": {"loguniform": [5e-4, 5e-3]}})
     # Paths relative to the driver's working directory, as the demo's config has them.
     config["run"].update(storage_path="runs", cache_dir="cache")
-    finished_before, resumed, storage = kill_and_resume(config, tmp_path, finished=2, cwd=shared)
+    finished_before, _, resumed, storage = stop_and_resume(config, tmp_path, finished=2, cwd=shared)
     assert "leaderboard (3 trials" in resumed.stdout
 
     # Every trial is in the Optuna study once, none left RUNNING, and the resumed sampler saw the
@@ -87,10 +87,11 @@ def sweep_command(path: Path) -> list[str]:
     return [sys.executable, str(REPO / "sweeps" / "curriculum_sweep.py"), "--config", str(path)]
 
 
-def kill_and_resume(config: dict, tmp_path: Path, finished: int, cwd: Path):
-    """Run the sweep in a driver process (in `cwd`), SIGKILL its process group once `finished`
-    trials have rows, check no Ray process outlives it, and resume; returns the trials finished
-    before the kill, the resumed run's CompletedProcess and the storage folder."""
+def stop_and_resume(config: dict, tmp_path: Path, finished: int, cwd: Path, stop: int = signal.SIGKILL):
+    """Run the sweep in a driver process (in `cwd`), send `stop` to its process group (SIGINT: what
+    Ctrl-C in a terminal sends) once `finished` trials have rows, check no Ray process outlives it,
+    and resume; returns the trials finished before the stop, the stopped and the resumed runs'
+    CompletedProcess and the storage folder."""
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(config))
     storage = cwd / config["run"]["storage_path"]
@@ -100,14 +101,16 @@ def kill_and_resume(config: dict, tmp_path: Path, finished: int, cwd: Path):
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
     command = sweep_command(path)
     try:
-        driver = subprocess.Popen(command, env=env, cwd=cwd, start_new_session=True,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 900
-        while time.time() < deadline and driver.poll() is None and len(read_table(trials_dir)) < finished:
-            time.sleep(0.5)
-        assert driver.poll() is None, "the sweep ended before it could be interrupted"
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
+        with open(tmp_path / "stopped.out", "w+") as out, open(tmp_path / "stopped.err", "w+") as err:
+            driver = subprocess.Popen(command, env=env, cwd=cwd, start_new_session=True, stdout=out, stderr=err)
+            deadline = time.time() + 900
+            while time.time() < deadline and driver.poll() is None and len(read_table(trials_dir)) < finished:
+                time.sleep(0.5)
+            assert driver.poll() is None, "the sweep ended before it could be stopped"
+            os.killpg(driver.pid, stop)
+            driver.wait(timeout=300)
+            out.seek(0), err.seek(0)
+            stopped = subprocess.CompletedProcess(command, driver.returncode, out.read(), err.read())
         finished_before = set(read_table(trials_dir)["trial"])
         # `classit status` from the files alone: the trials that ended, none still running.
         status = sweep_status(storage / config["sweep"]["name"])
@@ -126,7 +129,7 @@ def kill_and_resume(config: dict, tmp_path: Path, finished: int, cwd: Path):
         assert len(finished_before) >= finished and not ray_processes(str(ray_tmp))
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    return finished_before, resumed, storage
+    return finished_before, stopped, resumed, storage
 
 
 def assert_not_retrained(experiment: Path, finished_before: set[str]) -> None:
@@ -135,6 +138,23 @@ def assert_not_retrained(experiment: Path, finished_before: set[str]) -> None:
     for key in finished_before:
         runs = metrics[metrics["trial"] == f"{experiment.name}-{key}"]
         assert len(runs) and (runs.groupby("stage")["step"].apply(lambda s: (s == 0).sum()) == 1).all()
+
+
+def test_ctrl_c_saves_the_sweep_names_resume_and_exits_130_and_resume_finishes_it(tmp_path, shared):
+    config = sweep_config(shared, name="ctrl-c", space={"curriculum": {"choice": ["pt", "switch"]}})
+    planned = {trial_key(p) for p in grid_trials(parse_config(config))}
+    finished_before, stopped, resumed, storage = stop_and_resume(config, tmp_path, finished=1, cwd=tmp_path,
+                                                                 stop=signal.SIGINT)
+    assert stopped.returncode == 130, stopped.stdout[-3000:] + stopped.stderr[-3000:]
+    last_line = stopped.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("classit: interrupted: sweep ctrl-c: 1 of 2 trials ended;") and "--resume" in last_line
+    assert "Tuner.restore" not in stopped.stdout + stopped.stderr  # Tune's hint names its Python API, not the CLI
+    assert "leaderboard (1 trials" in stopped.stdout  # what ended so far
+    # The trial the stop cut short has no row (it is not over: no `stopped` as if ASHA had stopped it).
+    assert len(finished_before) == 1
+    trials = read_table(str(storage / "ctrl-c" / "results" / "trials"))
+    assert sorted(trials["trial"]) == sorted(planned) and (trials["status"] == "finished").all()
+    assert_not_retrained(storage / "ctrl-c", finished_before)
 
 
 def test_a_corrupt_final_checkpoint_ends_eval_failed_and_the_sweep_exits_non_zero(tmp_path, shared):

@@ -36,7 +36,7 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
     from classit.ray_session import ray_session
     from classit.sweep.console import echo
     from classit.sweep.services import start_services
-    from classit.sweep.status import write_sweep_file
+    from classit.sweep.status import ended_trials, write_sweep_file
 
     log = log or echo
     cfg = validate(cfg)
@@ -60,11 +60,21 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
                           pending_bases, log).fit()
         for actor in services:
             ray.kill(actor)
-    record_unfinished(grid, cfg, results_root)
+    ended = ended_trials(experiment)
+    record_unfinished(grid, cfg, results_root, ended)
     board = leaderboard(read_trials(results_root), objectives, cfg.sweep.modes)
     log(format_leaderboard(board, objectives))
     log(f"results: {results_root}/{{{TRIALS},train_metrics,{EVAL_SCORES}}}")
+    if len(ended) < planned_trial_count(cfg):  # Tune stops early only on a signal (Ctrl-C, SIGUSR1)
+        raise SweepInterrupted(f"sweep {cfg.sweep.name}: {len(ended)} of {planned_trial_count(cfg)} trials "
+                               f"ended; Tune saved its state in {experiment}: the same command with --resume "
+                               f"continues it")
     return board
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """The sweep stopped on a signal before every planned trial ended (its state saved for `--resume`):
+    a KeyboardInterrupt, as the Ctrl-C that Tune caught to stop it."""
 
 
 def read_trials(results_root: str):
@@ -77,7 +87,7 @@ def finished_sweep(cfg: ClassitConfig, experiment: Path, results_root: str, obje
     """The leaderboard of a sweep of this name that already finished (None if there is none, or
     when resuming); a sweep of this name left unfinished is refused without `--resume`. Finished:
     Tune ended every planned trial (twins, the same parameters drawn twice, share one row)."""
-    from classit.sweep.status import tune_trials
+    from classit.sweep.status import ended_trials
 
     if resume:
         if not (experiment / STATE_FILE).exists():
@@ -85,8 +95,7 @@ def finished_sweep(cfg: ClassitConfig, experiment: Path, results_root: str, obje
         return None
     if not experiment.exists():
         return None
-    ended = [t for t in tune_trials(experiment)[0] if t["state"] in ("TERMINATED", "ERROR")]
-    if len(ended) < planned_trial_count(cfg):
+    if len(ended_trials(experiment)) < planned_trial_count(cfg):
         raise ConfigError(f"sweep.name: {cfg.sweep.name} already exists at {experiment}, unfinished; "
                           f"pass --resume to continue it or choose another sweep.name")
     return leaderboard(read_trials(results_root), objectives, cfg.sweep.modes)
@@ -106,11 +115,17 @@ def log_bases(cfg: ClassitConfig, log) -> dict[str, ClassitConfig]:
     return pending
 
 
+def without_tunes_resume_hint(record: logging.LogRecord) -> bool:
+    """Tune's hint on an interruption names its Python API (`Tuner.restore(...)`); classit's names `--resume`."""
+    return not record.getMessage().startswith("Experiment has been interrupted")
+
+
 def quiet_driver(verbose: bool) -> None:
     """Tune's settings for classit's reports, and the driver's own loggers at WARNING unless verbose."""
     # Intermediate reports carry the validation loss only; the objective comes with the last one.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("ray.tune.tune").addFilter(without_tunes_resume_hint)
     if verbose:
         return
     for name in ("ray.tune", "ray.train"):  # their INFO lines (state saved, trial dirs) on the driver
@@ -148,17 +163,20 @@ def make_tuner(cfg: ClassitConfig, experiment: Path, resume: bool, results_root:
         callbacks=[console, ReleaseClaims(sweep.name), *tracking_callbacks(cfg)]))
 
 
-def record_unfinished(grid, cfg: ClassitConfig, results_root: str) -> None:
-    """Trials that ended without a row of their own (stopped by ASHA, failed past their retries)
-    get one, with their status and error, so the trials table accounts for every trial."""
+def record_unfinished(grid, cfg: ClassitConfig, results_root: str, ended: list[dict]) -> None:
+    """Trials Tune `ended` without a row of their own (stopped by ASHA, failed past their retries)
+    get one, with their status and error, so the trials table accounts for every trial. A trial
+    an interruption stopped mid-way gets none: it is not over, and `--resume` runs it again."""
     from classit.results import trials_schema, write_rows
     from classit.sweep.trial import trial_key, trial_params, unfinished_row
 
     sweep = cfg.sweep
     done = read_trials(results_root)
     known = set(done["trial"]) if not done.empty else set()
-    for result in grid:
-        params = trial_params(result.config, sweep.seeds)
+    # By folder: a trial that never reported has no config in its Result.
+    errors = {Path(result.path).name: result.error for result in grid}
+    for trial in ended:
+        params = trial_params(trial["config"], sweep.seeds)
         if trial_key(params) not in known:
-            write_rows(f"{results_root}/{TRIALS}", [unfinished_row(sweep.name, params, result.error)],
+            write_rows(f"{results_root}/{TRIALS}", [unfinished_row(sweep.name, params, errors.get(trial["folder"]))],
                        trials_schema(cfg), key=trial_key(params))

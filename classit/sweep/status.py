@@ -45,8 +45,8 @@ def driver_alive(record: dict) -> bool | None:
 
 
 def tune_trials(experiment: Path) -> tuple[list[dict], float | None, float | None]:
-    """Every trial in Tune's newest experiment state (config, state, last result, start time),
-    the experiment's start, and when that state was written."""
+    """Every trial in Tune's newest experiment state (config, state, last result, start time, its
+    folder in the experiment's), the experiment's start, and when that state was written."""
     # Named by the start of the Tune session that writes it (a resumed sweep adds one). Not by
     # modification time: Tune's final sync rewrites every state file of the folder at once.
     states = sorted(experiment.glob("experiment_state-*.json"))
@@ -57,8 +57,14 @@ def tune_trials(experiment: Path) -> tuple[list[dict], float | None, float | Non
     for trial_json, runtime_json in data["trial_data"]:
         trial, runtime = json.loads(trial_json), json.loads(runtime_json)
         trials.append({"config": trial["config"], "state": trial["status"], "start": runtime.get("start_time"),
-                       "last_result": runtime.get("last_result") or {}})
+                       "last_result": runtime.get("last_result") or {}, "folder": trial["relative_logdir"]})
     return trials, data.get("stats", {}).get("start_time"), states[-1].stat().st_mtime
+
+
+def ended_trials(experiment: Path) -> list[dict]:
+    """The trials Tune ended (finished, stopped early, failed past their retries), from its newest
+    saved state; a trial running or pending when the sweep was interrupted is not among them."""
+    return [t for t in tune_trials(experiment)[0] if t["state"] in ("TERMINATED", "ERROR")]
 
 
 def sweep_status(experiment: Path) -> dict:
