@@ -73,6 +73,10 @@ def test_leaderboard_zscores_and_tradeoff(tmp_path):
     board = data.leaderboard(results).set_index("config")
     assert list(board.columns[:2]) == ["blimp", "rte"] and (board["seeds"] == 5).all()
     assert board.loc["curriculum=switch_wiki, learning_rate=0.001", "blimp"].endswith(tuple("0123456789"))
+    assert " ± " in board.loc["curriculum=switch_wiki, learning_rate=0.001", "blimp"]
+    # One seed has no spread: the mean alone, never "± 0".
+    single = data.leaderboard(data.load(synthetic_results(tmp_path / "one", effect=2.0, seeds=1))).set_index("config")
+    assert (single["seeds"] == 1).all() and not single["blimp"].str.contains("±").any()
     z = data.zscores(data.scores(results))
     assert np.allclose(z.groupby("score")["z"].mean(), 0) and np.allclose(z.groupby("score")["z"].std(), 1)
     front, x, y = stats.tradeoff(z)

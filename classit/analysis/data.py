@@ -134,7 +134,8 @@ def leaderboard(results: Results) -> pd.DataFrame:
     con = duckdb.connect()
     con.register("scores", frame)
     summary = con.execute(LEADERBOARD_SQL).df()
-    cell = summary.apply(lambda r: f"{r['mean']:.4g} ± {0 if pd.isna(r['std']) else r['std']:.2g}", axis=1)
+    # One seed has no spread to show: its mean alone, not "± 0" as if the seeds had agreed.
+    cell = summary.apply(lambda r: f"{r['mean']:.4g}" + ("" if pd.isna(r["std"]) else f" ± {r['std']:.2g}"), axis=1)
     table = summary.assign(cell=cell).pivot(index="config", columns="score", values="cell")
     z = zscores(frame)
     aggregates = {"z zero-shot": z[z["kind"] == "zero-shot"], "z fine-tuning": z[z["kind"] == "fine-tuning"], "z all": z}
