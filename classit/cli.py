@@ -57,9 +57,7 @@ def cmd_instruct(args) -> int:
         if getattr(args, flag) is not None:
             args.overrides.append(f"{key}={getattr(args, flag)}")
     cfg = _load(args)
-    base = Path(args.base)
-    if not (base / "config.json").is_file():
-        raise ConfigError(f"--base {base}: not a Hugging Face checkpoint folder (no config.json)")
+    base = checkpoint_folder("--base", args.base)
     _quiet_progress_bars()
     from classit.generate.job import ensure_generated
     from classit.train.instruct import prepare_instruct, train_instruct
@@ -72,10 +70,19 @@ def cmd_instruct(args) -> int:
     return _finish(result)
 
 
+def checkpoint_folder(flag: str, path: str) -> Path:
+    """A checkpoint argument, checked before Ray starts: a Hugging Face checkpoint folder."""
+    if not (Path(path) / "config.json").is_file():
+        raise ConfigError(f"{flag} {path}: not a Hugging Face checkpoint folder (no config.json)")
+    return Path(path)
+
+
 def cmd_evaluate(args) -> int:
     from classit.evaluate.catalog import HEADLINE_SUBTASKS, TASKS
     from classit.evaluate.jobs import EvalJob
 
+    for model in args.model:
+        checkpoint_folder("--model", model)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:

@@ -31,6 +31,18 @@ def test_bad_config_is_one_line_naming_the_field(tmp_path, capsys, text, field):
     assert field in err
 
 
+@pytest.mark.parametrize("command", [["evaluate", "--data-dir", "."], ["instruct", "--curriculum", "switch"]])
+def test_a_checkpoint_argument_that_is_no_checkpoint_folder_is_one_line_before_ray(tmp_path, capsys, command):
+    import ray
+
+    flag = "--model" if command[0] == "evaluate" else "--base"
+    for path in (tmp_path / "absent", tmp_path):  # no such folder; a folder without config.json
+        assert main([*command, flag, str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"classit: error: {flag} {path}: not a Hugging Face checkpoint folder (no config.json)\n"
+    assert not ray.is_initialized()
+
+
 def test_missing_config_file_and_invalid_yaml(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "absent.yaml")
