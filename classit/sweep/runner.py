@@ -65,10 +65,10 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
     board = leaderboard(read_trials(results_root), objectives, cfg.sweep.modes)
     log(format_leaderboard(board, objectives))
     log(f"results: {results_root}/{{{TRIALS},train_metrics,{EVAL_SCORES}}}")
-    if len(ended) < planned_trial_count(cfg):  # Tune stops early only on a signal (Ctrl-C, SIGUSR1)
-        raise SweepInterrupted(f"sweep {cfg.sweep.name}: {len(ended)} of {planned_trial_count(cfg)} trials "
-                               f"ended; Tune saved its state in {experiment}: the same command with --resume "
-                               f"continues it")
+    planned = planned_trial_count(cfg)
+    if len(ended) < planned:  # Tune stops early only on a signal (Ctrl-C, SIGUSR1)
+        raise SweepInterrupted(f"sweep {cfg.sweep.name}: {len(ended)} of {planned} trials ended; Tune saved its "
+                               f"state in {experiment}: the same command with --resume continues it")
     return board
 
 
