@@ -116,6 +116,7 @@ def stop_and_resume(config: dict, tmp_path: Path, finished: int, cwd: Path, stop
         status = sweep_status(storage / config["sweep"]["name"])
         counts = status["counts"]
         assert counts["finished"] == len(finished_before) and counts["running"] == 0
+        assert counts["stopped"] == 0  # a trial cut short is interrupted, not stopped early (as by ASHA)
         assert sum(counts.values()) == status["planned"] and status["driver_alive"] is False
         # Ray's local processes share the driver's fate (a worker can take a minute).
         leftover = ray_processes_left(str(ray_tmp), seconds=90)
