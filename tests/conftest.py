@@ -84,11 +84,10 @@ def shared(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ray_local():
     """One local Ray instance per test module, in its own temp folder, removed afterwards."""
+    import psutil
     import ray
 
     from classit.ray_session import ray_session
-
-    import psutil
 
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     started = []
