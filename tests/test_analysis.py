@@ -117,3 +117,46 @@ def test_corrupt_results_file_is_named_in_the_report(tmp_path):
     page = write_report(results_dir, tmp_path / "report").read_text()
     assert "part-broken.parquet" in page
     assert pd.read_parquet(next((results_dir / "trials").glob("part-*.parquet"))).shape[0] == 15
+
+
+def test_importance_assesses_a_conditional_parameter_on_the_trials_that_draw_it():
+    """A mix-ratio sweep: `mix_ratio` exists for `merged` only and decides its score, `learning_rate`
+    for all but `pt`. fANOVA over all trials cannot take either (Optuna's evaluator drops them
+    unsaid); each gets the trials that draw it, and there the figures are Optuna's own."""
+    import optuna
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(60):
+        curriculum = ["pt", "merged", "switch_wiki"][i % 3]
+        row = {"trial": f"t{i}", "param.curriculum": curriculum, "blimp:average:accuracy": 60 + rng.normal(0, 0.2)}
+        if curriculum != "pt":
+            row["param.learning_rate"] = rng.uniform(1e-4, 3e-3)
+        if curriculum == "merged":
+            row["param.mix_ratio"] = rng.uniform(0.1, 0.9)
+            row["blimp:average:accuracy"] += 20 * row["param.mix_ratio"]
+        rows.append(row | {"val_loss": 3 - 100 * row.get("param.learning_rate", 0.0) + rng.normal(0, 0.01)})
+    trials = pd.DataFrame(rows)
+    scopes = dict(stats.importance_scopes(trials))
+    assert list(scopes) == ["All 60 trials", "The 40 trials that draw learning_rate (curriculum: merged, switch_wiki)",
+                            "The 20 trials that draw mix_ratio (curriculum: merged)"]
+    assert list(scopes["All 60 trials"].index) == ["curriculum"]
+    merged = scopes["The 20 trials that draw mix_ratio (curriculum: merged)"]
+    assert set(merged.index) == {"mix_ratio", "learning_rate"}
+    assert merged.loc["mix_ratio", "blimp:average:accuracy"] > 0.9
+    assert scopes["The 40 trials that draw learning_rate (curriculum: merged, switch_wiki)"].loc[
+        "learning_rate", "val_loss"] > 0.9
+    # The same figures from Optuna itself: one study of every trial with what each drew, asked for the
+    # parameters the merged trials draw (its evaluator keeps the trials that have them all).
+    study = optuna.create_study()
+    part = trials[trials["param.curriculum"] == "merged"]
+    space = {n: optuna.distributions.FloatDistribution(part[f"param.{n}"].min(), part[f"param.{n}"].max())
+             for n in ("learning_rate", "mix_ratio")}
+    for row in trials.to_dict("records"):
+        drawn = {n: row[f"param.{n}"] for n in space if not pd.isna(row.get(f"param.{n}"))}
+        study.add_trial(optuna.trial.create_trial(params=drawn, distributions={n: space[n] for n in drawn},
+                                                  value=row["blimp:average:accuracy"]))
+    expected = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=list(space))
+    for name, value in expected.items():
+        assert merged.loc[name, "blimp:average:accuracy"] == pytest.approx(value)

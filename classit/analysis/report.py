@@ -161,22 +161,25 @@ def write_blimp_fields(results: data.Results, out: Path) -> list[Path]:
 
 
 def write_importance(results: data.Results, out: Path) -> list[Path]:
-    trials = results.trials
-    objectives = ["val_loss"] + [c for c in trials.columns if c.count(":") == 2]
-    found = [stats.importance(trials, o) for o in objectives]
-    table = pd.concat([f for f in found if not f.empty], axis=1) if any(not f.empty for f in found) else pd.DataFrame()
-    text = ("# Hyperparameter importance\n\nOptuna's fANOVA importance of each swept parameter, per objective "
-            "(sums to 1 per column; needs at least three trials and a parameter that varies).\n\n"
-            + markdown(table.reset_index().rename(columns={"index": "parameter"})))
+    scopes = stats.importance_scopes(results.trials)
+    text = ("# Hyperparameter importance\n\nOptuna's fANOVA importance of the swept parameters per objective "
+            "(sums to 1 per column; needs at least three trials and a parameter that varies). fANOVA takes only "
+            "parameters every trial drew, so a conditional one (drawn by some curricula only) is assessed on the "
+            "trials that draw it.\n\n"
+            + "\n".join(f"## {label}\n\n" + markdown(table.reset_index().rename(columns={"index": "parameter"}))
+                        for label, table in scopes))
     (out / "importance.md").write_text(text)
     paths = [out / "importance.md"]
-    if not table.empty:
+    shown = [(label, table) for label, table in scopes if not table.empty]
+    if shown:
         plt = _figure()
-        fig, ax = plt.subplots(figsize=(7, 4))
-        table.plot.barh(ax=ax)
-        ax.set_xlabel("fANOVA importance")
-        ax.set_ylabel("parameter")
-        ax.set_title("Which swept parameters matter")
+        fig, axes = plt.subplots(len(shown), 1, figsize=(7, 1.5 + 1.2 * sum(len(t) for _, t in shown)), squeeze=False)
+        for ax, (label, table) in zip(axes[:, 0], shown):
+            table.plot.barh(ax=ax).legend(fontsize=8)
+            ax.set_xlabel("fANOVA importance")
+            ax.set_ylabel("parameter")
+            ax.set_title(label, fontsize=9)
+        fig.suptitle("Which swept parameters matter")
         paths.append(_save(plt, fig, out / "importance.png"))
     return paths
 

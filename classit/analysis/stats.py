@@ -1,5 +1,6 @@
 """What the paper could not say: paired curriculum effects with bootstrap intervals, the Pareto
-front of fine-tuning against zero-shot, and which swept parameters matter (fANOVA)."""
+front of fine-tuning against zero-shot, and which swept parameters matter (fANOVA; a conditional
+parameter on the trials that draw it)."""
 
 from __future__ import annotations
 
@@ -97,30 +98,57 @@ def tradeoff(z: pd.DataFrame) -> tuple[pd.DataFrame, str, str]:
 
 
 def importance(trials: pd.DataFrame, objective: str) -> pd.Series:
-    """fANOVA importance of each swept parameter for one objective (Optuna's evaluator)."""
+    """fANOVA importance of each swept parameter for one objective (Optuna's evaluator), over the
+    given trials: every parameter that varies among them and that each of them drew."""
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    params = [c for c in trials.columns if c.startswith("param.") and trials[c].nunique(dropna=True) > 1]
     data = trials.dropna(subset=[objective])
+    params = [c for c in data.columns if c.startswith("param.") and data[c].notna().all() and data[c].nunique() > 1]
     if not params or len(data) < 3:
-        return pd.Series(dtype=float)
-    distributions = {}
-    for c in params:
-        values = data[c].dropna()
-        if pd.api.types.is_numeric_dtype(values):
-            distributions[c] = FloatDistribution(float(values.min()), float(values.max()))
-        else:
-            distributions[c] = CategoricalDistribution(sorted(values.astype(str).unique()))
+        return pd.Series(dtype=float, name=objective)
+    distributions = {c.removeprefix("param."): FloatDistribution(float(data[c].min()), float(data[c].max()))
+                     if pd.api.types.is_numeric_dtype(data[c])
+                     else CategoricalDistribution(sorted(data[c].astype(str).unique())) for c in params}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study()
     for _, row in data.iterrows():
-        present = {c: (row[c] if c in distributions and isinstance(distributions[c], FloatDistribution)
-                       else str(row[c])) for c in params if not pd.isna(row[c])}
-        study.add_trial(optuna.trial.create_trial(
-            params={c.removeprefix("param."): float(v) if isinstance(distributions[c], FloatDistribution) else v
-                    for c, v in present.items()},
-            distributions={c.removeprefix("param."): distributions[c] for c in present},
-            value=float(row[objective])))
+        drawn = {name: (float if isinstance(d, FloatDistribution) else str)(row[f"param.{name}"])
+                 for name, d in distributions.items()}
+        study.add_trial(optuna.trial.create_trial(params=drawn, distributions=distributions,
+                                                  value=float(row[objective])))
     found = optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
     return pd.Series(found, name=objective)
+
+
+def importance_scopes(trials: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The swept parameters' importance (parameters x objectives), scope by scope: all trials for the
+    parameters every trial draws; then, for each conditional parameter (drawn by some trials only:
+    `learning_rate` by all but `pt`, `mix_ratio` by `merged`), the trials that draw it. fANOVA needs
+    every parameter in every trial, so one table over all trials would leave those out unsaid."""
+    objectives = ["val_loss"] + [c for c in trials.columns if c.count(":") == 2]
+    scored = trials.dropna(subset=[o for o in objectives if o in trials], how="all")
+    params = [c for c in scored.columns if c.startswith("param.") and scored[c].nunique() > 1]
+    subsets: dict[tuple, list[str]] = {}  # trials drawing a conditional parameter -> those parameters
+    for c in params:
+        drawn = scored[c].notna()
+        if not drawn.all():
+            subsets.setdefault(tuple(scored.index[drawn]), []).append(c.removeprefix("param."))
+    scopes = [(f"All {len(scored)} trials", scored)] + [
+        (f"The {len(rows)} trials that draw {', '.join(names)}{_condition(scored, scored.loc[list(rows)])}",
+         scored.loc[list(rows)]) for rows, names in subsets.items()]
+    tables = []
+    for label, part in scopes:
+        found = [importance(part, o) for o in objectives if o in part]
+        tables.append((label, pd.concat([f for f in found if not f.empty], axis=1)
+                       if any(not f.empty for f in found) else pd.DataFrame()))
+    return tables
+
+
+def _condition(trials: pd.DataFrame, part: pd.DataFrame) -> str:
+    """Which values of the parameters every trial draws a subset of trials has, where they are fewer:
+    ' (curriculum: merged)'."""
+    narrowed = [f"{c.removeprefix('param.')}: {', '.join(sorted(part[c].astype(str).unique()))}"
+                for c in trials.columns if c.startswith("param.") and trials[c].notna().all()
+                and not pd.api.types.is_numeric_dtype(trials[c]) and part[c].nunique() < trials[c].nunique()]
+    return f" ({'; '.join(narrowed)})" if narrowed else ""
