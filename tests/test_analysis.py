@@ -20,12 +20,13 @@ UIDS = [f"paradigm_{i}" for i in range(12)]
 FIELDS = ["morphology", "semantics", "syntax", "syntax/semantics"]
 
 
-def synthetic_results(root: Path, effect: float, seeds: int = 5, rng_seed: int = 0) -> Path:
-    """Trials of switch_wiki, merged and pt over `seeds` seeds; switch_wiki's BLiMP UIDs score
-    `effect` points above merged's; RTE (fine-tuning) scores the other way round; noise throughout."""
+def synthetic_results(root: Path, effect: float, seeds: int = 5, rng_seed: int = 0,
+                      curricula=("switch_wiki", "merged", "pt")) -> Path:
+    """Trials of the curricula over `seeds` seeds; the first's BLiMP UIDs score `effect` points above
+    the second's, `pt`'s 3 points; RTE (fine-tuning) scores the other way round; noise throughout."""
     rng = np.random.default_rng(rng_seed)
     base = rng.uniform(55, 85, size=len(UIDS))
-    shift = {"switch_wiki": effect, "merged": 0.0, "pt": 3.0}
+    shift = dict(zip(curricula[:2], (effect, 0.0))) | {"pt": 3.0}
     trials, scores, metrics = [], [], []
     for curriculum in shift:
         for seed in range(seeds):
@@ -66,6 +67,13 @@ def test_an_injected_curriculum_effect_is_recovered_and_no_effect_is_not_claimed
     assert rte["difference"] < 0 and rte["ci_high"] < 0  # the opposite effect on fine-tuning
     none = effect(synthetic_results(tmp_path / "none", effect=0.0, rng_seed=1), "blimp")
     assert none["ci_low"] < 0 < none["ci_high"] and not none["excludes_zero"]
+    # The demo's curricula: none of the paper's sequential-vs-merged pairs, each compared with `pt`.
+    table = stats.curriculum_effects(data.load(synthetic_results(
+        tmp_path / "demo", effect=2.0, curricula=("switch", "wiki_switch", "pt"))), resamples=200)
+    blimp = table[table["score"] == "blimp"].set_index("comparison")["difference"]
+    assert set(blimp.index) == {"switch - pt", "wiki_switch - pt"}
+    assert blimp["switch - pt"] == pytest.approx(2.0 - 3.0, abs=1.0)
+    assert blimp["wiki_switch - pt"] == pytest.approx(0.0 - 3.0, abs=1.0)
 
 
 def test_leaderboard_zscores_and_tradeoff(tmp_path):

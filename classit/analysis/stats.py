@@ -7,9 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-# (A, B): A - B. Sequential vs merged, and the order of the two stages.
-DEFAULT_PAIRS = [("switch_wiki", "merged"), ("wiki_switch", "merged"), ("switch_wiki", "wiki_switch"),
-                 ("merged", "pt"), ("switch_wiki", "pt")]
+# (A, B): A - B. The paper's questions: does instruction tuning help (each curriculum against the
+# pretrained model alone), sequential vs merged, the order of the two stages, and which data alone.
+DEFAULT_PAIRS = [*((c, "pt") for c in ("switch", "wiki", "merged", "switch_wiki", "wiki_switch")),
+                 ("switch_wiki", "merged"), ("wiki_switch", "merged"), ("switch_wiki", "wiki_switch"),
+                 ("switch", "wiki")]
 
 
 def item_scores(results) -> pd.DataFrame:
