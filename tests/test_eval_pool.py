@@ -200,3 +200,37 @@ def test_trials_evaluated_at_once_share_the_actors(ray_local, tmp_path):
     assert max(a["started"], b["started"]) < min(a["finished"], b["finished"])  # they overlapped
     table = read_table(str(tmp_path / "eval_scores"))
     assert set(table["trial"]) == {"a", "b"} and table["started"].notna().all()
+
+
+def test_trials_on_one_base_compute_its_marks_surprisals_once(ray_local, tmp_path):
+    """Two trials continue one base and are scored at once: each base mark's AoA surprisals are
+    computed by one job, and both trials get them as their own rows (the same `started`: once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import write_aoa_data
+
+    good = train_tiny_checkpoint(tmp_path / "train")
+    data = str(write_aoa_data(tmp_path / "data"))
+    marks = [shutil.copytree(good, tmp_path / "base" / f"mark-{m}") for m in (1, 2, 3)]
+    results = tmp_path / "results" / "eval_scores"
+    pool = EvaluationPool(num_actors=2, num_cpus=1)
+    try:
+        jobs = {trial: [EvalJob(str(mark), "aoa", data, trial=trial, revision=f"chck_{m}M", words_seen=m * 10**6,
+                                series=f"/{trial}/final", config=f'{{"trial": "{trial}"}}')
+                        for m, mark in enumerate(marks, 1)] for trial in ("a", "b")}
+        with ThreadPoolExecutor(2) as threads:
+            a, b = threads.map(lambda trial: pool.run(jobs[trial], results_dir=str(results)), ("a", "b"))
+    finally:
+        pool.shutdown()
+    summary = {trial: {r["revision"]: r for r in rows if r["subtask"] == "surprisal"} for trial, rows in (("a", a), ("b", b))}
+    assert sorted(summary["a"]) == sorted(summary["b"]) == ["chck_1M", "chck_2M", "chck_3M"]
+    for revision, row in summary["a"].items():
+        twin = summary["b"][revision]
+        assert not row["error"] and row["started"] == twin["started"] and row["value"] == twin["value"]
+        assert (twin["trial"], twin["series"], twin["config"]) == ("b", "/b/final", '{"trial": "b"}')
+    detail = read_table(str(tmp_path / "results" / "aoa_surprisal"))
+    assert len(detail) == 2 * 3 * 8  # trials x marks x (words x contexts), each trial's rows its own
+    by_trial = {t: part.drop(columns=["trial", "series"]).sort_values(["checkpoint", "target_word", "context_id"])
+                for t, part in detail.groupby("trial")}
+    assert by_trial["a"].reset_index(drop=True).equals(by_trial["b"].reset_index(drop=True))
+    assert set(detail.loc[detail["trial"] == "b", "series"]) == {"/b/final"}

@@ -8,20 +8,24 @@ Each finished job's rows are written as one Parquet part file named by the job's
 checkpoint, task), so every row lands exactly once: a retried, resumed or re-run job replaces its
 part. A job whose actor dies is retried on a fresh actor. Age of acquisition runs as one job per
 mark checkpoint, its surprisals written to the `aoa_surprisal` table beside `eval_scores`; when
-every job is in, each run's marks are fitted into its AoA score.
+every job is in, each run's marks are fitted into its AoA score. A mark's surprisals are computed
+once per pool: the trials of a sweep continue one base and share its marks, so a trial whose mark
+another trial is scoring waits for it and takes its rows.
 """
 
 from __future__ import annotations
 
 import contextlib
 import queue
+import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import ray
 
 from classit.evaluate.jobs import (AOA_SURPRISAL, SPLIT_MIN_ITEMS, EvalJob, ModelCache, aoa_scores, merge_shares,
-                                   result_row, run_job, split_jobs, split_tables)
+                                   result_row, run_job, split_jobs, split_tables, surprisal_key, surprisals_as)
 from classit.evaluate.progress import JobBars, Progress
 from classit.results import AOA_SURPRISAL_SCHEMA, EVAL_SCORES_SCHEMA, write_rows
 
@@ -62,6 +66,10 @@ class EvaluationPool:
         for index in range(num_actors):
             self.idle.put(index)
         self.loaded: dict[int, str] = {}
+        # Mark surprisals by `surprisal_key`: being computed, and computed (the actor's result, in Ray's store).
+        self.shared = threading.Lock()
+        self.computing: set[tuple] = set()
+        self.surprisals: dict[tuple, ray.ObjectRef] = {}
 
     def run(self, jobs: Iterable[EvalJob], results_dir: str | None = None, show_progress: bool = False) -> list[dict]:
         """Run every job; returns all `eval_scores` rows (and writes each job's rows to `results_dir`, the
@@ -76,47 +84,84 @@ class EvaluationPool:
         tries: dict[tuple, int] = {}  # (job key, share) -> actor deaths
         in_flight: dict = {}  # future -> (actor index, job, share)
         shares: dict[str, list] = {}  # a split job's row key -> its finished shares' results
+        reused: list[tuple[EvalJob, list[dict]]] = []  # surprisal jobs with another job's rows
         rows: list[dict] = []
         surprisals: list[dict] = []
-        while pending or in_flight:
-            self._dispatch(pending, in_flight)
-            if not in_flight:
+        while pending or in_flight or reused:
+            self._dispatch(pending, in_flight, reused)
+            finished = reused.pop() if reused else self._next_finished(in_flight, pending, tries, shares, bars)
+            if finished is None:
                 continue
-            # While jobs wait, look for an actor another call frees at least every PROGRESS_SECONDS.
-            done, _ = ray.wait(list(in_flight), num_returns=1,
-                               timeout=PROGRESS_SECONDS if bars or pending else None)
-            if not done:
-                if bars:
-                    self._draw(bars, list(in_flight.values()))
-                continue
-            index, job, share = in_flight.pop(done[0])
-            job_rows = self._rows_or_retry(done[0], index, job, share, tries, pending)
-            if job_rows is None:
-                continue  # retried on a fresh actor
-            if bars:  # before the actor is freed: its next job resets its count
-                self._draw(bars, [(index, job, share)], failed=any(r.get("error") for r in job_rows))
-            self.idle.put(index)
-            if share[1] > 1:
-                shares.setdefault(job.row_key, []).append(job_rows)
-                if len(shares[job.row_key]) < share[1]:
-                    continue
-                job_rows = merge_shares(job, shares.pop(job.row_key))
-            last = not pending and not in_flight
+            job, job_rows = finished
+            last = not pending and not in_flight and not reused
             rows += self._record(job, job_rows, jobs, rows, surprisals, results_dir, last)
         return rows
 
-    def _dispatch(self, pending: list, in_flight: dict) -> None:
-        """Hand pending jobs to idle actors; with nothing in flight, wait for one another call frees."""
+    def _dispatch(self, pending: list, in_flight: dict, reused: list) -> None:
+        """Hand pending jobs to idle actors; with nothing in flight, wait for one another call frees.
+        A surprisal job whose rows another job computed takes them (into `reused`); one whose rows
+        another job is computing waits."""
         while pending:
+            with self.shared:
+                computed = [(job, self.surprisals.get(surprisal_key(job))) for job, _ in pending]
+                pending[:] = [p for p, (_, ref) in zip(pending, computed) if ref is None]
+                runnable = self._runnable(pending)
+            reused += [(job, surprisals_as(job, ray.get(ref))) for job, ref in computed if ref is not None]
+            if not runnable:
+                if not in_flight and not reused:
+                    time.sleep(PROGRESS_SECONDS)  # another call is computing what every pending job needs
+                return
             try:
-                index = self.idle.get(block=not in_flight, timeout=PROGRESS_SECONDS)
+                index = self.idle.get(block=not in_flight and not reused, timeout=PROGRESS_SECONDS)
             except queue.Empty:
                 return
-            # Prefer a job on the checkpoint this actor already holds: no reload.
-            pick = next((k for k, (j, _) in enumerate(pending) if j.checkpoint == self.loaded.get(index)), 0)
-            job, share = pending.pop(pick)
+            with self.shared:
+                runnable = self._runnable(pending)
+                if not runnable:  # another call took them meanwhile
+                    self.idle.put(index)
+                    continue
+                # Prefer a job on the checkpoint this actor already holds: no reload.
+                pick = next((k for k in runnable if pending[k][0].checkpoint == self.loaded.get(index)), runnable[0])
+                job, share = pending.pop(pick)
+                if surprisal_key(job) is not None:
+                    self.computing.add(surprisal_key(job))
             self.loaded[index] = job.checkpoint
             in_flight[self.actors[index].run.remote(job, share)] = (index, job, share)
+
+    def _runnable(self, pending: list) -> list[int]:
+        """The pending jobs no other job is computing the same surprisals for (held: `self.shared`)."""
+        return [k for k, (job, _) in enumerate(pending) if surprisal_key(job) not in self.computing]
+
+    def _next_finished(self, in_flight: dict, pending: list, tries: dict, shares: dict,
+                       bars: JobBars | None) -> tuple[EvalJob, list[dict]] | None:
+        """The next job whose rows are all in (a split job's once its last share is), or None."""
+        if not in_flight:
+            return None
+        # While jobs wait, look for an actor another call frees at least every PROGRESS_SECONDS.
+        done, _ = ray.wait(list(in_flight), num_returns=1, timeout=PROGRESS_SECONDS if bars or pending else None)
+        if not done:
+            if bars:
+                self._draw(bars, list(in_flight.values()))
+            return None
+        index, job, share = in_flight.pop(done[0])
+        job_rows = self._rows_or_retry(done[0], index, job, share, tries, pending)
+        if job_rows is None:
+            return None  # retried on a fresh actor
+        if bars:  # before the actor is freed: its next job resets its count
+            self._draw(bars, [(index, job, share)], failed=any(r.get("error") for r in job_rows))
+        self.idle.put(index)
+        key = surprisal_key(job)
+        if key is not None:
+            with self.shared:
+                self.computing.discard(key)
+                if not any(r.get("error") for r in job_rows):
+                    self.surprisals[key] = done[0]
+        if share[1] > 1:
+            shares.setdefault(job.row_key, []).append(job_rows)
+            if len(shares[job.row_key]) < share[1]:
+                return None
+            job_rows = merge_shares(job, shares.pop(job.row_key))
+        return job, job_rows
 
     def _rows_or_retry(self, future, index: int, job: EvalJob, share: tuple, tries: dict, pending: list):
         """The job's rows; if its actor died, a fresh actor in its place and the job queued again
@@ -130,6 +175,8 @@ class EvaluationPool:
             if tries[job.key, share] > self.max_retries:
                 return [result_row(job, "", "error", float("nan"), 0, 0.0,
                                    error=f"evaluation actor died {tries[job.key, share]} times")]
+            with self.shared:
+                self.computing.discard(surprisal_key(job))  # queued again: this call computes it or takes it
             pending.insert(0, (job, share))
             self.idle.put(index)
             return None

@@ -192,6 +192,19 @@ def run_aoa_surprisal(job: EvalJob, model, tokenizer, progress: Progress) -> lis
                         "series": job.series, **row} for row in rows)]
 
 
+def surprisal_key(job: EvalJob) -> tuple[str, str] | None:
+    """What a mark checkpoint's AoA surprisals depend on: the checkpoint and the contexts. The trials
+    of a sweep continue one base, so they share its marks' surprisals (None: not a surprisal job)."""
+    return (job.checkpoint, job.data_dir) if job.task == "aoa" and job.revision.startswith("chck_") else None
+
+
+def surprisals_as(job: EvalJob, rows: list[dict]) -> list[dict]:
+    """Another job's rows of the same `surprisal_key`, as this job's (its trial, series and config);
+    when and how fast they were computed stays as it was."""
+    return [{**row, "trial": job.trial, "series": job.series} if row.get("table") == AOA_SURPRISAL
+            else {**row, **asdict(job)} for row in rows]
+
+
 def split_tables(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """A job's `eval_scores` rows, and its `aoa_surprisal` rows (without their table mark)."""
     detail = [{k: v for k, v in r.items() if k != "table"} for r in rows if r.get("table") == AOA_SURPRISAL]
