@@ -129,8 +129,10 @@ class EvaluationPool:
             in_flight[self.actors[index].run.remote(job, share)] = (index, job, share)
 
     def _runnable(self, pending: list) -> list[int]:
-        """The pending jobs no other job is computing the same surprisals for (held: `self.shared`)."""
-        return [k for k, (job, _) in enumerate(pending) if surprisal_key(job) not in self.computing]
+        """The pending jobs whose surprisals no other job is computing or has computed (the lock held:
+        another call may have finished one since `_dispatch` last looked)."""
+        return [k for k, (job, _) in enumerate(pending)
+                if surprisal_key(job) not in self.computing and surprisal_key(job) not in self.surprisals]
 
     def _next_finished(self, in_flight: dict, pending: list, tries: dict, shares: dict,
                        bars: JobBars | None) -> tuple[EvalJob, list[dict]] | None:
@@ -149,13 +151,13 @@ class EvaluationPool:
             return None  # retried on a fresh actor
         if bars:  # before the actor is freed: its next job resets its count
             self._draw(bars, [(index, job, share)], failed=any(r.get("error") for r in job_rows))
-        self.idle.put(index)
         key = surprisal_key(job)
         if key is not None:
             with self.shared:
                 self.computing.discard(key)
                 if not any(r.get("error") for r in job_rows):
                     self.surprisals[key] = done[0]
+        self.idle.put(index)
         if share[1] > 1:
             shares.setdefault(job.row_key, []).append(job_rows)
             if len(shares[job.row_key]) < share[1]:
