@@ -168,3 +168,18 @@ def test_importance_assesses_a_conditional_parameter_on_the_trials_that_draw_it(
         study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=list(space))
     for name, value in expected.items():
         assert merged.loc[name, "blimp:average:accuracy"] == pytest.approx(value)
+
+
+def test_learning_curves_draw_each_seed_as_its_own_run_in_its_configurations_colour(tmp_path):
+    """Five seeds of a configuration are five lines (not one zigzag through all their points), and a
+    configuration has one colour whichever figure or panel draws it."""
+    from classit.analysis.report import config_colors, runs
+
+    results = data.load(synthetic_results(tmp_path, effect=2.0))
+    val, evals = data.learning_curves(results)
+    lines = runs(val, "exposure_words", "loss")
+    assert len(lines) == 3 * 5 and all(len(xs) == 5 and (np.diff(xs) > 0).all() for _, xs, _ in lines)
+    assert sorted(set(config for config, _, _ in lines)) == sorted(set(val["config"]))
+    colors = config_colors([*val["config"], *evals["config"]])
+    assert len(set(colors.values())) == len(colors) == 3
+    assert config_colors(reversed(list(val["config"]))) == colors

@@ -38,7 +38,8 @@ def _figure():
 
 
 def _save(plt, fig, path: Path) -> Path:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -111,35 +112,58 @@ def write_curriculum_effects(results: data.Results, out: Path, resamples: int = 
 
 
 def write_learning_curves(results: data.Results, out: Path) -> list[Path]:
+    """Losses and scores against words, one line per trial (a configuration's seeds each their own
+    line), each configuration one colour in every panel and both figures, named in full below."""
     val, evals = data.learning_curves(results)
     plt = _figure()
+    colors = config_colors([*val.get("config", []), *evals.get("config", [])])
     paths = []
-    if not val.empty:
-        losses = [(c, label) for c, label in (("loss", "training loss"), ("val_loss", "validation loss (instruction data)"))
-                  if c in val and val[c].notna().any()]
-        fig, axes = plt.subplots(1, len(losses), figsize=(6 * len(losses), 4.5), squeeze=False)
+    losses = [(c, label) for c, label in (("loss", "training loss"), ("val_loss", "validation loss (instruction data)"))
+              if c in val and val[c].notna().any()]
+    if losses:
+        fig, axes = plt.subplots(1, len(losses), figsize=(6 * len(losses), 4.5), squeeze=False, layout="constrained")
         for ax, (column, label) in zip(axes[0], losses):
-            for config, part in val.dropna(subset=[column]).groupby("config"):
-                part = part.sort_values("exposure_words")
-                ax.plot(part["exposure_words"], part[column], marker=".", lw=1, label=config[:40])
+            for config, xs, ys in runs(val.dropna(subset=[column]), "exposure_words", column):
+                ax.plot(xs, ys, marker=".", lw=1, color=colors[config])
             ax.set_xlabel("words of exposure (pretraining included)")
             ax.set_ylabel(label)
             ax.set_title(f"Learning curves: {label.split(' (')[0]}")
-        axes[0][0].legend(fontsize=6)
+        _legend(fig, colors, set(val["config"]))
         paths.append(_save(plt, fig, out / "learning_curves.png"))
     if not evals.empty:
         names = sorted(evals["score"].unique())
-        fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
+        fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False, layout="constrained")
         for ax, name in zip(axes[0], names):
-            for config, part in evals[evals["score"] == name].groupby("config"):
-                part = part.sort_values("words_seen")
-                ax.plot(part["words_seen"], part["value"], marker="o", lw=1, label=config[:40])
+            for config, xs, ys in runs(evals[evals["score"] == name], "words_seen", "value"):
+                ax.plot(xs, ys, marker="o", lw=1, color=colors[config])
             ax.set_xlabel("words seen at the checkpoint")
             ax.set_ylabel(name)
             ax.set_title(f"{name} by checkpoint")
-        axes[0][0].legend(fontsize=6)
+        _legend(fig, colors, set(evals["config"]))
         paths.append(_save(plt, fig, out / "scores_by_words.png"))
     return paths
+
+
+def config_colors(configs) -> dict[str, str]:
+    """One colour per configuration, the same in every figure of the report."""
+    from matplotlib import colormaps
+
+    names = sorted(set(configs))
+    palette = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    return {name: palette(k % palette.N) for k, name in enumerate(names)}
+
+
+def runs(frame: pd.DataFrame, x: str, y: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(configuration, x, y) per trial, in order of x: a configuration's seeds are separate runs."""
+    return [(config, part[x].to_numpy(), part[y].to_numpy())
+            for (config, _), part in frame.sort_values(x).groupby(["config", "trial"], sort=True)]
+
+
+def _legend(fig, colors: dict, shown: set) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=color, marker=".", label=config) for config, color in colors.items() if config in shown]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(2, len(handles)), fontsize=7)
 
 
 def write_blimp_fields(results: data.Results, out: Path) -> list[Path]:
@@ -152,9 +176,11 @@ def write_blimp_fields(results: data.Results, out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(1.4 * len(table.columns) + 7, 0.35 * len(table) + 1.8))
     image = ax.imshow(table.to_numpy(float), cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(table.columns)), table.columns)
-    ax.set_yticks(range(len(table)), [f"{config[:40]} @ {format_count(words)}" for config, words in table.index])
+    ax.set_yticks(range(len(table)), [f"{config} @ {format_count(words)}" for config, words in table.index])
     for (i, j), value in np.ndenumerate(table.to_numpy(float)):
-        ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="white")
+        # Dark text on viridis' light (yellow) end, white on its dark end.
+        ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7,
+                color="black" if image.norm(value) > 0.6 else "white")
     fig.colorbar(image, ax=ax, label="BLiMP accuracy (%)")
     ax.set_title("BLiMP accuracy by field and checkpoint (words seen)")
     return [_save(plt, fig, out / "blimp_fields.png")]
