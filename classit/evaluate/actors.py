@@ -123,8 +123,8 @@ class EvaluationPool:
                 # Prefer a job on the checkpoint this actor already holds: no reload.
                 pick = next((k for k in runnable if pending[k][0].checkpoint == self.loaded.get(index)), runnable[0])
                 job, share = pending.pop(pick)
-                if surprisal_key(job) is not None:
-                    self.computing.add(surprisal_key(job))
+                if (key := surprisal_key(job)) is not None:
+                    self.computing.add(key)
             self.loaded[index] = job.checkpoint
             in_flight[self.actors[index].run.remote(job, share)] = (index, job, share)
 
