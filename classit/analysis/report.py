@@ -144,8 +144,8 @@ def write_learning_curves(results: data.Results, out: Path) -> list[Path]:
     return paths
 
 
-def config_colors(configs) -> dict[str, str]:
-    """One colour per configuration, the same in every figure of the report."""
+def config_colors(configs) -> dict[str, tuple]:
+    """One colour (RGBA) per configuration, the same in every figure of the report."""
     from matplotlib import colormaps
 
     names = sorted(set(configs))
