@@ -9,6 +9,7 @@ from classit.config import parse_config
 from classit.results import read_table
 from classit.sweep.runner import run_sweep
 from classit.sweep.space import grid_trials
+from classit.sweep.status import sweep_status
 from classit.sweep.trial import trial_key
 
 CURRICULA = ["pt", "switch", "wiki", "merged", "switch_wiki", "wiki_switch"]
@@ -135,6 +136,10 @@ def test_parameters_drawn_again_while_their_first_trial_runs_train_once_and_shar
     study = optuna.load_study(study_name="twins", storage=optuna_journal(parse_config(config)))
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert [t.values for t in study.trials] == [[board["blimp:average:accuracy"].item()]] * 2
+    # `classit status` shows the second draw as the first's twin, not as a second finished trial.
+    status = sweep_status(shared / "runs" / "twins")
+    assert [r["state"] for r in status["trials"]] == ["finished", "twin"]
+    assert status["counts"]["finished"] == 1 and status["counts"]["twin"] == 1
     # Both Tune trials ended: the sweep is finished (one row for its two trials), not rerun.
     again = run_sweep(parse_config(config), log=lambda _: None)
     assert again["trial"].tolist() == board["trial"].tolist()

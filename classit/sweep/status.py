@@ -18,7 +18,9 @@ from classit.artefacts import commit_file
 from classit.config import ClassitConfig, ConfigError
 
 SWEEP_FILE = "sweep.json"
-STATES = ("finished", "eval_failed", "running", "interrupted", "pending", "stopped", "error")
+# `twin`: the same parameters drawn again (a search without a parameter to vary, or a repeated draw);
+# it trained nothing and shares the earlier trial's row.
+STATES = ("finished", "eval_failed", "running", "interrupted", "pending", "stopped", "error", "twin")
 TUNE_STATES = {"RUNNING": "running", "PENDING": "pending", "PAUSED": "pending", "ERROR": "error",
                "TERMINATED": "stopped"}
 
@@ -96,7 +98,8 @@ def sweep_status(experiment: Path) -> dict:
 
 def trial_rows(experiment: Path, tune: list[dict], seeds: list[int], objectives: list[str], alive) -> list[dict]:
     """One row per trial Tune knows: its state (the trials table's status once it ended), stage,
-    words seen and objectives (from its row, else its last report)."""
+    words seen and objectives (from its row, else its last report); a draw of parameters an earlier
+    trial has is its twin."""
     from classit.results import read_table
     from classit.sweep.trial import TRIALS, trial_key, trial_params
 
@@ -107,6 +110,10 @@ def trial_rows(experiment: Path, tune: list[dict], seeds: list[int], objectives:
         params = trial_params(trial["config"], seeds)
         key, last = trial_key(params), trial["last_result"]
         state = TUNE_STATES.get(trial["state"], trial["state"].lower())
+        if any(r["trial"] == key and r["state"] != "error" for r in rows):
+            rows.append({"trial": key, "state": "twin", "params": params, "stage": None, "words_seen": None,
+                         "start": trial["start"], "seconds": None, **{o: None for o in objectives}})
+            continue
         if key in ended:
             state = ended[key]["status"]
         elif state == "running" and alive is False:
@@ -144,7 +151,9 @@ def format_status(status: dict) -> str:
     from classit.units import format_count, text_table
 
     counts = ", ".join(f"{n} {state}" for state, n in status["counts"].items() if n)
-    driver = {True: "running", False: "not running (resume with --resume)", None: "on another host"}
+    unfinished = sum(status["counts"][s] for s in ("running", "interrupted", "pending"))
+    driver = {True: "running", None: "on another host",
+              False: "not running (resume with --resume)" if unfinished else "ended"}
     lines = [f"sweep {status['name']}: {status['planned']} trials planned: {counts}",
              f"driver {status['driver']}: {driver[status['driver_alive']]}; elapsed {_duration(status['elapsed_s'])}"
              + ("" if status["left_s"] is None or status["left_s"] == 0 else
