@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from classit.config import ConfigError, load_config
@@ -46,7 +47,7 @@ def cmd_pretrain(args) -> int:
     from classit.train.runner import prepare_pretraining, run_pretraining
 
     prepared = prepare_pretraining(cfg)  # corpus and budget, before Ray starts
-    with ray_session(args.address):
+    with ray_session(args.address), _resumable_on_ctrl_c("pretraining", prepared[0]):
         result = run_pretraining(cfg, prepared)
     return _finish(result)
 
@@ -65,7 +66,7 @@ def cmd_instruct(args) -> int:
 
     ensure_generated(cfg, args.address)  # teacher-written sets the config names: reused, or made now
     job = prepare_instruct(cfg, base)  # data checks, plan and budget, before Ray starts
-    with ray_session(args.address):
+    with ray_session(args.address), _resumable_on_ctrl_c("instruction tuning", job.cfg):
         result = train_instruct(job)
     return _finish(result)
 
@@ -203,6 +204,31 @@ def cmd_aoa(args) -> int:
     print(f"aoa: Pearson r {score['value']:.4f} over {score['n_items']} words, {len(jobs)} checkpoints "
           f"({', '.join(j.revision for j in jobs)}); rows in {args.output}")
     return 0
+
+
+@contextmanager
+def _resumable_on_ctrl_c(what: str, cfg):
+    """Ctrl-C during a Ray Train run: Ray Train's own handler stops the workers, then ends the
+    driver's wait with a bare `SystemExit(1)` (Ray's note on it: "sys.exit is called"). Made the
+    interruption it is, naming the checkpoint the same command resumes from: Ray Train resumes a run
+    of the same name and storage from the newest checkpoint it registered (ones the workers wrote
+    while the run was stopping are not, and are written again)."""
+    try:
+        yield
+    except SystemExit as stop:
+        if "sys.exit is called" not in getattr(stop, "ray_terminate_msg", ""):
+            raise
+        from ray.train import Result
+
+        from classit.results import run_dir
+
+        folder = run_dir(str(cfg.run.storage_path), cfg.run.name)
+        try:
+            checkpoint = Result.from_path(folder).checkpoint
+        except RuntimeError:  # no checkpoint registered yet
+            checkpoint = None
+        where = f"from {checkpoint.path}" if checkpoint else f"{folder} from the start (no checkpoint yet)"
+        raise KeyboardInterrupt(f"{what} stopped; the same command resumes it {where}") from None
 
 
 def _finish(result) -> int:

@@ -1,5 +1,6 @@
 """Kill a sweep's driver after some trials finish; `--resume` completes it without rerunning any.
-The same sweeps check the console: quiet when captured, Ray's and the workers' lines back with `--verbose`."""
+The same sweeps check the console: quiet when captured, Ray's and the workers' lines back with `--verbose`.
+And `classit pretrain` stopped with Ctrl-C, then resumed by the same command."""
 
 import os
 import re
@@ -19,6 +20,7 @@ from classit.results import read_table
 from classit.sweep.space import grid_trials
 from classit.sweep.status import sweep_status
 from classit.sweep.trial import trial_key
+from classit.train.checkpoints import load_trainer_state
 from conftest import ray_processes, ray_processes_left
 from test_sweep_ray import sweep_config
 
@@ -191,3 +193,48 @@ def test_a_corrupt_final_checkpoint_ends_eval_failed_and_the_sweep_exits_non_zer
     trials = read_table(str(shared / "runs" / "broken" / "results" / "trials"))
     assert trials["status"].tolist() == ["eval_failed"] and trials["error"].iloc[0]  # the reason, from the error rows
     assert f"{key}  eval_failed" in second.stdout  # on the leaderboard too
+
+
+def test_ctrl_c_stops_classit_pretrain_with_130_naming_the_checkpoint_the_same_command_resumes_from(tmp_path):
+    """Ray Train's own Ctrl-C handler ends the driver with a bare exit 1; classit makes it the
+    interruption it is and names what resumes it, which a rerun then does."""
+    config = {"corpus": {"synthetic": {"sentences": 3000, "seed": 1}, "block_size": 64, "num_proc": 1},
+              # Long enough to be stopped; a mark every 10k words, the first ~25 steps in.
+              "pretrain": {"batch_size": 8, "max_steps": 5000, "eval_every_steps": 1000,
+                           "checkpoints": {"word_scale": 0.01}},
+              "distributed": {"num_workers": 1},
+              "run": {"name": "stopped", "storage_path": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache")}}
+    path = tmp_path / "pretrain.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = tmp_path / "runs" / "stopped"
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rp-", dir="/tmp"))
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
+    command = [sys.executable, "-m", "classit.cli", "pretrain", "--config", str(path)]
+    try:
+        with open(tmp_path / "stopped.err", "w+") as err:
+            driver = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=err)
+            deadline = time.time() + 300
+            while time.time() < deadline and driver.poll() is None and not list(run.glob("*/trainer_state.json")):
+                time.sleep(0.25)
+            assert driver.poll() is None, "the run ended before it could be stopped"
+            os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole process group
+            driver.wait(timeout=120)
+            err.seek(0)
+            stopped = err.read()
+        assert driver.returncode == 130, stopped[-3000:]
+        last_line = stopped.strip().splitlines()[-1]
+        named = re.fullmatch(r"classit: interrupted: pretraining stopped; the same command resumes it from (\S+)",
+                             last_line)
+        assert named and Path(named.group(1)).parent == run, last_line
+        leftover = ray_processes_left(str(ray_tmp), seconds=60)
+        assert not leftover, leftover
+
+        # Resumed there, then ended two steps on (a smaller max_steps; run.name keeps the run the same).
+        step = load_trainer_state(Path(named.group(1))).step
+        resumed = subprocess.run([*command, "--set", f"pretrain.max_steps={step + 2}"], env=env,
+                                 capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        assert f"[pretrain] resumed at step {step} " in resumed.stdout + resumed.stderr
+        assert f"step {step + 2}  " in resumed.stdout  # the final line's
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
