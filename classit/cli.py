@@ -220,9 +220,9 @@ def _resumable_on_ctrl_c(what: str, cfg):
             raise
         from ray.train import Result
 
-        from classit.results import run_dir
+        from classit.results import run_dir, storage_uri
 
-        folder = run_dir(str(cfg.run.storage_path), cfg.run.name)
+        folder = run_dir(storage_uri(str(cfg.run.storage_path)), cfg.run.name)
         try:
             checkpoint = Result.from_path(folder).checkpoint
         except RuntimeError:  # no checkpoint registered yet

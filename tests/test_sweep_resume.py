@@ -203,7 +203,8 @@ def test_ctrl_c_stops_classit_pretrain_with_130_naming_the_checkpoint_the_same_c
               "pretrain": {"batch_size": 8, "max_steps": 5000, "eval_every_steps": 1000,
                            "checkpoints": {"word_scale": 0.01}},
               "distributed": {"num_workers": 1},
-              "run": {"name": "stopped", "storage_path": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache")}}
+              # Relative to the command's working directory, as the demo's config has them.
+              "run": {"name": "stopped", "storage_path": "runs", "cache_dir": "cache"}}
     path = tmp_path / "pretrain.yaml"
     path.write_text(yaml.safe_dump(config))
     run = tmp_path / "runs" / "stopped"
@@ -212,7 +213,8 @@ def test_ctrl_c_stops_classit_pretrain_with_130_naming_the_checkpoint_the_same_c
     command = [sys.executable, "-m", "classit.cli", "pretrain", "--config", str(path)]
     try:
         with open(tmp_path / "stopped.err", "w+") as err:
-            driver = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=err)
+            driver = subprocess.Popen(command, env=env, cwd=tmp_path, start_new_session=True,
+                                      stdout=subprocess.DEVNULL, stderr=err)
             deadline = time.time() + 300
             while time.time() < deadline and driver.poll() is None and not list(run.glob("*/trainer_state.json")):
                 time.sleep(0.25)
@@ -231,7 +233,7 @@ def test_ctrl_c_stops_classit_pretrain_with_130_naming_the_checkpoint_the_same_c
 
         # Resumed there, then ended two steps on (a smaller max_steps; run.name keeps the run the same).
         step = load_trainer_state(Path(named.group(1))).step
-        resumed = subprocess.run([*command, "--set", f"pretrain.max_steps={step + 2}"], env=env,
+        resumed = subprocess.run([*command, "--set", f"pretrain.max_steps={step + 2}"], env=env, cwd=tmp_path,
                                  capture_output=True, text=True, timeout=300)
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
         assert f"[pretrain] resumed at step {step} " in resumed.stdout + resumed.stderr
