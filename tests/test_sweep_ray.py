@@ -125,9 +125,13 @@ def test_parameters_drawn_again_while_their_first_trial_runs_train_once_and_shar
 
     config = sweep_config(shared, name="twins", search="random", num_samples=2, max_concurrent_trials=2,
                           space={"curriculum": {"choice": ["switch"]}, "learning_rate": {"choice": [2e-3]}})
-    board = run_sweep(parse_config(config), log=lambda _: None)
+    lines = []
+    board = run_sweep(parse_config(config), log=lines.append)
 
     assert len(board) == 1 and board["status"].item() == "finished"
+    started = [line for line in lines if line.startswith(f"trial {board['trial'].item()} started: ")]
+    assert len(started) == 2 and started[1].endswith("(drawn again: trained once, one row with the earlier trial)")
+    assert "drawn again" not in started[0]
     results = shared / "runs" / "twins" / "results"
     metrics = read_table(str(results / "train_metrics"))
     assert set(metrics["trial"]) == {board["run"].item()} and (metrics["step"] == 0).sum() == 1  # trained once

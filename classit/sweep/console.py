@@ -36,6 +36,7 @@ class SweepConsole(tune.Callback):
         self.pending_bases = dict(pending_bases)  # preset -> config whose base was not cached at the start
         self.live_table = sys.stdout.isatty() if live is None else live
         self.latest: dict[str, dict] = {}
+        self.started: set[str] = set()  # Tune trial ids, to tell a twin draw (the same parameters again)
         self.live = None
 
     def key(self, trial) -> str:
@@ -55,7 +56,13 @@ class SweepConsole(tune.Callback):
             self.live.start()
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.say(f"trial {self.key(trial)} started: {format_params(trial_params(trial.config, self.seeds))}")
+        key = self.key(trial)
+        # A twin: parameters an earlier trial has (started here, or finished before a resume).
+        twin = any(t is not trial and (t.trial_id in self.started or t.is_finished()) and self.key(t) == key
+                   for t in trials)
+        self.started.add(trial.trial_id)
+        self.say(f"trial {key} started: {format_params(trial_params(trial.config, self.seeds))}"
+                 + (" (drawn again: trained once, one row with the earlier trial)" if twin else ""))
         self.redraw(trials)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
