@@ -227,8 +227,9 @@ def _resumable_on_ctrl_c(what: str, cfg):
             checkpoint = Result.from_path(folder).checkpoint
         except RuntimeError:  # no checkpoint registered yet
             checkpoint = None
-        where = f"from {checkpoint.path}" if checkpoint else f"{folder} from the start (no checkpoint yet)"
-        raise KeyboardInterrupt(f"{what} stopped; the same command resumes it {where}") from None
+        then = (f"the same command resumes it from {checkpoint.path}" if checkpoint else
+                f"no checkpoint was saved yet: the same command starts {folder} over")
+        raise KeyboardInterrupt(f"{what} stopped; {then}") from None
 
 
 def _finish(result) -> int:
