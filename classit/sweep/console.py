@@ -57,9 +57,10 @@ class SweepConsole(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         key = self.key(trial)
-        # A twin: parameters an earlier trial has (started here, or finished before a resume).
-        twin = any(t is not trial and (t.trial_id in self.started or t.is_finished()) and self.key(t) == key
-                   for t in trials)
+        # A twin: parameters an earlier trial has (started here, or finished before a resume) that did
+        # not fail (a failed trial's twin trains in its place), as `classit status` tells them.
+        twin = any(t is not trial and (t.trial_id in self.started or t.is_finished()) and t.status != t.ERROR
+                   and self.key(t) == key for t in trials)
         self.started.add(trial.trial_id)
         self.say(f"trial {key} started: {format_params(trial_params(trial.config, self.seeds))}"
                  + (" (drawn again: trained once, one row with the earlier trial)" if twin else ""))
