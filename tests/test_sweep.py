@@ -260,6 +260,7 @@ def test_a_twin_draw_takes_no_slot_and_a_draw_per_seed_does(tmp_path):
     """Twins (parameters drawn again while their first trial runs) wait and train nothing, so the
     limit on trials at once lets them pass; each seed of a draw is a trial of its own and counts."""
     from classit.sweep.search import optuna_journal, tune_setup
+    from classit.sweep.trial import FINAL_REPORT
 
     space = {"curriculum": {"choice": ["switch"]}, "learning_rate": {"choice": [2e-3]}}  # every draw the same
     run = {"storage_path": str(tmp_path)}
@@ -268,8 +269,8 @@ def test_a_twin_draw_takes_no_slot_and_a_draw_per_seed_does(tmp_path):
     search = tune_setup(twins)[1].search_alg
     first, *again = (search.suggest(trial_id) for trial_id in ("a", "b", "c"))
     assert again == [first, first] and search.live_trials == {"a"}  # b and c wait for a's row
-    search.on_trial_complete("b", {"val_loss": 2.5})  # a twin's end reaches Optuna
-    search.on_trial_complete("a", {"val_loss": 2.5})
+    search.on_trial_complete("b", {"val_loss": 2.5, FINAL_REPORT: True})  # a twin's end reaches Optuna
+    search.on_trial_complete("a", {"val_loss": 2.5, FINAL_REPORT: True})
     assert search.suggest("d") == first and search.live_trials == {"d"}  # a's draw is done: no twin of it
     study = optuna.load_study(study_name="twins", storage=optuna_journal(twins))
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "RUNNING", "RUNNING"]
@@ -279,3 +280,58 @@ def test_a_twin_draw_takes_no_slot_and_a_draw_per_seed_does(tmp_path):
     search = tune_setup(seeds)[1].search_alg
     assert search.suggest("s0") == {**first, "__trial_index__": 0} and search.suggest("s1") is not None
     assert search.live_trials == {"s0", "s1"} and search.suggest("s2") is None  # two seeds, two slots
+
+
+def test_optuna_is_told_each_draw_as_finished_over_its_seeds_stopped_early_or_failed(tmp_path):
+    """Per draw (two seeds each): the mean over the seeds that finished (COMPLETE); none finished:
+    PRUNED if ASHA stopped them, FAIL if one failed or was scored with an error. None stays RUNNING."""
+    from classit.sweep.search import optuna_journal, tune_setup
+    from classit.sweep.trial import FINAL_REPORT
+
+    def told(name: str, seeds: list[int], ends: list[tuple[dict | None, bool]]) -> list[tuple[str, list | None]]:
+        cfg = parse_config({"sweep": {"name": name, "search": "random", "num_samples": len(ends) // len(seeds),
+                                      "seeds": seeds, "max_concurrent_trials": 10, "metrics": ["blimp", "val_loss"],
+                                      "modes": ["max", "min"], "space": {"learning_rate": {"loguniform": [1e-4, 1e-2]}}},
+                            "run": {"storage_path": str(tmp_path)}})
+        search = tune_setup(cfg)[1].search_alg
+        ids = [f"t{i}" for i in range(len(ends))]
+        assert all(search.suggest(trial_id) is not None for trial_id in ids)
+        for trial_id, (result, error) in zip(ids, ends):
+            search.on_trial_complete(trial_id, result, error=error)
+        return [(t.state.name, t.values) for t in optuna.load_study(study_name=name, storage=optuna_journal(cfg)).trials]
+
+    def scored(blimp, val_loss):
+        return {"blimp:average:accuracy": blimp, "val_loss": val_loss, FINAL_REPORT: True}
+
+    stopped = {"val_loss": 3.0, "training_iteration": 2}  # ASHA's stop: the last report is a rung's
+    eval_failed = {"val_loss": 2.0, FINAL_REPORT: True}  # scored, but an objective's evaluation failed
+    assert told("one_seed", [0], [(scored(60.0, 2.0), False), (stopped, False), (None, True), (eval_failed, False)]) == [
+        ("COMPLETE", [60.0, 2.0]), ("PRUNED", None), ("FAIL", None), ("FAIL", None)]
+    assert told("two_seeds", [0, 1], [
+        (scored(60.0, 2.0), False), (scored(70.0, 3.0), False),  # both seeds finished
+        (scored(50.0, 2.5), False), (stopped, False),  # one finished, one stopped
+        (stopped, False), (stopped, False),  # both stopped
+        (None, True), (stopped, False),  # one failed
+        (eval_failed, False), (stopped, False)]) == [
+        ("COMPLETE", [65.0, 2.5]), ("COMPLETE", [50.0, 2.5]), ("PRUNED", None), ("FAIL", None), ("FAIL", None)]
+
+
+def test_asha_never_ends_a_long_trial_for_its_number_of_reports_and_stops_one_behind():
+    """ASHA (`sweep.asha`) on Tune's scheduler: a trial ahead at every rung runs to its 500th report
+    (Tune's default `max_t` would stop it, unscored, at its 100th); one behind it at a rung stops."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    from classit.sweep.search import tune_setup
+
+    cfg = parse_config({"sweep": {"name": "asha", "search": "random", "asha": True, "metrics": ["blimp"],
+                                  "modes": ["max"], "space": {"learning_rate": {"loguniform": [1e-4, 1e-2]}}}})
+    scheduler = tune_setup(cfg)[1].scheduler
+    ahead, behind = Trial("trial", stub=True), Trial("trial", stub=True)
+    for trial in (ahead, behind):
+        scheduler.on_trial_add(None, trial)
+    decisions = {scheduler.on_trial_result(None, ahead, {"training_iteration": i, "val_loss": 1.0})
+                 for i in range(1, 501)}
+    assert decisions == {TrialScheduler.CONTINUE}
+    assert scheduler.on_trial_result(None, behind, {"training_iteration": 1, "val_loss": 2.0}) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(None, behind, {"training_iteration": 2, "val_loss": 2.0}) == TrialScheduler.STOP

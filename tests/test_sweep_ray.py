@@ -149,6 +149,40 @@ def test_parameters_drawn_again_while_their_first_trial_runs_train_once_and_shar
     assert again["trial"].tolist() == board["trial"].tolist()
 
 
+def test_asha_stops_a_trial_that_falls_behind_keeps_its_metrics_and_optuna_records_it_pruned(ray_local, shared):
+    """ASHA with a random search, one trial at a time: the second draw (a learning rate too small
+    to learn) is behind the first at the first rung and stopped there. It is a `stopped` row, not
+    scored, PRUNED in the Optuna study (not left RUNNING), and its reported metrics are on disk."""
+    import optuna
+
+    from classit.sweep.search import optuna_journal
+
+    # The random sampler's seed 0 draws the second choice, then the first.
+    config = sweep_config(shared, name="asha", search="random", num_samples=2, asha=True, search_seed=0,
+                          space={"curriculum": {"choice": ["switch"]}, "learning_rate": {"choice": [1e-6, 2e-3]}})
+    lines = []
+    run_sweep(parse_config(config), log=lines.append)
+
+    results = shared / "runs" / "asha" / "results"
+    trials = read_table(str(results / "trials")).set_index("param.learning_rate")
+    assert trials["status"].to_dict() == {2e-3: "finished", 1e-6: "stopped"}
+    stopped = trials.loc[1e-6, "trial"]
+    assert [line for line in lines if line.startswith(f"trial {stopped} ")][-1].startswith(
+        f"trial {stopped} stopped early by ASHA: stage switch, ")
+    assert not any(line.startswith(f"trial {stopped} scored") for line in lines)
+    study = optuna.load_study(study_name="asha", storage=optuna_journal(parse_config(config)))
+    assert [(t.params["learning_rate"], t.state) for t in study.trials] == [
+        (2e-3, optuna.trial.TrialState.COMPLETE), (1e-6, optuna.trial.TrialState.PRUNED)]
+    assert study.trials[0].values == [trials.loc[2e-3, "blimp:average:accuracy"]]
+    # The stopped trial's reports up to the rung it was stopped at (its start and first evaluation)
+    # are in train_metrics, though its workers were stopped before any checkpoint.
+    metrics = read_table(str(results / "train_metrics"))
+    reported = metrics[metrics["trial"] == f"asha-{stopped}"]
+    assert {0, 5} <= set(reported.loc[reported["val_loss"].notna(), "step"])
+    assert not reported.duplicated(["stage", "step"]).any()
+    assert sweep_status(shared / "runs" / "asha")["counts"]["stopped"] == 1
+
+
 def test_tpe_multi_objective_with_seeds_repeats_each_draw_scores_aoa_on_the_marks_and_feeds_the_trackers(
         ray_local, shared):
     """Optuna TPE over curriculum x mix ratio x learning rate, two objectives, two seeds per draw;

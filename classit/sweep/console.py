@@ -2,7 +2,8 @@
 in place (rich); plain lines only when the output is not a terminal (a log file, CI).
 
 Events: a base reused or built, a trial started, a stage finished, a trial scored and finished
-(with its objectives), a trial failed (with its error's last line).
+(with its objectives) or stopped early by ASHA (with its last validation loss), a trial failed
+(with its error's last line).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from ray import tune
 
 from classit.sweep.space import format_params
-from classit.sweep.trial import trial_key, trial_params
+from classit.sweep.trial import FINAL_REPORT, trial_key, trial_params
 from classit.units import format_count
 
 
@@ -82,9 +83,14 @@ class SweepConsole(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = self.latest.get(trial.trial_id, {})
-        scores = ", ".join(f"{o} {_value(result, o)}" for o in self.objectives)
         done = 1 + sum(t.is_finished() for t in trials if t is not trial)  # a resumed sweep's earlier ones too
-        self.say(f"trial {self.key(trial)} scored and finished: {scores} ({done} of {self.planned} done)")
+        if result.get(FINAL_REPORT):
+            scores = ", ".join(f"{o} {_value(result, o)}" for o in self.objectives)
+            self.say(f"trial {self.key(trial)} scored and finished: {scores} ({done} of {self.planned} done)")
+        else:  # ended by Tune before its final report: ASHA stopped it
+            self.say(f"trial {self.key(trial)} stopped early by ASHA: stage {result.get('stage', '-')}, "
+                     f"{format_count(result.get('words_seen', float('nan')))} words seen, val_loss "
+                     f"{_value(result, 'val_loss')}, not scored ({done} of {self.planned} done)")
         self.redraw(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):

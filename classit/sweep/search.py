@@ -17,8 +17,9 @@ from classit.config import ClassitConfig
 from classit.evaluate.catalog import objective_key
 from classit.sweep.plan import experiment_dir
 from classit.sweep.space import DefineByRun, grid_trials
-from classit.sweep.trial import trial_key, trial_params
+from classit.sweep.trial import FINAL_REPORT, trial_key, trial_params
 
+ASHA_RUNGS_UP_TO = 2 * 4**10  # reports: ASHA's last rung, far past any run's evaluations
 OPTUNA_JOURNAL = "optuna.journal"  # a TPE or random sweep's Optuna study, on disk: optuna-dashboard reads it
 
 
@@ -30,7 +31,11 @@ def tune_setup(cfg: ClassitConfig):
     if sweep.asha:
         from ray.tune.schedulers import ASHAScheduler
 
-        scheduler = ASHAScheduler(metric="val_loss", mode="min", time_attr="training_iteration", grace_period=2)
+        # Time is the trial's reports (its evaluations and checkpoints), rungs at the 2nd, 8th, 32nd,
+        # ... report. A trial is never stopped for reaching ASHA's `max_t` (its default, 100, would
+        # stop a long run at its 100th report, unscored): it ends when its curriculum does.
+        scheduler = ASHAScheduler(metric="val_loss", mode="min", time_attr="training_iteration", grace_period=2,
+                                  max_t=ASHA_RUNGS_UP_TO, stop_last_trials=False)
     if sweep.search == "grid":
         return {"params": tune.grid_search(grid_trials(cfg))}, tune.TuneConfig(
             num_samples=1, max_concurrent_trials=sweep.max_concurrent_trials, scheduler=scheduler)
@@ -56,6 +61,17 @@ def optuna_journal(cfg: ClassitConfig):
     return JournalStorage(JournalFileBackend(str(experiment_dir(cfg) / OPTUNA_JOURNAL)))
 
 
+def outcome(result: dict | None, error: bool, objectives: list[str]) -> tuple[list[float] | None, bool]:
+    """What Optuna is told of an ended trial: its objective values, from its final report; or None
+    and whether it failed (an error, or an objective missing because its evaluation failed: FAIL)
+    rather than was stopped early by ASHA (no final report: PRUNED)."""
+    final = bool(result and result.get(FINAL_REPORT))
+    values = [result.get(o) for o in objectives] if final else []
+    if not final or any(v is None or np.isnan(v) for v in values):
+        return None, error or final
+    return [float(v) for v in values], error
+
+
 class JournalOptunaSearch(OptunaSearch):
     """OptunaSearch for a study kept in the sweep's journal. Tune snapshots the searcher now and
     then; a driver killed after Optuna was asked for a trial but before the next snapshot leaves
@@ -72,18 +88,35 @@ class JournalOptunaSearch(OptunaSearch):
                 self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphan._trial_id)
         return super().suggest(trial_id)
 
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        """A trial without objective values is told as PRUNED (stopped early) or FAIL (failed, or
+        scored with errors), never left RUNNING: Tune's OptunaSearch would tell a list of objectives
+        [None] as COMPLETE, which Optuna refuses, and the trial stays RUNNING in the study."""
+        values, failed = outcome(result, error, self.metric)
+        if values is None:
+            super().on_trial_complete(trial_id, None, error=failed)
+        else:
+            super().on_trial_complete(trial_id, dict(zip(self.metric, values)), error=error)
+
 
 class SeedRepeater(Repeater):
     """Tune's Repeater for one or several objectives: each draw runs once per seed, and the
-    searcher is told the mean of every objective over the seeds (Repeater handles only one)."""
+    searcher is told the mean of every objective over the seeds that finished (Repeater handles
+    only one objective); a draw none of whose seeds finished is told as failed or stopped early."""
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, **kwargs):
-        metrics = self.searcher.metric if isinstance(self.searcher.metric, list) else [self.searcher.metric]
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        objectives = self.searcher.metric
         group = self._trial_id_to_group[trial_id]
-        group.report(trial_id, [float((result or {}).get(m, np.nan)) for m in metrics])
+        values, failed = outcome(result, error, objectives)
+        group.report(trial_id, {"values": values, "failed": failed})
         if group.finished_reporting():
-            means = np.nanmean(np.array(group.scores(), dtype=float), axis=0)
-            self.searcher.on_trial_complete(group.primary_trial_id, result=dict(zip(metrics, means)), **kwargs)
+            ends = group.scores()
+            finished = [end["values"] for end in ends if end["values"] is not None]
+            if finished:
+                means = np.mean(np.array(finished), axis=0)
+                self.searcher.on_trial_complete(group.primary_trial_id, {**dict(zip(objectives, means)), FINAL_REPORT: True})
+            else:
+                self.searcher.on_trial_complete(group.primary_trial_id, None, error=any(end["failed"] for end in ends))
 
 
 class TwinPassingLimiter(ConcurrencyLimiter):

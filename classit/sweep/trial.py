@@ -21,6 +21,9 @@ from classit.evaluate.aggregates import aggregates
 from classit.evaluate.catalog import headline_keys, objective_key
 
 TRIALS, TRAIN_METRICS, EVAL_SCORES = "trials", "train_metrics", "eval_scores"
+# In a trial's last report to Tune when it ends with its row (trained and scored, or found done):
+# a trial Tune ended without it was stopped early (ASHA) or failed.
+FINAL_REPORT = "final"
 
 
 def scores_of(rows: list[dict], checkpoint: str) -> dict[str, float]:
@@ -145,7 +148,7 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
     ray.get(claims.claim.remote(key, ray.tune.get_context().get_trial_id()))  # held until Tune sees it end
     done = finished_row(results_root, key)
     if done is not None:
-        ray.tune.report({k: done[k] for k in ["val_loss", *objectives] if k in done} | {"resumed": True})
+        ray.tune.report({k: done[k] for k in ["val_loss", *objectives] if k in done} | {"resumed": True, FINAL_REPORT: True})
         return
 
     start = time.time()
@@ -165,4 +168,5 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
                  for c, m in checkpoints]
     ray.tune.report({"val_loss": row["val_loss"], **scores, "stage": result.metrics.get("stage"),
                      "words_seen": row["exposure_words"], "exposure_words": row["exposure_words"], "done": True,
+                     FINAL_REPORT: True,
                      TRACKED_STEPS: json.dumps(evaluated)})

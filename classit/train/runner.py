@@ -78,8 +78,10 @@ class MetricRows:
 
 
 class RayReporter:
-    """Rank 0 keeps every metric row and flushes them to Parquet at checkpoints; Ray Train hears of
-    evaluations and checkpoints only.
+    """Rank 0 keeps every metric row; Ray Train hears of evaluations and checkpoints only, and at
+    each of them the rows since the last one are written first (a trial stopped early, or killed,
+    keeps every row it reported). A part file is keyed by the run, stage and step it ends at: a
+    run resumed from a checkpoint ends its parts at the same steps and replaces them, never doubles them.
 
     A `ray.train.report` waits for the controller to take the previous one, which it does on its
     health-check tick: reporting every log line would throttle training to that tick.
@@ -101,15 +103,17 @@ class RayReporter:
                     k: metrics[k] for k in TRACKED_METRICS if k in metrics}})
         if checkpoint_dir is None and "val_loss" not in metrics:
             return  # every rank decides alike, so all still report the same number of times
+        if self.rank == 0:
+            self.flush()
         checkpoint = self.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         steps, self.unreported_steps = self.unreported_steps, []
         self.train.report({**metrics, TRACKED_STEPS: json.dumps(steps)}, checkpoint=checkpoint,
                           checkpoint_dir_name=name)
-        if checkpoint_dir and self.rank == 0:
-            self.flush()
 
     def flush(self) -> None:
-        self.rows.flush()
+        if self.rows.rows:
+            last = self.rows.rows[-1]
+            self.rows.flush(key=f"{self.rows.trial}/{last['stage_index']}/{last['stage']}/{last['step']}")
 
 
 def pretrain_worker(loop_config: dict) -> None:
