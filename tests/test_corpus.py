@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -111,6 +112,21 @@ def test_babylm_folder_and_datasets_sources_give_the_same_lines(tmp_path):
     assert from_folder.stats["sources"] == from_hf.stats["sources"]
     assert from_folder.stats["train"]["words"] == from_hf.stats["train"]["words"] > 0
     assert from_folder.stats["sources"]["switchboard"]["lines"] == 200
+
+
+def test_a_dataset_folder_saved_again_with_other_rows_is_not_served_from_cache(tmp_path):
+    import datasets
+
+    lines = [f"the child number {i} plays with the dog ." for i in range(300)]
+    folder = tmp_path / "hf"
+    datasets.Dataset.from_dict({"text": lines}).save_to_disk(str(folder))
+    cfg = small_config(tmp_path, corpus={"hf_dataset": str(folder), "synthetic": None, "block_size": 32, "num_proc": 1})
+    first = prepare_corpus(cfg)
+    shutil.rmtree(folder)
+    datasets.Dataset.from_dict({"text": lines[:200]}).save_to_disk(str(folder))
+    second = prepare_corpus(cfg)
+    assert second.root != first.root
+    assert second.stats["train"]["words"] + second.stats["validation"]["words"] == 200 * 9
 
 
 def test_changed_corpus_file_is_not_served_from_cache(tmp_path):

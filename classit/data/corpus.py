@@ -112,7 +112,10 @@ def read_babylm_folder(folder: Path) -> dict[str, Iterator[str]]:
     return {f.stem: file_lines(f) for f in files}
 
 
-def read_hf_dataset(name: str, split: str, text_column: str) -> dict[str, list[str]]:
+def read_hf_dataset(name: str, split: str, text_column: str) -> tuple[dict[str, list[str]], str]:
+    """The dataset's lines per source (its `source` column, else one source `hf`), and the
+    fingerprint `datasets` gives its content: a folder saved again with other rows, or a new
+    revision on the Hub, is not served the blocks of the old one."""
     import datasets
 
     path = Path(name)
@@ -125,7 +128,7 @@ def read_hf_dataset(name: str, split: str, text_column: str) -> dict[str, list[s
     by_source: dict[str, list[str]] = {}
     for source, text in zip(sources, ds[text_column]):
         by_source.setdefault(source, []).extend(str(text).splitlines())
-    return by_source
+    return by_source, ds._fingerprint
 
 
 def _fingerprint_files(files: list[Path]) -> str:
@@ -199,8 +202,8 @@ def _load_lines(cfg: ClassitConfig, cache_dir: Path) -> tuple[dict[str, Iterable
     if corpus.path is not None:
         lines = read_babylm_folder(corpus.path)
         return lines, _fingerprint_files(list(corpus.path.glob("*.train")))
-    return read_hf_dataset(corpus.hf_dataset, corpus.hf_split, corpus.text_column), config_hash(
-        corpus.hf_dataset, corpus.hf_split, corpus.text_column)
+    lines, fingerprint = read_hf_dataset(corpus.hf_dataset, corpus.hf_split, corpus.text_column)
+    return lines, config_hash(fingerprint, corpus.hf_split, corpus.text_column)
 
 
 SHARD_LINES = 200_000  # lines per chunk, cleaned and then tokenized: the unit a killed preparation resumes from
