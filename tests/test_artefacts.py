@@ -105,3 +105,18 @@ def test_instruction_data_is_encoded_once_and_shared_by_runs_that_differ_in_trai
     monkeypatch.undo()
     shorter = cfg.model_copy(update={"instruct": cfg.instruct.model_copy(update={"max_length": 64})})
     assert instruct.prepare_instruct(shorter, base).payload.data_root != root
+
+
+def test_a_corpus_changed_in_place_is_not_served_the_base_pretrained_on_it_before(tmp_path):
+    """A base model's key holds the corpus's content, not only its path: a `.train` file edited in
+    place (the same folder and config) needs a base of its own; the unchanged corpus keeps its key."""
+    from classit.sweep.services import base_folder
+
+    folder = tmp_path / "babylm"
+    folder.mkdir()
+    (folder / "childes.train").write_text("the dog runs .\n" * 100)
+    cfg = small_config(tmp_path, corpus={"path": str(folder), "synthetic": None})
+    before = base_folder(cfg)
+    assert base_folder(cfg) == before
+    (folder / "childes.train").write_text("the dog runs .\n" * 99 + "the cat runs .\n")
+    assert base_folder(cfg) != before

@@ -14,6 +14,7 @@ import random
 import re
 import shutil
 from dataclasses import dataclass
+from functools import lru_cache
 from collections import deque
 from collections.abc import Iterable, Iterator
 from itertools import chain, count, islice
@@ -24,7 +25,7 @@ import pyarrow as pa
 
 from classit.artefacts import (artefact_dir, building, commit_file, commit_folder, is_complete, mark_complete,
                                read_marker)
-from classit.config import ClassitConfig, SyntheticCorpusConfig, config_hash
+from classit.config import ClassitConfig, CorpusConfig, SyntheticCorpusConfig, config_hash
 from classit.models import PRESETS
 
 CLEANING_VERSION = 1  # bump when cleaning rules change, to invalidate caches
@@ -112,30 +113,47 @@ def read_babylm_folder(folder: Path) -> dict[str, Iterator[str]]:
     return {f.stem: file_lines(f) for f in files}
 
 
-def read_hf_dataset(name: str, split: str, text_column: str) -> tuple[dict[str, list[str]], str]:
-    """The dataset's lines per source (its `source` column, else one source `hf`), and the
-    fingerprint `datasets` gives its content: a folder saved again with other rows, or a new
-    revision on the Hub, is not served the blocks of the old one."""
+def hf_split(name: str, split: str):
+    """A `datasets` split: a folder saved with `save_to_disk`, or a name `load_dataset` knows."""
     import datasets
 
     path = Path(name)
     ds = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.load_dataset(name, split=split)
-    if isinstance(ds, datasets.DatasetDict):
-        ds = ds[split]
+    return ds[split] if isinstance(ds, datasets.DatasetDict) else ds
+
+
+def read_hf_dataset(name: str, split: str, text_column: str) -> dict[str, list[str]]:
+    """The dataset's lines per source (its `source` column, else one source `hf`)."""
+    ds = hf_split(name, split)
     if text_column not in ds.column_names:
         raise ValueError(f"corpus.text_column: dataset {name} has no column {text_column!r} ({ds.column_names})")
     sources = ds["source"] if "source" in ds.column_names else ["hf"] * len(ds)
     by_source: dict[str, list[str]] = {}
     for source, text in zip(sources, ds[text_column]):
         by_source.setdefault(source, []).extend(str(text).splitlines())
-    return by_source, ds._fingerprint
+    return by_source
 
 
-def _fingerprint_files(files: list[Path]) -> str:
+def corpus_fingerprint(corpus: CorpusConfig, cache_dir: Path) -> str:
+    """What the corpus's content hashes to: the synthetic corpus's settings, the `.train` files'
+    bytes, or the fingerprint `datasets` gives the split's content. It keys the corpus's cache and
+    is part of a base model's key, so a corpus changed in place (a file edited, a dataset folder
+    saved again, a new revision on the Hub) is neither tokenized nor pretrained on as the old one."""
+    if corpus.synthetic is not None:
+        return artefact_dir(cache_dir, "synthetic", corpus.synthetic, SYNTHETIC_VERSION).name
+    if corpus.path is not None:
+        files = sorted(corpus.path.glob("*.train"))
+        return _files_hash(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    return config_hash(hf_split(corpus.hf_dataset, corpus.hf_split)._fingerprint, corpus.hf_split, corpus.text_column)
+
+
+@lru_cache(maxsize=8)
+def _files_hash(files: tuple[tuple[str, int, int], ...]) -> str:
+    """The files' names and bytes, hashed once per process for the same (path, size, mtime) of each."""
     digest = hashlib.sha256()
-    for f in sorted(files):
-        digest.update(f.name.encode())
-        with f.open("rb") as fh:
+    for name, _, _ in files:
+        digest.update(Path(name).name.encode())
+        with open(name, "rb") as fh:
             while chunk := fh.read(1 << 20):
                 digest.update(chunk)
     return digest.hexdigest()[:16]
@@ -182,28 +200,27 @@ class PreparedCorpus:
 SYNTHETIC_VERSION = 2  # bump when the synthetic generator's files change (2: titled wiki articles)
 
 
-def synthetic_corpus(synthetic: SyntheticCorpusConfig, cache_dir: Path) -> tuple[Path, str]:
-    """The synthetic corpus's BabyLM-layout folder, generated once, and its fingerprint."""
+def synthetic_corpus(synthetic: SyntheticCorpusConfig, cache_dir: Path) -> Path:
+    """The synthetic corpus's BabyLM-layout folder, generated once."""
     from classit.data.synthetic import generate_corpus
 
     folder = artefact_dir(cache_dir, "synthetic", synthetic, SYNTHETIC_VERSION)
     if not is_complete(folder):
         commit_folder(folder, lambda tmp: generate_corpus(tmp, synthetic.sentences, synthetic.seed),
                       {"synthetic": synthetic.model_dump(), "version": SYNTHETIC_VERSION})
-    return folder, folder.name
+    return folder
 
 
 def _load_lines(cfg: ClassitConfig, cache_dir: Path) -> tuple[dict[str, Iterable[str]], str]:
     """Raw lines per source (streamed from files), and a fingerprint of their content."""
     corpus = cfg.corpus
     if corpus.synthetic is not None:
-        folder, fingerprint = synthetic_corpus(corpus.synthetic, cache_dir)
-        return read_babylm_folder(folder), fingerprint
-    if corpus.path is not None:
+        lines = read_babylm_folder(synthetic_corpus(corpus.synthetic, cache_dir))
+    elif corpus.path is not None:
         lines = read_babylm_folder(corpus.path)
-        return lines, _fingerprint_files(list(corpus.path.glob("*.train")))
-    lines, fingerprint = read_hf_dataset(corpus.hf_dataset, corpus.hf_split, corpus.text_column)
-    return lines, config_hash(fingerprint, corpus.hf_split, corpus.text_column)
+    else:
+        lines = read_hf_dataset(corpus.hf_dataset, corpus.hf_split, corpus.text_column)
+    return lines, corpus_fingerprint(corpus, cache_dir)
 
 
 SHARD_LINES = 200_000  # lines per chunk, cleaned and then tokenized: the unit a killed preparation resumes from

@@ -36,13 +36,9 @@ def wiki_articles(path: Path) -> list[dict]:
 
 
 def dataset_articles(gcfg: GenerateConfig) -> list[dict]:
-    import datasets
+    from classit.data.corpus import hf_split
 
-    folder = Path(gcfg.hf_dataset)
-    ds = datasets.load_from_disk(str(folder)) if folder.is_dir() else datasets.load_dataset(
-        gcfg.hf_dataset, split=gcfg.hf_split)
-    if isinstance(ds, datasets.DatasetDict):
-        ds = ds[gcfg.hf_split]
+    ds = hf_split(gcfg.hf_dataset, gcfg.hf_split)
     for column in (gcfg.text_column, gcfg.title_column):
         if column is not None and column not in ds.column_names:
             raise ConfigError(f"generate: dataset {gcfg.hf_dataset} has no column {column!r} ({ds.column_names})")
@@ -56,7 +52,7 @@ def load_articles(gcfg: GenerateConfig, cache_dir: Path, where: str = "generate"
     if gcfg.synthetic is not None:
         from classit.data.corpus import synthetic_corpus
 
-        folder, _ = synthetic_corpus(gcfg.synthetic, cache_dir)
+        folder = synthetic_corpus(gcfg.synthetic, cache_dir)
         source, articles = f"{folder}/simple_wiki.train", wiki_articles(folder / "simple_wiki.train")
     elif gcfg.articles is not None:
         source, articles = str(gcfg.articles), wiki_articles(gcfg.articles)

@@ -1,7 +1,7 @@
 """The shared services of a sweep, as named Ray actors the driver starts and trials look up.
 
 - `BaseBuilder`: the base-model cache. Pretraining runs once per (model preset, tokenizer,
-  corpus, pretraining config, worker count) key; the finished base is recorded as an artefact,
+  corpus and its content, pretraining config, worker count) key; the finished base is recorded as an artefact,
   `<storage>/bases/base-<key>/artefact.json` (its checkpoint, run and validation loss), so later
   trials and later sweeps reuse it. The actor runs one
   request at a time: two trials that need the same missing base wait for one build.
@@ -24,10 +24,14 @@ BUILDER_NAME = "classit-base-builder"
 
 
 def base_made_by(cfg: ClassitConfig) -> dict:
-    """What a base model is made of: the trial config's slices pretraining reads."""
+    """What a base model is made of: the trial config's slices pretraining reads, and the corpus's
+    content (a corpus changed in place is pretrained on again, not served the old base)."""
+    from classit.data.corpus import corpus_fingerprint
+
     return {"model": cfg.model.model_dump(mode="json"), "tokenizer": cfg.tokenizer.model_dump(mode="json"),
             "corpus": cfg.corpus.model_dump(mode="json"), "pretrain": cfg.pretrain.model_dump(mode="json"),
-            "num_workers": cfg.distributed.num_workers}
+            "num_workers": cfg.distributed.num_workers,
+            "corpus_content": corpus_fingerprint(cfg.corpus, Path(cfg.run.cache_dir))}
 
 
 def base_folder(cfg: ClassitConfig) -> Path:
