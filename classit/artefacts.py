@@ -14,6 +14,7 @@ teacher, and the base models a sweep records.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +34,23 @@ MARKER = "artefact.json"
 def artefact_dir(root: str | Path, kind: str, *made_of) -> Path:
     """`<root>/<kind>-<hash of made_of>`: where the artefact made of these inputs lives."""
     return Path(root) / f"{kind}-{config_hash(*made_of)}"
+
+
+def files_fingerprint(files) -> str:
+    """A hash of the files' names and bytes: the content fingerprint of an input given by path
+    (corpus files, a checkpoint), read once per process while each file's size and mtime stay."""
+    return _files_hash(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(files)))
+
+
+@lru_cache(maxsize=32)
+def _files_hash(files: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for name, _, _ in files:
+        digest.update(Path(name).name.encode())
+        with open(name, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def is_complete(folder: Path) -> bool:

@@ -105,18 +105,25 @@ def test_instruction_data_is_encoded_once_and_shared_by_runs_that_differ_in_trai
     monkeypatch.undo()
     shorter = cfg.model_copy(update={"instruct": cfg.instruct.model_copy(update={"max_length": 64})})
     assert instruct.prepare_instruct(shorter, base).payload.data_root != root
+    # A base saved again in the same folder, with another tokenizer: a run of its own, its data encoded anew.
+    config = base / "tokenizer_config.json"
+    config.write_text(config.read_text().replace('"model_max_length"', '"padding_side": "right", "model_max_length"', 1))
+    changed = instruct.prepare_instruct(cfg, base)
+    assert changed.payload.data_root != root and changed.cfg.run.name != first.cfg.run.name
 
 
 def test_a_corpus_changed_in_place_is_not_served_the_base_pretrained_on_it_before(tmp_path):
     """A base model's key holds the corpus's content, not only its path: a `.train` file edited in
-    place (the same folder and config) needs a base of its own; the unchanged corpus keeps its key."""
+    place (the same folder and config) needs a base of its own, and `classit pretrain` a run of its
+    own (not the old run resumed); the unchanged corpus keeps its key."""
     from classit.sweep.services import base_folder
+    from classit.train.runner import prepare_pretraining
 
     folder = tmp_path / "babylm"
     folder.mkdir()
     (folder / "childes.train").write_text("the dog runs .\n" * 100)
-    cfg = small_config(tmp_path, corpus={"path": str(folder), "synthetic": None})
-    before = base_folder(cfg)
-    assert base_folder(cfg) == before
+    cfg = small_config(tmp_path, corpus={"path": str(folder), "synthetic": None}, run={"name": None})
+    before, run_before = base_folder(cfg), prepare_pretraining(cfg)[0].run.name
+    assert base_folder(cfg) == before and prepare_pretraining(cfg)[0].run.name == run_before
     (folder / "childes.train").write_text("the dog runs .\n" * 99 + "the cat runs .\n")
-    assert base_folder(cfg) != before
+    assert base_folder(cfg) != before and prepare_pretraining(cfg)[0].run.name != run_before

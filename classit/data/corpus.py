@@ -8,13 +8,11 @@ with the same inputs does no tokenization at all.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import re
 import shutil
 from dataclasses import dataclass
-from functools import lru_cache
 from collections import deque
 from collections.abc import Iterable, Iterator
 from itertools import chain, count, islice
@@ -23,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from classit.artefacts import (artefact_dir, building, commit_file, commit_folder, is_complete, mark_complete,
-                               read_marker)
+from classit.artefacts import (artefact_dir, building, commit_file, commit_folder, files_fingerprint, is_complete,
+                               mark_complete, read_marker)
 from classit.config import ClassitConfig, CorpusConfig, SyntheticCorpusConfig, config_hash
 from classit.models import PRESETS
 
@@ -142,21 +140,8 @@ def corpus_fingerprint(corpus: CorpusConfig, cache_dir: Path) -> str:
     if corpus.synthetic is not None:
         return artefact_dir(cache_dir, "synthetic", corpus.synthetic, SYNTHETIC_VERSION).name
     if corpus.path is not None:
-        files = sorted(corpus.path.glob("*.train"))
-        return _files_hash(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+        return files_fingerprint(corpus.path.glob("*.train"))
     return config_hash(hf_split(corpus.hf_dataset, corpus.hf_split)._fingerprint, corpus.hf_split, corpus.text_column)
-
-
-@lru_cache(maxsize=8)
-def _files_hash(files: tuple[tuple[str, int, int], ...]) -> str:
-    """The files' names and bytes, hashed once per process for the same (path, size, mtime) of each."""
-    digest = hashlib.sha256()
-    for name, _, _ in files:
-        digest.update(Path(name).name.encode())
-        with open(name, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
 
 
 def pack_blocks(flat: np.ndarray, lengths: np.ndarray, words: np.ndarray, block_size: int, pad_id: int):

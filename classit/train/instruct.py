@@ -41,6 +41,9 @@ class InstructPayload(WorkerPayload):
     stages: list[PlannedStage]
 
 
+WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth"}  # a checkpoint's files that do not shape its encoded data
+
+
 def instruct_kind(cfg: ClassitConfig) -> str:
     icfg = cfg.instruct
     name = icfg.curriculum if isinstance(icfg.curriculum, str) else "custom"
@@ -203,18 +206,22 @@ class InstructJob:
 def prepare_instruct(cfg: ClassitConfig, base: Path) -> InstructJob:
     """On the driver, no Ray needed: load, split, plan (with the budget check), then every stage's
     data and the validation sets encoded, or found already encoded in the cache (keyed by the
-    records each holds, the tokenizer's checkpoint and the encoding settings: trials that differ
-    only in training settings share it). Bad data or an over-budget plan fails here."""
-    from classit.artefacts import artefact_dir, commit_folder, is_complete, read_marker
+    records each holds, the base's files but its weights (the tokenizer's among them) and the
+    encoding settings: trials that differ only in training settings share it). Bad data or an
+    over-budget plan fails here."""
+    from classit.artefacts import artefact_dir, commit_folder, files_fingerprint, is_complete, read_marker
     from classit.config import config_hash
 
-    cfg = named(cfg, instruct_kind(cfg), str(base.resolve()))
+    base_files = [p for p in base.iterdir() if p.is_file()]
+    if cfg.run.name is None:  # by the base's content, not its path: a base saved again in its folder is a new run
+        cfg = named(cfg, instruct_kind(cfg), files_fingerprint(base_files))
     icfg = cfg.instruct
     base_input, base_exposure = base_word_counts(base)
     plan, train, valid = plan_instruct(cfg, base_input, base_exposure)
 
     stages = [[train[d][i] for d, i in stage.items] for stage in plan.stages]
-    made_by = {"tokenizer": str(base.resolve()), "max_length": icfg.max_length, "template": icfg.template.model_dump(),
+    made_by = {"tokenizer": files_fingerprint(p for p in base_files if p.suffix not in WEIGHT_SUFFIXES),
+               "max_length": icfg.max_length, "template": icfg.template.model_dump(),
                "stages": config_hash([[[r["prompt"], r["reply"]] for r in records] for records in stages]),
                "validation": validation_fingerprint(valid)}
     root = artefact_dir(cfg.run.cache_dir, "instruct", made_by)

@@ -198,9 +198,9 @@ def prepare_pretraining(cfg: ClassitConfig):
     """On the driver, no Ray needed: the named config and its prepared corpus (cached), with the
     planned words checked against the budget before any worker starts."""
     from classit.budget import check_budget, pretraining_exposure
-    from classit.data.corpus import prepare_corpus
+    from classit.data.corpus import corpus_fingerprint, prepare_corpus
 
-    cfg = named(cfg, "pretrain")
+    cfg = named(cfg, "pretrain", corpus_fingerprint(cfg.corpus, Path(cfg.run.cache_dir)))  # an edited corpus: a new run
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     corpus = prepare_corpus(cfg)
     words = corpus.stats["train"]["words"]
