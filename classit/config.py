@@ -219,7 +219,7 @@ class InstructDataset(Section):
     """Prompt/reply records from exactly one source."""
 
     path: Path | None = Field(None, description="JSONL, JSON or Parquet file, or a datasets save_to_disk folder")
-    hf_dataset: str | None = Field(None, description="`datasets` hub name")
+    hf_dataset: str | None = Field(None, description="`datasets` name or local dataset folder")
     hf_split: str = "train"
     switchboard: Path | None = Field(None, description="a BabyLM switchboard.train file, cut into pairs")
     synthetic: Literal["conversation", "qa"] | None = None

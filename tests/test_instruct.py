@@ -176,6 +176,16 @@ def test_records_missing_a_reply_are_named(tmp_path):
         load_records("qa", cfg.instruct.datasets["qa"])
 
 
+def test_hf_dataset_takes_a_saved_dataset_folder_as_the_corpus_and_generation_do(tmp_path):
+    import datasets
+
+    rows = [{"prompt": f"what is {i} ?", "reply": f"it is {i} .", "source": "wiki"} for i in range(5)]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "qa"))
+    cfg = parse_config({"instruct": {"datasets": {"qa": {"hf_dataset": str(tmp_path / "qa")}},
+                                     "curriculum": [{"datasets": ["qa"]}]}})
+    assert load_records("qa", cfg.instruct.datasets["qa"]) == rows
+
+
 def test_a_base_whose_weights_do_not_load_is_named_in_the_error(tmp_path, tokenizer):
     from classit.models import build_model
     from classit.train.checkpoints import save_tokenizer_and_model

@@ -12,7 +12,7 @@ import random
 from pathlib import Path
 
 from classit.config import ConfigError, InstructDataset, TemplateConfig
-from classit.data.corpus import clean_text, count_words, split_speaker
+from classit.data.corpus import clean_text, count_words, hf_split, split_speaker
 from classit.tokenizer import reply_token_id
 
 IGNORE = -100
@@ -105,9 +105,7 @@ def load_records(name: str, spec: InstructDataset, seed: int = 0, cache_dir: Pat
     elif spec.path is not None:
         located = _read_file(spec.path)
     else:
-        import datasets
-
-        rows = datasets.load_dataset(spec.hf_dataset, split=spec.hf_split).to_list()
+        rows = hf_split(spec.hf_dataset, spec.hf_split).to_list()
         located = [(f"{spec.hf_dataset}: row {i}", r) for i, r in enumerate(rows)]
     for where, record in located:
         if not isinstance(record, dict):
