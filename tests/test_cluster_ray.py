@@ -66,19 +66,29 @@ def test_sweep_survives_losing_the_node_a_trial_trains_on(cluster, tmp_path):
     metrics_dir = tmp_path / "runs" / "nodeloss" / "results" / "train_metrics"
     killed = {}
 
+    def registered_checkpoint() -> tuple[str, str, int] | None:
+        """(run, stage, step) of a checkpoint Ray Train has registered for certain: rows are written
+        just before each report, and a report returns only once the controller has taken the one
+        before, so two evaluations' rows written after a checkpoint mean its report was taken."""
+        if not list(metrics_dir.glob("part-*.parquet")):
+            return None
+        evaluated = read_table(str(metrics_dir)).dropna(subset=["val_loss"])
+        for folder in sorted((tmp_path / "runs").glob("nodeloss-*/*-step*-words*")):
+            stage, step = folder.name.split("-step")[0], int(folder.name.split("-step")[1].split("-")[0])
+            run = folder.parent.name
+            later = evaluated[(evaluated["trial"] == run) & (evaluated["stage"] == stage) & (evaluated["step"] > step)]
+            if len(later) >= 2:
+                return run, stage, step
+        return None
+
     def kill_a_training_node():
-        # Rows are flushed right after each checkpoint's report returns, and a report returns once
-        # Ray Train's controller has taken the previous one: with two flushes, a checkpoint is
-        # registered for certain. Then the node under the training workers goes.
         deadline = time.time() + 600
-        while time.time() < deadline:
-            if metrics_dir.is_dir() and len(list(metrics_dir.glob("part-*.parquet"))) >= 2 and actors("RayTrainWorker"):
-                break
+        while time.time() < deadline and not (actors("RayTrainWorker") and (found := registered_checkpoint())):
             time.sleep(0.2)
         node_id = actors("RayTrainWorker")[0].node_id
         victim = next(w for w in workers if w.node_id == node_id)
-        flushed = read_table(str(metrics_dir))
-        killed["run"], killed["stage"] = flushed["trial"].iloc[-1], flushed["stage"].iloc[-1]
+        killed["run"], killed["stage"], killed["step"] = found
+        killed["time"] = time.time()
         c.remove_node(victim, allow_graceful=False)
         killed["node"] = node_id
 
@@ -96,13 +106,15 @@ def test_sweep_survives_losing_the_node_a_trial_trains_on(cluster, tmp_path):
     assert (scores["error"] == "").all() and set(scores["trial"]) == set(trials["trial"])
     metrics = read_table(str(metrics_dir))
     interrupted = metrics[metrics["trial"] == killed["run"]]
-    # It resumed from its newest registered checkpoint: no stage finished before the kill started
-    # over. The stage it was in may have, once: a report's checkpoint is registered for certain
-    # only when the next report returns, so a kill right after a stage's first checkpoint can
-    # resume from the previous stage's last one.
-    starts = interrupted.groupby("stage")["step"].apply(lambda s: int((s == 0).sum()))
-    assert (starts.drop(killed["stage"]) == 1).all() and 1 <= starts[killed["stage"]] <= 2, starts
-    assert set(interrupted["stage"]) == {"switch", "wiki"}
+    assert set(interrupted["stage"]) == {"switch", "wiki"} and not interrupted.duplicated(["stage", "step"]).any()
+    # It resumed from its newest registered checkpoint: what it trained up to that checkpoint (the
+    # stages before, the killed stage's steps up to it) was not trained again, so those rows are
+    # the ones written before the kill; the steps after it were trained (and written) again.
+    killed_index = interrupted.loc[interrupted["stage"] == killed["stage"], "stage_index"].iloc[0]
+    kept = interrupted[(interrupted["stage_index"] < killed_index)
+                       | ((interrupted["stage_index"] == killed_index) & (interrupted["step"] <= killed["step"]))]
+    assert len(kept) and (kept["time"] < killed["time"]).all(), kept[["stage", "step", "time"]]
+    assert (interrupted["time"] > killed["time"]).any()
 
 
 def test_killed_evaluation_actor_job_is_retried_once(cluster, tmp_path):
