@@ -37,7 +37,7 @@ def test_a_killed_tpe_driver_resumes_its_optuna_study_without_rerunning_finished
                                  "learning_rate": {"loguniform": [5e-4, 5e-3]}})
     # Paths relative to the driver's working directory, as the demo's config has them.
     config["run"].update(storage_path="runs", cache_dir="cache")
-    finished_before, _, resumed, storage = stop_and_resume(config, tmp_path, finished=2, cwd=shared)
+    finished_before, _, resumed, storage, resumed_at = stop_and_resume(config, tmp_path, finished=2, cwd=shared)
     assert "leaderboard (3 trials" in resumed.stdout
 
     # Every trial is in the Optuna study once, none left RUNNING, and the resumed sampler saw the
@@ -55,7 +55,7 @@ def test_a_killed_tpe_driver_resumes_its_optuna_study_without_rerunning_finished
     assert all(Path(c).is_relative_to(storage) for c in trials["checkpoint"]), list(trials["checkpoint"])
     by_key = trials.set_index("trial")
     assert [t.value for t in study.trials] == pytest.approx([by_key.loc[k, "blimp:average:accuracy"] for k in drawn])
-    assert_not_retrained(storage / "resumable", finished_before)
+    assert_not_retrained(storage / "resumable", finished_before, resumed_at)
     scores = read_table(str(storage / "resumable" / "results" / "eval_scores"))
     assert set(scores["trial"]) == set(drawn)  # every trial scored, each row once, re-run evaluations included
     assert not scores.duplicated(["trial", "checkpoint", "task", "subtask", "metric"]).any()
@@ -128,28 +128,30 @@ def stop_and_resume(config: dict, tmp_path: Path, finished: int, cwd: Path, stop
             os.kill(int(line.split()[0]), signal.SIGKILL)
         assert not leftover, leftover
 
+        resumed_at = time.time()
         resumed = subprocess.run([*command, "--resume"], env=env, cwd=cwd, capture_output=True, text=True,
                                  timeout=900)
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
         assert len(finished_before) >= finished and not ray_processes(str(ray_tmp))
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    return finished_before, stopped, resumed, storage
+    return finished_before, stopped, resumed, storage, resumed_at
 
 
-def assert_not_retrained(experiment: Path, finished_before: set[str]) -> None:
-    """A trial finished before the kill never trained again: one step-0 row per stage."""
+def assert_not_retrained(experiment: Path, finished_before: set[str], resumed_at: float) -> None:
+    """A trial finished before the kill never trained again: its rows (a run trained again would
+    replace them) are all from before the resume, one per step."""
     metrics = read_table(str(experiment / "results" / "train_metrics"))
     for key in finished_before:
         runs = metrics[metrics["trial"] == f"{experiment.name}-{key}"]
-        assert len(runs) and (runs.groupby("stage")["step"].apply(lambda s: (s == 0).sum()) == 1).all()
+        assert len(runs) and (runs["time"] < resumed_at).all() and not runs.duplicated(["stage", "step"]).any()
 
 
 def test_ctrl_c_saves_the_sweep_names_resume_and_exits_130_and_resume_finishes_it(tmp_path, shared):
     config = sweep_config(shared, name="ctrl-c", space={"curriculum": {"choice": ["pt", "switch"]}})
     planned = {trial_key(p) for p in grid_trials(parse_config(config))}
-    finished_before, stopped, resumed, storage = stop_and_resume(config, tmp_path, finished=1, cwd=tmp_path,
-                                                                 stop=signal.SIGINT)
+    finished_before, stopped, resumed, storage, resumed_at = stop_and_resume(
+        config, tmp_path, finished=1, cwd=tmp_path, stop=signal.SIGINT)
     assert stopped.returncode == 130, stopped.stdout[-3000:] + stopped.stderr[-3000:]
     # "0 of 2" when the stop lands between the first trial's row and Tune's receipt of its last
     # report: Tune then stops it as running, and the resumed sweep reports its row without training.
@@ -162,7 +164,7 @@ def test_ctrl_c_saves_the_sweep_names_resume_and_exits_130_and_resume_finishes_i
     assert len(finished_before) == 1
     trials = read_table(str(storage / "ctrl-c" / "results" / "trials"))
     assert sorted(trials["trial"]) == sorted(planned) and (trials["status"] == "finished").all()
-    assert_not_retrained(storage / "ctrl-c", finished_before)
+    assert_not_retrained(storage / "ctrl-c", finished_before, resumed_at)
 
 
 def test_a_corrupt_final_checkpoint_ends_eval_failed_and_the_sweep_exits_non_zero(tmp_path, shared):

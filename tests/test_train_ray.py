@@ -91,7 +91,7 @@ def test_killed_worker_resumes_from_the_newest_checkpoint_the_only_one_with_opti
     written = sum(f.stat().st_size for f in (checkpoints[-1] / DEEPSPEED_DIR).rglob("*") if f.is_file())
     assert written == pytest.approx(state, rel=0.05)
     rows = metrics_of(cfg)
-    assert (rows["step"] == 0).sum() == 1  # never restarted from scratch
+    assert rows["step"].is_unique  # the steps trained again after the kill replaced their rows
     assert rows["step"].max() == rows["total_steps"].iloc[0]
     # The restarted workers' first row follows the checkpoint they resumed from: the 4th or a newer
     # one registered before the kill landed.
