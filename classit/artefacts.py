@@ -39,7 +39,12 @@ def artefact_dir(root: str | Path, kind: str, *made_of) -> Path:
 def files_fingerprint(files) -> str:
     """A hash of the files' names and bytes: the content fingerprint of an input given by path
     (corpus files, a checkpoint), read once per process while each file's size and mtime stay."""
-    return _files_hash(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(files)))
+    return _files_hash(stat_signature(files))
+
+
+def stat_signature(files) -> tuple[tuple[str, int, int], ...]:
+    """Each file's path, size and mtime: what tells a process that a file it read may have changed."""
+    return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(files))
 
 
 @lru_cache(maxsize=32)

@@ -13,6 +13,7 @@ import random
 import re
 import shutil
 from dataclasses import dataclass
+from functools import lru_cache
 from collections import deque
 from collections.abc import Iterable, Iterator
 from itertools import chain, count, islice
@@ -22,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from classit.artefacts import (artefact_dir, building, commit_file, commit_folder, files_fingerprint, is_complete,
-                               mark_complete, read_marker)
+                               mark_complete, read_marker, stat_signature)
 from classit.config import ClassitConfig, CorpusConfig, SyntheticCorpusConfig, config_hash
 from classit.models import PRESETS
 
@@ -141,7 +142,16 @@ def corpus_fingerprint(corpus: CorpusConfig, cache_dir: Path) -> str:
         return artefact_dir(cache_dir, "synthetic", corpus.synthetic, SYNTHETIC_VERSION).name
     if corpus.path is not None:
         return files_fingerprint(corpus.path.glob("*.train"))
-    return config_hash(hf_split(corpus.hf_dataset, corpus.hf_split)._fingerprint, corpus.hf_split, corpus.text_column)
+    folder = Path(corpus.hf_dataset)
+    saved = stat_signature(f for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else ()
+    return config_hash(_hf_fingerprint(corpus.hf_dataset, corpus.hf_split, saved), corpus.hf_split, corpus.text_column)
+
+
+@lru_cache(maxsize=8)
+def _hf_fingerprint(name: str, split: str, saved: tuple) -> str:
+    """Loaded once per process (a sweep's driver asks at every trial result until its base is
+    built), again when a saved folder's files (`saved`, their stat signature) change."""
+    return hf_split(name, split)._fingerprint
 
 
 def pack_blocks(flat: np.ndarray, lengths: np.ndarray, words: np.ndarray, block_size: int, pad_id: int):
