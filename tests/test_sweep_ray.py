@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from classit.config import parse_config
+from conftest import actors
 from classit.results import read_table
 from classit.sweep.runner import run_sweep
 from classit.sweep.space import grid_trials
@@ -55,7 +56,10 @@ def test_a_base_built_ahead_that_fails_leaves_its_error_to_the_trials(ray_local,
 def test_six_trials_share_one_base_built_once_and_all_get_scores(ray_local, shared):
     # Two trials at a time: the first two both wait for the base the driver asked for, and must not build it again.
     cfg = parse_config(sweep_config(shared, max_concurrent_trials=2))
+    trial_actors_before = len(actors("ImplicitFunc", alive_only=False))
     board = run_sweep(cfg, log=lambda _: None)
+    # A finished trial's Tune actor runs the next trial: two actors for six trials, two at a time.
+    assert len(actors("ImplicitFunc", alive_only=False)) - trial_actors_before == 2
 
     storage = shared / "runs"
     assert len(list((storage / "bases").glob("base-*/artefact.json"))) == 1

@@ -36,9 +36,10 @@ def tune_setup(cfg: ClassitConfig):
         # stop a long run at its 100th report, unscored): it ends when its curriculum does.
         scheduler = ASHAScheduler(metric="val_loss", mode="min", time_attr="training_iteration", grace_period=2,
                                   max_t=ASHA_RUNGS_UP_TO, stop_last_trials=False)
+    # A finished trial's actor runs the next one: no new process importing Tune and classit per trial.
     if sweep.search == "grid":
         return {"params": tune.grid_search(grid_trials(cfg))}, tune.TuneConfig(
-            num_samples=1, max_concurrent_trials=sweep.max_concurrent_trials, scheduler=scheduler)
+            num_samples=1, max_concurrent_trials=sweep.max_concurrent_trials, scheduler=scheduler, reuse_actors=True)
     sampler = (optuna.samplers.TPESampler(seed=sweep.search_seed, multivariate=True) if sweep.search == "tpe"
                else optuna.samplers.RandomSampler(seed=sweep.search_seed))
     curriculum = cfg.instruct.curriculum if isinstance(cfg.instruct.curriculum, str) else "custom"
@@ -50,7 +51,8 @@ def tune_setup(cfg: ClassitConfig):
     if len(sweep.seeds) > 1:  # the searcher sees the mean over seeds of each draw
         search = SeedRepeater(search, repeat=len(sweep.seeds))
     search = TwinPassingLimiter(search, sweep.max_concurrent_trials, sweep.seeds)
-    return {}, tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=sweep.num_samples * len(sweep.seeds))
+    return {}, tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=sweep.num_samples * len(sweep.seeds),
+                                reuse_actors=True)
 
 
 def optuna_journal(cfg: ClassitConfig):
