@@ -153,6 +153,9 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
 
     start = time.time()
     cfg = apply_params(sweep_cfg, params)
+    # The tokenizer's code (~2 s of imports) is loaded while the base may still be pretraining, not
+    # after it, when this trial's instruction data is encoded on the way to its training.
+    from transformers import AutoTokenizer  # noqa: F401
     base = ensure_base(cfg)
     cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": f"{sweep.name}-{key}"})})
     result = train_instruct(prepare_instruct(cfg, base), log=lambda _: None,
