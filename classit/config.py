@@ -421,6 +421,10 @@ class TrackingConfig(Section):
     wandb: WandbTracking | None = None
     tensorboard: TensorBoardTracking | None = None
 
+    def named(self) -> list[str]:
+        """The trackers this config turns on."""
+        return [name for name in type(self).model_fields if getattr(self, name) is not None]
+
 
 class RunConfig(Section):
     name: str | None = Field(None, min_length=1, description="default: <pretrain|instruct-<curriculum>>-<config hash>")

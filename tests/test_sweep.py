@@ -190,20 +190,21 @@ def test_the_sweep_driver_trial_actors_and_train_controllers_import_no_model():
 
 def test_the_sweep_driver_plans_without_torch(tmp_path):
     """Planning reads the corpus and the records and counts words: torch and transformers (~2 s of
-    the driver's start, while no trial trains) wait for the processes that tokenize or build a model."""
+    the driver's start, while no trial trains) wait for the processes that tokenize or build a model,
+    and the trackers' packages (mlflow, wandb: ~1.5 s) for a sweep that logs to them."""
     plan = ("from classit.config import load_config\nfrom classit.sweep.plan import plan_trials, validate\n"
             f"plans, bases = plan_trials(validate(load_config({str(small_demo_config(tmp_path))!r})))\n"
             "assert plans and list(bases) == ['tiny'], bases")
-    assert loaded_by(plan, ("torch", "transformers")) == []
+    assert loaded_by(plan, ("torch", "transformers", "mlflow", "wandb")) == []
 
 
 def test_a_tracker_whose_package_is_missing_fails_before_ray_with_one_line(monkeypatch):
-    from classit.sweep import tracking
+    from classit.sweep import plan
 
     cfg = parse_config({"sweep": {"space": {"learning_rate": {"choice": [1e-4]}}},
                         "tracking": {"mlflow": {"tracking_uri": "sqlite:///mlflow.db"}, "wandb": {"mode": "offline"}}})
     validate(cfg)  # both installed (the dev extra)
-    monkeypatch.setitem(tracking.PACKAGES, "wandb", "wandb_not_installed_here")
+    monkeypatch.setitem(plan.TRACKER_PACKAGES, "wandb", "wandb_not_installed_here")
     with pytest.raises(ConfigError) as err:
         validate(cfg)
     assert str(err.value) == ("tracking.wandb: the wandb_not_installed_here package is not installed "

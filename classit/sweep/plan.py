@@ -24,10 +24,22 @@ def named_sweep(cfg: ClassitConfig) -> ClassitConfig:
     return cfg.model_copy(update={"sweep": cfg.sweep.model_copy(update={"name": name})})
 
 
+# Each tracker's package: checked here, imported (with Tune's callbacks) only by a sweep that names it.
+TRACKER_PACKAGES = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboardX"}
+
+
+def check_trackers(cfg: ClassitConfig) -> None:
+    """A named tracker whose package is missing fails here, before Ray starts."""
+    import importlib.util
+
+    for name in cfg.tracking.named():
+        if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None:
+            raise ConfigError(f"tracking.{name}: the {TRACKER_PACKAGES[name]} package is not installed "
+                              f"(pip install 'classit[{name}]')")
+
+
 def validate(cfg: ClassitConfig) -> ClassitConfig:
     """Everything that can be checked without Ray, each failure one line naming the field."""
-    from classit.sweep.tracking import check_trackers
-
     cfg = named_sweep(cfg)
     check_space(cfg)
     check_trackers(cfg)

@@ -144,7 +144,6 @@ def make_tuner(cfg: ClassitConfig, experiment: Path, resume: bool, results_root:
     from classit.sweep.console import SweepConsole
     from classit.sweep.search import tune_setup
     from classit.sweep.services import evaluation_service_name
-    from classit.sweep.tracking import tracking_callbacks
     from classit.sweep.trial import run_trial
 
     sweep = cfg.sweep
@@ -160,7 +159,17 @@ def make_tuner(cfg: ClassitConfig, experiment: Path, resume: bool, results_root:
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=tune.RunConfig(
         name=sweep.name, storage_path=str(experiment.parent), verbose=0,
         failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-        callbacks=[console, ReleaseClaims(sweep.name), *tracking_callbacks(cfg)]))
+        callbacks=[console, ReleaseClaims(sweep.name), *trackers(cfg)]))
+
+
+def trackers(cfg: ClassitConfig) -> list:
+    """Tune's logger callbacks for the trackers the config names; mlflow and wandb (~1.5 s of
+    imports) are loaded only by a sweep that logs to them."""
+    if not cfg.tracking.named():
+        return []
+    from classit.sweep.tracking import tracking_callbacks
+
+    return tracking_callbacks(cfg)
 
 
 def record_unfinished(grid, cfg: ClassitConfig, results_root: str, ended: list[dict]) -> None:

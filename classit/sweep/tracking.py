@@ -11,7 +11,6 @@ exposure words (the BabyLM x-axis, as Tune's `timesteps_total`).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -19,20 +18,9 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
 from ray.tune.logger import TBXLoggerCallback
 
-from classit.config import ClassitConfig, ConfigError
+from classit.config import ClassitConfig
 from classit.sweep.plan import experiment_dir
 from classit.train.runner import TRACKED_STEPS
-
-PACKAGES = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboardX"}
-
-
-def check_trackers(cfg: ClassitConfig) -> None:
-    """A named tracker whose package is missing fails here, before Ray starts."""
-    for name, package in PACKAGES.items():
-        if getattr(cfg.tracking, name) is not None and importlib.util.find_spec(package) is None:
-            raise ConfigError(f"tracking.{name}: the {package} package is not installed "
-                              f"(pip install 'classit[{name}]')")
-
 
 def log_entries(result: dict) -> list[dict]:
     """What one Tune result is logged as: each step it carries, then the result itself."""
