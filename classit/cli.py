@@ -79,7 +79,7 @@ def checkpoint_folder(flag: str, path: str) -> Path:
 
 
 def cmd_evaluate(args) -> int:
-    from classit.evaluate.catalog import HEADLINE_SUBTASKS, TASKS
+    from classit.evaluate.catalog import HEADLINE_SUBTASKS, TASKS, tie_warning
     from classit.evaluate.jobs import EvalJob
 
     for model in args.model:
@@ -109,6 +109,9 @@ def cmd_evaluate(args) -> int:
             value = f"{row['value']:8.3f}" if row["metric"] != "error" else "   error"
             print(f"{row['trial'][:28]:<28} {row['task']:<18} {row['subtask'] or '-':<18} {row['metric']:<11} "
                   f"{value} {row['n_items']:>7}  {row['error']}")
+    for job in {job.checkpoint: job for job in jobs}.values():
+        if warning := tie_warning(rows, job.checkpoint):
+            print(f"warning: {job.trial}: {warning}")
     print(f"{len(rows)} rows written to {args.output}")
     if export_dir:
         for model in args.model:

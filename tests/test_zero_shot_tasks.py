@@ -156,3 +156,39 @@ def test_the_catalog_knows_every_task_modules_tasks_and_their_metrics():
     assert set(catalog.FINETUNE_METRICS) == set(catalog.FINETUNE_SELECT_BY) == set(finetune.TASKS)
     assert all(catalog.FINETUNE_SELECT_BY[t] in catalog.FINETUNE_METRICS[t] for t in finetune.TASKS)
     assert catalog.headline_keys("wug_adj") == ["wug_adj:average:spearman"]
+
+
+def test_a_model_that_scores_every_candidate_alike_is_flagged_beside_its_perfect_accuracy(tmp_path, model_and_tokenizer):
+    """The pipeline counts a tie as correct (the grammatical sentence is first): a model with uniform
+    predictions, a diverged run's, gets 100% on BLiMP. The share of items won by a tie is a row of
+    its own, and the checkpoint's rows name it in one warning line."""
+    import torch
+
+    from classit.evaluate.catalog import tie_warning
+    from classit.evaluate.jobs import EvalJob, ModelCache, run_job
+    from classit.evaluate.tasks.zero_shot import tied_pct
+
+    assert tied_pct([np.array([-1.0, -1.0]), np.array([-1.0, -2.0]), np.array([-2.0, -1.0]),
+                     np.array([-1.0, -3.0, -1.0]), np.array([-1.0, -0.5, -1.0])]) == 40.0
+    pairs = [("the dog runs .", "the dog run ."), ("the cats sleep .", "the cats sleeps ."),
+             ("a bird sings .", "a bird sing .")]
+    write_jsonl(tmp_path / "data" / "blimp" / "agreement.jsonl",
+                [{"sentence_good": good, "sentence_bad": bad, "field": "morphology", "linguistics_term": "agreement",
+                  "UID": "agreement"} for good, bad in pairs])
+    model, tokenizer = model_and_tokenizer
+    rows = {}
+    for name, head in (("trained", model.lm_head.weight.detach().clone()), ("uniform", torch.zeros_like(model.lm_head.weight))):
+        checkpoint = tmp_path / name
+        with torch.no_grad():
+            original = model.lm_head.weight.detach().clone()
+            model.lm_head.weight.copy_(head)
+            model.save_pretrained(checkpoint)
+            model.lm_head.weight.copy_(original)
+        tokenizer.save_pretrained(checkpoint)
+        job = EvalJob(str(checkpoint), "blimp", str(tmp_path / "data"))
+        rows[name] = run_job(job, ModelCache("cpu"))
+    scores = {name: {r["metric"]: r["value"] for r in part if r["subtask"] == "average"} for name, part in rows.items()}
+    assert scores["uniform"] == {"accuracy": 100.0, "tied_pct": 100.0}
+    assert scores["trained"]["tied_pct"] == 0.0
+    assert tie_warning(rows["trained"], str(tmp_path / "trained")) == ""
+    assert tie_warning(rows["uniform"], str(tmp_path / "uniform")).startswith("blimp 100% of items won by a tie")

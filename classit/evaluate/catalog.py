@@ -24,6 +24,22 @@ FINETUNE_SELECT_BY = {"boolq": "accuracy", "multirc": "accuracy", "rte": "accura
                       "mrpc": "f1", "qqp": "f1", "mnli": "accuracy"}
 
 
+# A zero-shot task's share of items won by a tie (`tasks.zero_shot.tied_pct`), a row beside its
+# accuracy; from half of them on, the accuracy measures the tie rule, not the model.
+TIED_METRIC = "tied_pct"
+TIED_WARNING_PCT = 50.0
+
+
+def tie_warning(rows: list[dict], checkpoint: str) -> str:
+    """One line naming the tasks of a checkpoint's rows mostly won by ties, or "" if none is."""
+    tied = [f"{r['task']} {r['value']:.0f}%" for r in rows if r["checkpoint"] == checkpoint
+            and r["metric"] == TIED_METRIC and not r["error"] and r["value"] >= TIED_WARNING_PCT]
+    if not tied:
+        return ""
+    return (f"{', '.join(tied)} of items won by a tie: the model scores the candidates alike (a diverged run?), "
+            f"and a tie counts as correct, as in the official pipeline")
+
+
 def headline_keys(task: str) -> list[str]:
     """A task's headline scores as `task:subtask:metric`: the columns a trial row gets for it."""
     if task in FINETUNE:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from classit.evaluate import export
-from classit.evaluate.catalog import FINETUNE, TASKS, ZERO_SHOT_METRIC
+from classit.evaluate.catalog import FINETUNE, TASKS, TIED_METRIC, ZERO_SHOT_METRIC
 from classit.evaluate.progress import Progress
 from classit.evaluate.tasks import aoa, reading, zero_shot
 
@@ -101,7 +101,8 @@ def zero_shot_rows(job: EvalJob, folder: Path, items: list[zero_shot.Item], flat
     if is_wug:
         return [result_row(job, "average", "spearman", zero_shot.wug_correlation(items, scores), len(items), seconds)]
     result = zero_shot.accuracies(job.task, items, scores)
-    rows = [result_row(job, "average", "accuracy", result.pop("average")["accuracy"], len(items), seconds)]
+    rows = [result_row(job, "average", "accuracy", result.pop("average")["accuracy"], len(items), seconds),
+            result_row(job, "average", TIED_METRIC, zero_shot.tied_pct(scores), len(items), seconds)]
     for key, per_name in result.items():
         for name, value in per_name.items():
             rows.append(result_row(job, f"{key}:{name}", "accuracy", value, _count(items, key, name), seconds))

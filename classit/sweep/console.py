@@ -14,7 +14,7 @@ import sys
 from ray import tune
 
 from classit.sweep.space import format_params
-from classit.sweep.trial import FINAL_REPORT, trial_key, trial_params
+from classit.sweep.trial import FINAL_REPORT, TIE_WARNING, trial_key, trial_params
 from classit.units import format_count
 
 
@@ -87,6 +87,8 @@ class SweepConsole(tune.Callback):
         if result.get(FINAL_REPORT):
             scores = ", ".join(f"{o} {_value(result, o)}" for o in self.objectives)
             self.say(f"trial {self.key(trial)} scored and finished: {scores} ({done} of {self.planned} done)")
+            if result.get(TIE_WARNING):
+                self.say(f"warning: trial {self.key(trial)}: {result[TIE_WARNING]}")
         else:  # ended by Tune before its final report: ASHA stopped it
             self.say(f"trial {self.key(trial)} stopped early by ASHA: stage {result.get('stage', '-')}, "
                      f"{format_count(result.get('words_seen', float('nan')))} words seen, val_loss "

@@ -18,12 +18,14 @@ from typing import Any
 
 from classit.config import ClassitConfig, config_hash, config_json
 from classit.evaluate.aggregates import aggregates
-from classit.evaluate.catalog import headline_keys, objective_key
+from classit.evaluate.catalog import headline_keys, objective_key, tie_warning
 
 TRIALS, TRAIN_METRICS, EVAL_SCORES = "trials", "train_metrics", "eval_scores"
 # In a trial's last report to Tune when it ends with its row (trained and scored, or found done):
 # a trial Tune ended without it was stopped early (ASHA) or failed.
 FINAL_REPORT = "final"
+# ... with `tie_warning`'s line about its final checkpoint's scores ("" when they are sound).
+TIE_WARNING = "tie_warning"
 
 
 def scores_of(rows: list[dict], checkpoint: str) -> dict[str, float]:
@@ -171,5 +173,5 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
                  for c, m in checkpoints]
     ray.tune.report({"val_loss": row["val_loss"], **scores, "stage": result.metrics.get("stage"),
                      "words_seen": row["exposure_words"], "exposure_words": row["exposure_words"], "done": True,
-                     FINAL_REPORT: True,
+                     FINAL_REPORT: True, TIE_WARNING: tie_warning(rows, result.checkpoint.path),
                      TRACKED_STEPS: json.dumps(evaluated)})

@@ -231,6 +231,13 @@ def accuracies(task: str, items: list[Item], scores: list[np.ndarray]) -> dict[s
     return result
 
 
+def tied_pct(scores: list[np.ndarray]) -> float:
+    """% of items whose first (correct) candidate wins only by a tie with another: the pipeline
+    counts them correct, so a model that scores every candidate alike (a diverged run predicting
+    the uniform distribution) gets 100% on BLiMP. Reported beside the accuracy, not folded into it."""
+    return 100.0 * float(np.mean([bool(np.any(s[1:] == s[0]) and s[0] >= s.max()) for s in scores]))
+
+
 def first_probability(scores: np.ndarray) -> float:
     """The softmax over an item's candidate scores, for the first candidate, in float32 as the
     pipeline's torch softmax computes it: probabilities near 1 then tie as they do there, and
