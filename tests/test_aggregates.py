@@ -100,3 +100,30 @@ def test_leaderboards_and_paper_tables_show_the_aggregates_where_trials_have_the
     printed = format_leaderboard(leaderboard(results.trials, ["blimp:average:accuracy"], ["max"]),
                                  ["blimp:average:accuracy"])
     assert "babylm:macro" in printed.splitlines()[1] and f"{macro:.4g}" in printed
+
+
+def test_the_sweeps_leaderboard_warns_under_a_trial_whose_scores_were_mostly_won_by_ties(tmp_path):
+    """A diverged run that scores every candidate alike gets 100% on BLiMP (ties count as correct):
+    the printed leaderboard names it under the table, from its final checkpoint's `tied_pct` rows."""
+    from classit.analysis.trials import leaderboard
+    from classit.results import EVAL_SCORES_SCHEMA, read_table, write_rows
+    from classit.sweep.runner import leaderboard_text
+
+    results = tmp_path / "results"
+    trials = [{"sweep": "s", "run": t, "trial": t, "status": "finished", "error": "", "val_loss": loss,
+               "checkpoint": f"/{t}/final", "param.seed": 0, "blimp:average:accuracy": acc}
+              for t, loss, acc in (("diverged", 6.36, 100.0), ("trained", 2.9, 67.0))]
+    write_rows(str(results / "trials"), trials)
+    scores = [{"trial": t, "checkpoint": c, "task": "blimp", "subtask": "average", "metric": m, "value": v, "error": ""}
+              for t, c, m, v in (("diverged", "/diverged/final", "accuracy", 100.0),
+                                 ("diverged", "/diverged/final", "tied_pct", 100.0),
+                                 ("diverged", "/diverged/mark", "tied_pct", 0.0),  # an earlier checkpoint
+                                 ("trained", "/trained/final", "accuracy", 67.0),
+                                 ("trained", "/trained/final", "tied_pct", 0.0))]
+    write_rows(str(results / "eval_scores"), scores, EVAL_SCORES_SCHEMA)
+    board = leaderboard(read_table(str(results / "trials")), ["blimp:average:accuracy"], ["max"])
+    lines = leaderboard_text(board, ["blimp:average:accuracy"], str(results)).splitlines()
+    assert lines[2].split()[0] == "diverged"  # still ranked by its score ...
+    assert [line for line in lines if line.startswith("warning")] == [  # ... and named under the table
+        "warning: trial diverged: blimp 100% of items won by a tie: the model scores the candidates alike "
+        "(a diverged run?), and a tie counts as correct, as in the official pipeline"]

@@ -40,7 +40,20 @@ def leaderboard(trials, objectives: list[str], modes: list[str]):
     return board.sort_values(objectives[0], ascending=modes[0] == "min").reset_index(drop=True)
 
 
-def format_leaderboard(board, objectives: list[str]) -> str:
+def tie_won(board, scores) -> dict[str, str]:
+    """The board's trials whose final checkpoint's tasks were mostly won by ties (a model that scores
+    the candidates alike), each with `catalog.tie_warning`'s line; `scores`: the `eval_scores` table."""
+    from classit.evaluate.catalog import TIED_METRIC, tie_warning
+
+    if board.empty or scores.empty:
+        return {}
+    tied = scores[scores["metric"] == TIED_METRIC]
+    warnings = {trial: tie_warning(tied[tied["trial"] == trial].to_dict("records"), checkpoint)
+                for trial, checkpoint in zip(board["trial"], board["checkpoint"])}
+    return {trial: warning for trial, warning in warnings.items() if warning}
+
+
+def format_leaderboard(board, objectives: list[str], tied: dict[str, str] | None = None) -> str:
     if board.empty:
         return "leaderboard: no finished trials"
     params = [c for c in board.columns if c.startswith("param.")]
@@ -59,6 +72,7 @@ def format_leaderboard(board, objectives: list[str]) -> str:
     failed = board.loc[board["status"] == "eval_failed", "trial"].tolist()
     if failed:
         note += f"\nevaluation failed for trial(s) {', '.join(failed)}: see the error rows of eval_scores"
+    note += "".join(f"\nwarning: trial {trial}: {warning}" for trial, warning in (tied or {}).items())
     return f"leaderboard ({len(board)} trials, best first by {objectives[0]}):\n{text}{note}"
 
 

@@ -48,7 +48,7 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
     finished = finished_sweep(cfg, experiment, results_root, objectives, resume)
     if finished is not None:
         log(f"sweep {cfg.sweep.name} already finished at {experiment} (choose another sweep.name to run it again)")
-        log(format_leaderboard(finished, objectives))
+        log(leaderboard_text(finished, objectives, results_root))
         return finished
     write_sweep_file(experiment, cfg)  # for `classit status`
     data_dir = cfg.evaluation.data_dir or write_probe_data(Path(cfg.run.cache_dir) / "probes")
@@ -63,7 +63,7 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
     ended = ended_trials(experiment)
     record_unfinished(grid, cfg, results_root, ended)
     board = leaderboard(read_trials(results_root), objectives, cfg.sweep.modes)
-    log(format_leaderboard(board, objectives))
+    log(leaderboard_text(board, objectives, results_root))
     log(f"results: {results_root}/{{{TRIALS},train_metrics,{EVAL_SCORES}}}")
     planned = planned_trial_count(cfg)
     if len(ended) < planned:  # Tune stops early only on a signal (Ctrl-C, SIGUSR1)
@@ -75,6 +75,14 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
 class SweepInterrupted(KeyboardInterrupt):
     """The sweep stopped on a signal before every planned trial ended (its state saved for `--resume`):
     a KeyboardInterrupt, as the Ctrl-C that Tune caught to stop it."""
+
+
+def leaderboard_text(board, objectives: list[str], results_root: str) -> str:
+    """The leaderboard, with a warning under it for each trial whose scores were mostly won by ties."""
+    from classit.analysis.trials import tie_won
+    from classit.results import read_table
+
+    return format_leaderboard(board, objectives, tie_won(board, read_table(f"{results_root}/{EVAL_SCORES}")))
 
 
 def read_trials(results_root: str):
