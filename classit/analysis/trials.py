@@ -47,8 +47,8 @@ def tie_won(board, scores) -> dict[str, str]:
 
     if board.empty or scores.empty:
         return {}
-    tied = scores[scores["metric"] == TIED_METRIC]
-    warnings = {trial: tie_warning(tied[tied["trial"] == trial].to_dict("records"), checkpoint)
+    tied = {trial: rows.to_dict("records") for trial, rows in scores[scores["metric"] == TIED_METRIC].groupby("trial")}
+    warnings = {trial: tie_warning(tied.get(trial, []), checkpoint)
                 for trial, checkpoint in zip(board["trial"], board["checkpoint"])}
     return {trial: warning for trial, warning in warnings.items() if warning}
 
