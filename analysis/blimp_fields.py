@@ -1,6 +1,6 @@
 """BLiMP accuracy by field and checkpoint, as a heatmap.
 
-    python analysis/blimp_fields.py RESULTS_DIR [--out REPORT_DIR]
+    python analysis/blimp_fields.py SWEEP_DIR [--out REPORT_DIR]
 """
 
 import sys

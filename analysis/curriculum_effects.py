@@ -1,6 +1,6 @@
 """Paired curriculum differences with bootstrap intervals, and the fine-tuning vs zero-shot Pareto front.
 
-    python analysis/curriculum_effects.py RESULTS_DIR [--out REPORT_DIR]
+    python analysis/curriculum_effects.py SWEEP_DIR [--out REPORT_DIR]
 """
 
 import sys

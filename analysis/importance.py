@@ -1,6 +1,6 @@
 """fANOVA importance of the swept parameters (Optuna).
 
-    python analysis/importance.py RESULTS_DIR [--out REPORT_DIR]
+    python analysis/importance.py SWEEP_DIR [--out REPORT_DIR]
 """
 
 import sys

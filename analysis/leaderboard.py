@@ -1,6 +1,6 @@
 """One row per configuration: mean +- std over seeds per task, and z-score aggregates.
 
-    python analysis/leaderboard.py RESULTS_DIR [--out REPORT_DIR]
+    python analysis/leaderboard.py SWEEP_DIR [--out REPORT_DIR]
 """
 
 import sys

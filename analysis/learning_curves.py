@@ -1,6 +1,6 @@
 """Validation loss and scores against words seen, from the word-budget checkpoints.
 
-    python analysis/learning_curves.py RESULTS_DIR [--out REPORT_DIR]
+    python analysis/learning_curves.py SWEEP_DIR [--out REPORT_DIR]
 """
 
 import sys

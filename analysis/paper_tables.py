@@ -1,6 +1,6 @@
 """The CLASS-IT views: scores per curriculum and model size, per-task z-scores, box plots.
 
-    python analysis/paper_tables.py RESULTS_DIR [--out REPORT_DIR]
+    python analysis/paper_tables.py SWEEP_DIR [--out REPORT_DIR]
 """
 
 import sys

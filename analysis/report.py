@@ -1,6 +1,6 @@
 """Every analysis, then one self-contained HTML report (the same as `classit report`).
 
-    python analysis/report.py RESULTS_DIR [--out REPORT_DIR]
+    python analysis/report.py SWEEP_DIR [--out REPORT_DIR]
 """
 
 import sys

@@ -169,7 +169,7 @@ def cmd_generate_qa(args) -> int:
 def cmd_report(args) -> int:
     from classit.analysis.report import main as analysis_main
 
-    return analysis_main("report", [args.results_dir, *(["--out", args.out] if args.out else [])])
+    return analysis_main("report", [args.results_dir, *(["--out", args.out] if args.out else [])], prog="classit report")
 
 
 def _root_cause(error: BaseException) -> str:
@@ -303,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("sweep_dir", nargs="?", help="<storage>/<sweep> (default: the newest sweep under ./runs)")
     status.set_defaults(func=cmd_status)
     report = sub.add_parser("report", help="tables, figures and an HTML report from a sweep's results")
-    report.add_argument("results_dir", help="a sweep's results folder: <storage>/<sweep>/results")
-    report.add_argument("--out", help="report folder (default: next to results/)")
+    report.add_argument("results_dir", help="a sweep's folder, <storage>/<sweep>, or its results/")
+    report.add_argument("--out", help="report folder (default: <storage>/<sweep>/report)")
     report.set_defaults(func=cmd_report)
     hub = sub.add_parser("export-hub", help="a run's checkpoints as a Hub repository: main and one chck_<N>M "
                                             "branch per BabyLM mark")

@@ -96,7 +96,7 @@ def test_leaderboard_zscores_and_tradeoff(tmp_path):
 def test_report_writes_html_with_tables_and_figures(tmp_path):
     results_dir = synthetic_results(tmp_path / "results", effect=2.0)
     out = tmp_path / "report"
-    page = write_report(results_dir, out).read_text()
+    page = write_report(data.load(results_dir), out).read_text()
     for name in ("leaderboard.md", "paper_tables.md", "curriculum_effects.md", "importance.md",
                  "zscores_boxplot.png", "learning_curves.png", "pareto.png"):
         assert (out / name).is_file(), name
@@ -119,10 +119,34 @@ def test_report_writes_html_with_tables_and_figures(tmp_path):
     assert proc.returncode == 0 and "switch_wiki - merged" in (tmp_path / "script" / "curriculum_effects.md").read_text()
 
 
+def test_the_report_takes_the_sweep_folder_too_and_bad_folders_end_in_one_line_writing_nothing(tmp_path, capsys):
+    from classit.analysis.report import main
+
+    sweep = tmp_path / "sweep"
+    synthetic_results(sweep / "results", effect=2.0)
+    # The sweep's folder, as `classit status` takes it: the report goes to <sweep>/report.
+    proc = subprocess.run([sys.executable, "-m", "classit.cli", "report", str(sweep)], capture_output=True, text=True)
+    assert proc.returncode == 0 and (sweep / "report" / "index.html").is_file(), proc.stderr
+    # A folder with no results: one line naming it, exit 2, and no report folder made beside it.
+    missing = tmp_path / "elsewhere" / "nothing"
+    proc = subprocess.run([sys.executable, str(REPO / "analysis" / "leaderboard.py"), str(missing)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        f"analysis/leaderboard.py: error: {missing}: no trials table (expected a sweep folder, <storage>/<sweep>, "
+        f"or its results/)"], proc.stderr
+    assert not (tmp_path / "elsewhere").exists()
+    # A sweep whose first trial has not written its row yet.
+    (tmp_path / "started" / "results" / "trials").mkdir(parents=True)
+    assert main("report", [str(tmp_path / "started")], prog="classit report") == 2
+    assert capsys.readouterr().err == f"classit report: error: {tmp_path / 'started' / 'results' / 'trials'}: " \
+                                      f"no trial has written its row yet\n"
+    assert not (tmp_path / "started" / "report").exists()
+
+
 def test_corrupt_results_file_is_named_in_the_report(tmp_path):
     results_dir = synthetic_results(tmp_path / "results", effect=2.0)
     (results_dir / "eval_scores" / "part-broken.parquet").write_bytes(b"garbage")
-    page = write_report(results_dir, tmp_path / "report").read_text()
+    page = write_report(data.load(results_dir), tmp_path / "report").read_text()
     assert "part-broken.parquet" in page
     assert pd.read_parquet(next((results_dir / "trials").glob("part-*.parquet"))).shape[0] == 15
 

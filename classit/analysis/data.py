@@ -18,25 +18,36 @@ READING_SPR = "reading:self_paced_reading:r2_gain_pct"
 
 @dataclass
 class Results:
+    folder: Path  # the sweep's results folder they were read from
     trials: pd.DataFrame
     train_metrics: pd.DataFrame
     eval_scores: pd.DataFrame
     skipped: list[str] = field(default_factory=list)  # unreadable part files, reported by name
 
 
+def results_folder(path: str | Path) -> Path:
+    """A sweep's results folder, given it or the sweep's own folder (the one `classit status` takes)."""
+    path = Path(path)
+    for folder in (path, path / "results"):
+        if (folder / "trials").is_dir():
+            return folder
+    raise FileNotFoundError(f"{path}: no trials table (expected a sweep folder, <storage>/<sweep>, or its results/)")
+
+
 def load(results_dir: str | Path) -> Results:
     from classit.results import read_table
 
-    tables = {name: read_table(str(Path(results_dir) / name)) for name in ("trials", "train_metrics", "eval_scores")}
+    folder = results_folder(results_dir)
+    tables = {name: read_table(str(folder / name)) for name in ("trials", "train_metrics", "eval_scores")}
     if tables["trials"].empty:
-        raise FileNotFoundError(f"{results_dir}: no trials table (expected <sweep>/results with trials/)")
+        raise FileNotFoundError(f"{folder / 'trials'}: no trial has written its row yet")
     skipped = [p for t in tables.values() for p in t.attrs.get("skipped", [])]
     # Metric and score rows also carry their run's whole config; analysis takes it from the trial.
     for name in ("train_metrics", "eval_scores"):
         tables[name] = tables[name].drop(columns=["config"], errors="ignore")
     trials = tables["trials"]
     trials = trials[trials["status"] == "finished"].drop_duplicates("trial")
-    return Results(trials, tables["train_metrics"], tables["eval_scores"], skipped)
+    return Results(folder, trials, tables["train_metrics"], tables["eval_scores"], skipped)
 
 
 def param_columns(trials: pd.DataFrame) -> list[str]:

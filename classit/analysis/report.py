@@ -11,6 +11,7 @@ import argparse
 import base64
 import html
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -238,9 +239,8 @@ WRITERS = {"leaderboard": write_leaderboard, "babylm_aggregates": write_babylm_a
            "blimp_fields": write_blimp_fields, "importance": write_importance}
 
 
-def write_report(results_dir: str | Path, out: Path) -> Path:
+def write_report(results: data.Results, out: Path) -> Path:
     """Every analysis, then one self-contained HTML page with all tables and figures."""
-    results = data.load(results_dir)
     out.mkdir(parents=True, exist_ok=True)
     sections = []
     for name, writer in WRITERS.items():
@@ -255,12 +255,12 @@ def write_report(results_dir: str | Path, out: Path) -> Path:
     if results.skipped:
         warning = ("<p class=warn>Unreadable results files skipped: "
                    + ", ".join(html.escape(p) for p in results.skipped) + "</p>")
-    page = (f"<!doctype html><html><head><meta charset=utf-8><title>classit report: {html.escape(str(results_dir))}"
+    page = (f"<!doctype html><html><head><meta charset=utf-8><title>classit report: {html.escape(str(results.folder))}"
             "</title><style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:"
             "collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}"
             ".warn{color:#a00}th{cursor:pointer;background:#f4f4f4}th:hover{background:#e4e4ff}</style>"
             f"<script>{SORT_TABLES}</script></head><body>"
-            f"<h1>classit report</h1><p>{html.escape(str(results_dir))}: {len(results.trials)} finished trials</p>"
+            f"<h1>classit report</h1><p>{html.escape(str(results.folder))}: {len(results.trials)} finished trials</p>"
             + warning + "".join(sections) + "</body></html>")
     (out / "index.html").write_text(page)
     return out / "index.html"
@@ -314,16 +314,23 @@ def _markdown_to_html(text: str) -> str:
     return "\n".join(parts)
 
 
-def main(name: str, argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"analysis/{name}.py", description=f"classit analysis: {name}")
-    parser.add_argument("results_dir", help="a sweep's results folder: <storage>/<sweep>/results")
-    parser.add_argument("--out", help="report folder (default: <results_dir>/../report)")
+def main(name: str, argv: list[str] | None = None, prog: str | None = None) -> int:
+    """An analysis script (or `classit report`): bad input ends in one line on stderr, exit code 2,
+    with nothing written."""
+    parser = argparse.ArgumentParser(prog=prog or f"analysis/{name}.py", description=f"classit analysis: {name}")
+    parser.add_argument("results_dir", help="a sweep's folder, <storage>/<sweep>, or its results/")
+    parser.add_argument("--out", help="report folder (default: <storage>/<sweep>/report)")
     args = parser.parse_args(argv)
-    out = Path(args.out) if args.out else Path(args.results_dir).resolve().parent / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        results = data.load(args.results_dir)
+    except FileNotFoundError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else results.folder.resolve().parent / "report"
     if name == "report":
-        print(write_report(args.results_dir, out))
+        print(write_report(results, out))
         return 0
-    for path in WRITERS[name](data.load(args.results_dir), out):
+    out.mkdir(parents=True, exist_ok=True)
+    for path in WRITERS[name](results, out):
         print(path)
     return 0
