@@ -25,6 +25,9 @@ def revision_name(mark_words: int) -> str:
 
 def revisions(run_dirs: list[Path]) -> dict[str, Path]:
     """`main`: the checkpoint with the most exposure; `chck_<N>M`: each checkpoint saved at a mark."""
+    missing = [str(run) for run in run_dirs if not Path(run).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{', '.join(missing)}: no such run folder")
     checkpoints = sorted(((load_trainer_state(p), p) for run in run_dirs for p in Path(run).iterdir()
                           if (p / TRAINER_STATE).is_file()), key=lambda sp: sp[0].total_exposure_words)
     if not checkpoints:

@@ -233,7 +233,7 @@ def test_unscaled_checkpoints_fall_on_the_babylm_marks_of_a_multi_million_word_r
     assert [s.babylm_mark for s in saved] == [*marks, 0]  # the end-of-stage save stands for no mark
 
 
-def test_export_hub_puts_each_mark_on_its_branch_and_the_final_model_on_main(million_word_run, tmp_path):
+def test_export_hub_puts_each_mark_on_its_branch_and_the_final_model_on_main(million_word_run, tmp_path, capsys):
     import subprocess
 
     from classit.cli import main
@@ -255,6 +255,10 @@ def test_export_hub_puts_each_mark_on_its_branch_and_the_final_model_on_main(mil
         assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), original.state_dict().values()))
     # An existing, non-empty folder is refused in one line; nothing in it is touched.
     assert main(["export-hub", str(rec.keep), "--out", str(tmp_path / "hub")]) == 2
+    # A run folder that is not there is named, before anything is made.
+    assert main(["export-hub", str(tmp_path / "no-run"), "--out", str(tmp_path / "hub2")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"classit: error: {tmp_path / 'no-run'}: no such run folder"
+    assert not (tmp_path / "hub2").exists()
 
 
 def test_accumulation_trains_whole_steps_and_counts_every_word_it_trained_on(corpus, tmp_path):
