@@ -93,6 +93,11 @@ def cmd_evaluate(args) -> int:
                           "use classit aoa RUN_DIR ...")
     if not Path(args.data_dir).is_dir():
         raise ConfigError(f"--data-dir {args.data_dir}: no such folder")
+    from classit.evaluate.tasks.inputs import missing_input
+
+    for task in tasks:
+        if missing := missing_input(task, args.data_dir, args.fast):
+            raise ConfigError(f"--data-dir: {missing}")
     from classit.evaluate import export
     from classit.evaluate.actors import EvaluationPool
     from classit.ray_session import ray_session
@@ -191,11 +196,12 @@ def cmd_export_hub(args) -> int:
 def cmd_aoa(args) -> int:
     from classit.evaluate.actors import EvaluationPool
     from classit.evaluate.jobs import aoa_jobs
+    from classit.evaluate.tasks.inputs import missing_input
     from classit.ray_session import ray_session
 
     runs = [Path(r).resolve() for r in args.runs]
-    if not (Path(args.data_dir) / "aoa").is_dir():
-        raise ConfigError(f"--data-dir {args.data_dir}: no aoa/ folder (cdi_childes.json, cdi_human.csv)")
+    if missing := missing_input("aoa", args.data_dir):
+        raise ConfigError(f"--data-dir: {missing}")
     jobs = aoa_jobs(runs, str(Path(args.data_dir).resolve()), trial=runs[-1].name,
                     export_dir=str(Path(args.export).resolve()) if args.export else "")
     with ray_session(args.address):

@@ -43,6 +43,25 @@ def test_a_checkpoint_argument_that_is_no_checkpoint_folder_is_one_line_before_r
     assert not ray.is_initialized()
 
 
+def test_evaluate_and_aoa_name_a_tasks_missing_data_in_one_line_before_ray(tmp_path, capsys):
+    import ray
+
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")  # found as a checkpoint folder; nothing loads it
+    data = tmp_path / "data"
+    (data / "blimp").mkdir(parents=True)
+    assert main(["evaluate", "--model", str(checkpoint), "--tasks", "blimp,ewok", "--data-dir", str(data)]) == 2
+    assert capsys.readouterr().err == f"classit: error: --data-dir: {data}: no ewok or ewok_filtered folder for task ewok\n"
+    assert main(["evaluate", "--model", str(checkpoint), "--tasks", "rte", "--data-dir", str(data)]) == 2
+    glue = data / "glue_filtered"
+    assert capsys.readouterr().err == (f"classit: error: --data-dir: {glue / 'rte.train.jsonl'}, {glue / 'rte.valid.jsonl'}: "
+                                       f"no such file for task rte\n")
+    assert main(["aoa", str(tmp_path), "--data-dir", str(data)]) == 2
+    assert capsys.readouterr().err.endswith("cdi_human.csv: no such file for task aoa\n")
+    assert not ray.is_initialized()
+
+
 def test_missing_config_file_and_invalid_yaml(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "absent.yaml")

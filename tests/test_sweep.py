@@ -79,6 +79,30 @@ def test_bad_sweep_yaml_fails_with_one_line(tmp_path, sweep, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("tasks, folders, message", [
+    (["blimp", "rte"], None, "evaluation.tasks: rte needs evaluation.data_dir (without it the probe sets generated "
+                             "from the synthetic grammar are scored: blimp, ewok)"),
+    (["blimp", "ewok"], ["blimp"], "evaluation.data_dir: {data}: no ewok or ewok_filtered folder for task ewok"),
+    (["blimp_supplement", "reading"], ["supplement_filtered"],
+     "evaluation.data_dir: {data}/reading/reading_data.csv: no such file for task reading"),
+    (["blimp", "ewok"], ["blimp_filtered", "ewok_filtered"], None),
+])
+def test_a_task_whose_data_is_missing_stops_the_sweep_before_anything_trains(tmp_path, tasks, folders, message):
+    evaluation = {"tasks": tasks, "fast": False}
+    if folders is not None:
+        data = tmp_path / "evaluation_data"
+        for name in folders:
+            (data / name).mkdir(parents=True)
+        evaluation["data_dir"] = str(data)
+    cfg = parse_config({"evaluation": evaluation, "sweep": {"space": {"learning_rate": {"choice": [1e-4]}}}})
+    if message is None:
+        validate(cfg)
+        return
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert str(err.value) == message.format(data=tmp_path / "evaluation_data")
+
+
 @pytest.mark.parametrize("sweep, message", [  # one error of the config's own checks, one of the sweep's
     ({"space": {"curriculum": {"choice": ["pt", "bogus"]}}}, "sweep.space.curriculum: value 'bogus'"),
     ({"space": {"learning_rate": {"choice": [1e-4]}}, "metrics": ["rte"], "modes": ["max"]},

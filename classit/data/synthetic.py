@@ -180,6 +180,9 @@ def qa_pairs(n: int, seed: int = 0) -> list[dict]:
     return records
 
 
+PROBE_TASKS = ("blimp", "ewok")  # the tasks `write_probe_data` makes data for
+
+
 def write_probe_data(folder: str | Path, seed: int = 0, per_paradigm: int = 200) -> Path:
     """Zero-shot probes of what the synthetic corpus teaches, in the official evaluation layouts.
 

@@ -17,6 +17,7 @@ from classit.evaluate import export
 from classit.evaluate.catalog import FINETUNE, TASKS, TIED_METRIC, ZERO_SHOT_METRIC
 from classit.evaluate.progress import Progress
 from classit.evaluate.tasks import aoa, reading, zero_shot
+from classit.evaluate.tasks.inputs import aoa_files
 
 if TYPE_CHECKING:
     from classit.evaluate.scoring import Encoded
@@ -185,7 +186,7 @@ def run_aoa_surprisal(job: EvalJob, model, tokenizer, progress: Progress) -> lis
     if not job.revision.startswith("chck_"):
         raise ValueError(f"{Path(job.series).parent}: no checkpoint at a BabyLM mark (AoA needs a run's "
                          f"checkpoints at 1M, 2M, ... words; see checkpoints.schedule)")
-    contexts = aoa.read_contexts(Path(job.data_dir) / "aoa" / "cdi_childes.json")
+    contexts = aoa.read_contexts(aoa_files(job.data_dir)[0])
     rows = aoa.surprisal_rows(model, tokenizer, contexts, job.revision, job.words_seen, progress)
     mean = sum(r["surprisal"] for r in rows) / len(rows) if rows else float("nan")
     summary = result_row(job, "surprisal", "mean", mean, len(rows), time.perf_counter() - start)
@@ -233,7 +234,7 @@ def aoa_scores(jobs: list[EvalJob], rows: list[dict], surprisals: list[dict]) ->
             if failed:
                 raise RuntimeError(f"surprisals of {len(failed)} mark checkpoint(s) failed: {failed[0]}")
             mine = [r for r in surprisals if r["trial"] == trial and r["series"] == series]
-            result = aoa.curve_fitness(mine, pd.read_csv(Path(job.data_dir) / "aoa" / "cdi_human.csv"))
+            result = aoa.curve_fitness(mine, pd.read_csv(aoa_files(job.data_dir)[1]))
             metadata = {"model_name": job.model_name, "use_bos_only": False, "total_steps": len(marks),
                         "completed_steps": len(marks)}
             official = ("step", "word_count", "target_word", "context_id", "context", "surprisal")

@@ -43,6 +43,7 @@ def validate(cfg: ClassitConfig) -> ClassitConfig:
     cfg = named_sweep(cfg)
     check_space(cfg)
     check_trackers(cfg)
+    check_evaluation_inputs(cfg)
     for spec in cfg.sweep.metrics:
         try:
             key = objective_key(spec)
@@ -54,6 +55,25 @@ def validate(cfg: ClassitConfig) -> ClassitConfig:
             raise ConfigError(f"sweep.metrics: {spec!r} needs task{'s' if len(missing) > 1 else ''} "
                               f"{', '.join(missing)} in evaluation.tasks")
     return cfg
+
+
+def check_evaluation_inputs(cfg: ClassitConfig) -> None:
+    """Every evaluation task's files, before anything trains: a task that cannot read its data would
+    fail on every trial's checkpoints, once the training is done."""
+    from classit.data.synthetic import PROBE_TASKS
+    from classit.evaluate.tasks.inputs import missing_input
+
+    ecfg = cfg.evaluation
+    if ecfg.data_dir is None:
+        others = [task for task in ecfg.tasks if task not in PROBE_TASKS]
+        if others:
+            raise ConfigError(f"evaluation.tasks: {', '.join(others)} need{'s' if len(others) == 1 else ''} "
+                              f"evaluation.data_dir (without it the probe sets generated from the synthetic "
+                              f"grammar are scored: {', '.join(PROBE_TASKS)})")
+        return
+    for task in ecfg.tasks:
+        if missing := missing_input(task, ecfg.data_dir, ecfg.fast):
+            raise ConfigError(f"evaluation.data_dir: {missing}")
 
 
 def experiment_dir(cfg: ClassitConfig) -> Path:

@@ -43,6 +43,7 @@ from torch.nn import functional as F
 
 from classit.evaluate.catalog import FINETUNE_METRICS, FINETUNE_SELECT_BY
 from classit.evaluate.progress import Progress
+from classit.evaluate.tasks.inputs import glue_files
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,7 @@ def read_examples(path: Path, task: str) -> tuple[list[tuple[str, str]], list[in
 
 
 def task_files(task: str, data_dir: str | Path) -> tuple[Path, Path]:
-    folder = Path(data_dir) / "glue_filtered"
-    files = folder / f"{task}.train.jsonl", folder / f"{task}.valid.jsonl"
+    files = glue_files(task, data_dir)
     for path in files:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file for task {task}")

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from classit.evaluate.progress import Progress
+from classit.evaluate.tasks.inputs import reading_file
 
 EYE_TRACKING = ("RTfirstfix", "RTfirstpass", "RTgopast", "RTrightbound")
 SELF_PACED = "self_paced_reading_time"
@@ -39,7 +40,7 @@ REQUIRED = ("item", "word", "prev_item", "prev_word", *SPILLOVER_TERMS[:-1], *EY
 def read_reading(data_dir: str | Path):
     import pandas as pd
 
-    path = Path(data_dir) / "reading" / "reading_data.csv"
+    path = reading_file(data_dir)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no reading data")
     frame = pd.read_csv(path, dtype={"item": str})

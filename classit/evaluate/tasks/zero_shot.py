@@ -157,18 +157,25 @@ def read_task(task: str, data_dir: str | Path) -> list[Item]:
     return TASKS[task].read(task_folder(task, data_dir))
 
 
-def read_for_evaluation(task: str, data_dir: str | Path, fast: bool, per_uid: int) -> tuple[Path, list[Item]]:
-    """The folder a job reads and its items. Fast mode reads the official fast set where `data_dir`
-    has it (a `fast_eval` layout), whole and checked against the official counts; a task without
-    one gets a fixed, seeded `per_uid` items of each UID (WUG, whose fast set is the whole task, all)."""
+def data_folder(task: str, data_dir: str | Path, fast: bool) -> Path:
+    """The folder a job reads: in fast mode the official fast set where `data_dir` has it (a
+    `fast_eval` layout), otherwise the task's folder."""
     spec = TASKS[task]
     if fast and spec.fast_folder and (Path(data_dir) / spec.fast_folder).is_dir():
-        folder = Path(data_dir) / spec.fast_folder
-        items = spec.read(folder)
+        return Path(data_dir) / spec.fast_folder
+    return task_folder(task, data_dir)
+
+
+def read_for_evaluation(task: str, data_dir: str | Path, fast: bool, per_uid: int) -> tuple[Path, list[Item]]:
+    """The folder a job reads and its items. An official fast set is read whole and checked against
+    the official counts; a task without one gets a fixed, seeded `per_uid` items of each UID in fast
+    mode (WUG, whose fast set is the whole task, all)."""
+    spec = TASKS[task]
+    folder = data_folder(task, data_dir, fast)
+    items = spec.read(folder)
+    if fast and folder.name == spec.fast_folder:
         _check_fast_size(task, folder, items)
         return folder, items
-    folder = task_folder(task, data_dir)
-    items = spec.read(folder)
     return folder, fast_subset(items, per_uid) if fast and not spec.fast_is_whole else items
 
 
