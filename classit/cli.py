@@ -47,7 +47,7 @@ def cmd_pretrain(args) -> int:
     from classit.train.runner import prepare_pretraining, run_pretraining
 
     prepared = prepare_pretraining(cfg)  # corpus and budget, before Ray starts
-    with ray_session(args.address), _resumable_on_ctrl_c("pretraining", prepared[0]):
+    with ray_session(args.address, holds=[cfg.distributed.held()]), _resumable_on_ctrl_c("pretraining", prepared[0]):
         result = run_pretraining(cfg, prepared)
     return _finish(result)
 
@@ -66,7 +66,8 @@ def cmd_instruct(args) -> int:
 
     ensure_generated(cfg, args.address)  # teacher-written sets the config names: reused, or made now
     job = prepare_instruct(cfg, base)  # data checks, plan and budget, before Ray starts
-    with ray_session(args.address), _resumable_on_ctrl_c("instruction tuning", job.cfg):
+    with ray_session(args.address, holds=[job.cfg.distributed.held()]), \
+            _resumable_on_ctrl_c("instruction tuning", job.cfg):
         result = train_instruct(job)
     return _finish(result)
 
@@ -105,7 +106,8 @@ def cmd_evaluate(args) -> int:
     export_dir = str(Path(args.export).resolve()) if args.export else ""
     jobs = [EvalJob(str(Path(m).resolve()), t, str(Path(args.data_dir).resolve()), trial=Path(m).name,
                     fast=args.fast, export_dir=export_dir, pooling=args.pooling) for m in args.model for t in tasks]
-    with ray_session(args.address):
+    gpus = (f"--actors {args.actors}, --gpus-per-actor {args.gpus_per_actor:g}", {"GPU": args.actors * args.gpus_per_actor})
+    with ray_session(args.address, holds=[gpus]):
         pool = EvaluationPool(num_actors=args.actors, num_gpus=args.gpus_per_actor)
         rows = pool.run(jobs, results_dir=args.output, show_progress=True)
     print(f"{'model':<28} {'task':<18} {'subtask':<18} {'metric':<11} {'value':>8} {'n':>7}")

@@ -127,6 +127,14 @@ class DistributedConfig(Section):
     compile: bool = Field(False, description="torch.compile the model through DeepSpeed: fixed-shape pretraining "
                                              "blocks compile once per worker (tens of seconds), then steps run faster")
 
+    def held(self) -> tuple[str, dict[str, float]]:
+        """What one training run holds while it trains, named by its fields (see `ray_session`)."""
+        n = self.num_workers
+        return (f"distributed (num_workers {n}, cpus_per_worker {self.cpus_per_worker:g}"
+                f"{', use_gpu' if self.use_gpu else ''})",
+                {"CPU": n * self.cpus_per_worker, "GPU": float(n) if self.use_gpu else 0.0,
+                 **{name: n * amount for name, amount in self.worker_resources.items()}})
+
     @model_validator(mode="after")
     def _compile_needs_whole_weights(self) -> DistributedConfig:
         if self.compile and self.zero_stage == 3:
@@ -333,6 +341,13 @@ class EvaluationConfig(Section):
     actor_resources: dict[str, PositiveFloat] = Field(
         default_factory=dict, description="custom Ray resources per actor, e.g. {eval_node: 1}: routes the "
                                           "evaluation actors to a cluster's evaluation nodes")
+
+    def held(self) -> tuple[str, dict[str, float]]:
+        """What the evaluation actors hold for a whole sweep, named by its fields (see `ray_session`)."""
+        n = self.actors
+        return (f"evaluation (actors {n}, cpus_per_actor {self.cpus_per_actor:g}, gpus_per_actor {self.gpus_per_actor:g})",
+                {"CPU": n * self.cpus_per_actor, "GPU": n * self.gpus_per_actor,
+                 **{name: n * amount for name, amount in self.actor_resources.items()}})
 
     @model_validator(mode="after")
     def _known(self) -> EvaluationConfig:

@@ -7,6 +7,8 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
+from classit.config import ConfigError
+
 # Ray Train's controller takes a worker's report, checkpoint included, on its health-check tick
 # (2 s by default) and the worker waits for it: a quarter second keeps training from idling.
 # Its preemption watcher only logs node drains (a worker lost is retried by `max_failures`
@@ -20,9 +22,12 @@ RAY_JOB_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_PR
 
 
 @contextmanager
-def ray_session(address: str | None = None, quiet: bool = False, **kwargs):
+def ray_session(address: str | None = None, quiet: bool = False, holds: list[tuple[str, dict[str, float]]] = (),
+                **kwargs):
     """Start (or join) Ray with the job settings classit's training needs; shut it down afterwards.
-    `quiet`: the driver's console keeps classit's lines only (no worker output, no "Started a local Ray")."""
+    `quiet`: the driver's console keeps classit's lines only (no worker output, no "Started a local Ray").
+    `holds`: what the job holds at once (a training run's workers, the evaluation actors), each named
+    by the fields that ask for it; checked against a Ray started here (`check_fits`)."""
     import logging
 
     import ray
@@ -36,14 +41,30 @@ def ray_session(address: str | None = None, quiet: bool = False, **kwargs):
     if ray.is_initialized():  # already connected (a notebook, a test): use it, leave it running
         yield
         return
+    started_here = address in (None, "local") and not os.environ.get("RAY_ADDRESS")
     ray.init(address=address, **kwargs)
     try:
+        if started_here:
+            check_fits(holds, ray.cluster_resources())
         yield
     finally:
         leftovers = forkserver_folders()
         ray.shutdown()
         for folder in leftovers:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def check_fits(holds: list[tuple[str, dict[str, float]]], have: dict[str, float]) -> None:
+    """A Ray started by this command is this machine alone, and nothing will join it: a job that holds
+    more than it has would wait forever (Ray only logs that it cannot schedule it). One line instead."""
+    for resource in dict.fromkeys(name for _, held in holds for name in held):
+        parts = [(amount, what) for what, held in holds if (amount := held.get(resource, 0.0))]
+        needed = sum(amount for amount, _ in parts)
+        if needed > have.get(resource, 0.0) + 1e-9:
+            raise ConfigError(f"{needed:g} {resource} needed at once: "
+                              + ", ".join(f"{amount:g} by {what}" for amount, what in parts)
+                              + f"; the Ray started on this machine has {have.get(resource, 0.0):g} "
+                                f"(ask for less, or pass --address of a cluster that has them)")
 
 
 def forkserver_folders() -> set[Path]:

@@ -98,6 +98,14 @@ def test_unknown_task_and_missing_data_are_error_rows(tmp_path):
     assert rows[0]["metric"] == "error" and rows[0]["error"]
 
 
+@pytest.mark.parametrize("cpus, actors, each", [(2, 4, 0.5), (2, 2, 1.0), (3, 2, 1.0), (8, 2, 4.0), (2, 3, 2 / 3)])
+def test_actors_sharing_the_cores_each_get_a_share_that_all_fit_in(cpus, actors, each):
+    """More actors than cores: a fraction each, never a whole core that some actor would wait for forever."""
+    from classit.evaluate.actors import cpu_share
+
+    assert cpu_share(cpus, actors) == pytest.approx(each) and actors * cpu_share(cpus, actors) <= cpus + 1e-9
+
+
 def test_the_catalog_names_every_task_its_task_modules_run():
     from classit.evaluate.catalog import FINETUNE, TASKS
     from classit.evaluate.tasks import finetune, zero_shot

@@ -51,13 +51,21 @@ class Evaluator:
         return self.job_progress.snapshot()
 
 
+def cpu_share(cpus: float, num_actors: int) -> float:
+    """Each actor's CPUs when they share `cpus`: whole cores, or a fraction where there are more
+    actors than cores (Ray takes fractions below 1 only). Together never more than there are: an
+    actor that does not fit would never start, and a job handed to it would wait forever."""
+    share = cpus / num_actors
+    return float(int(share)) if share >= 1 else share
+
+
 class EvaluationPool:
     def __init__(self, num_actors: int = 2, num_cpus: float | None = None, num_gpus: float = 0, max_retries: int = 2,
                  resources: dict[str, float] | None = None, split_min_items: int = SPLIT_MIN_ITEMS):
         """`num_cpus` per actor; None: the cluster's CPUs shared out (`classit evaluate` uses every core).
         A zero-shot job of at least `split_min_items` items is split over all the actors."""
         if num_cpus is None:
-            num_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // num_actors)
+            num_cpus = cpu_share(ray.cluster_resources().get("CPU", 1), num_actors)
         self.options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources or {}}
         self.actors = [Evaluator.options(**self.options).remote() for _ in range(num_actors)]
         self.max_retries, self.split_min_items = max_retries, split_min_items

@@ -54,7 +54,7 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
     data_dir = cfg.evaluation.data_dir or write_probe_data(Path(cfg.run.cache_dir) / "probes")
     pending_bases = log_bases(cfg, log)
     quiet_driver(verbose)
-    with ray_session(address, quiet=not verbose):
+    with ray_session(address, quiet=not verbose, holds=[cfg.distributed.held(), cfg.evaluation.held()]):
         services = start_services(cfg, f"{results_root}/{EVAL_SCORES}", pending_bases)  # held for the whole sweep
         grid = make_tuner(cfg, experiment, resume, results_root, str(Path(data_dir).resolve()),
                           pending_bases, log).fit()
