@@ -106,7 +106,8 @@ def cmd_evaluate(args) -> int:
     export_dir = str(Path(args.export).resolve()) if args.export else ""
     jobs = [EvalJob(str(Path(m).resolve()), t, str(Path(args.data_dir).resolve()), trial=Path(m).name,
                     fast=args.fast, export_dir=export_dir, pooling=args.pooling) for m in args.model for t in tasks]
-    gpus = (f"--actors {args.actors}, --gpus-per-actor {args.gpus_per_actor:g}", {"GPU": args.actors * args.gpus_per_actor})
+    gpus = (f"--actors {args.actors}, --gpus-per-actor {args.gpus_per_actor:g}",
+            {"GPU": args.actors * args.gpus_per_actor})
     with ray_session(args.address, holds=[gpus]):
         pool = EvaluationPool(num_actors=args.actors, num_gpus=args.gpus_per_actor)
         rows = pool.run(jobs, results_dir=args.output, show_progress=True)
@@ -176,7 +177,8 @@ def cmd_generate_qa(args) -> int:
 def cmd_report(args) -> int:
     from classit.analysis.report import main as analysis_main
 
-    return analysis_main("report", [args.results_dir, *(["--out", args.out] if args.out else [])], prog="classit report")
+    return analysis_main("report", [args.results_dir, *(["--out", args.out] if args.out else [])],
+                         prog="classit report")
 
 
 def _root_cause(error: BaseException) -> str:

@@ -345,7 +345,8 @@ class EvaluationConfig(Section):
     def held(self) -> tuple[str, dict[str, float]]:
         """What the evaluation actors hold for a whole sweep, named by its fields (see `ray_session`)."""
         n = self.actors
-        return (f"evaluation (actors {n}, cpus_per_actor {self.cpus_per_actor:g}, gpus_per_actor {self.gpus_per_actor:g})",
+        return (f"evaluation (actors {n}, cpus_per_actor {self.cpus_per_actor:g}, "
+                f"gpus_per_actor {self.gpus_per_actor:g})",
                 {"CPU": n * self.cpus_per_actor, "GPU": n * self.gpus_per_actor,
                  **{name: n * amount for name, amount in self.actor_resources.items()}})
 

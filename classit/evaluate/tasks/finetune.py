@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 from classit.evaluate.catalog import FINETUNE_METRICS, FINETUNE_SELECT_BY
 from classit.evaluate.progress import Progress
-from classit.evaluate.tasks.inputs import glue_files
+from classit.evaluate.tasks.inputs import glue_files, missing_input
 
 
 @dataclass(frozen=True)
@@ -105,11 +105,9 @@ def read_examples(path: Path, task: str) -> tuple[list[tuple[str, str]], list[in
 
 
 def task_files(task: str, data_dir: str | Path) -> tuple[Path, Path]:
-    files = glue_files(task, data_dir)
-    for path in files:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file for task {task}")
-    return files
+    if missing := missing_input(task, data_dir):
+        raise FileNotFoundError(missing)
+    return glue_files(task, data_dir)
 
 
 POOLINGS = ("final", "official")

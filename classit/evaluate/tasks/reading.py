@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from classit.evaluate.progress import Progress
-from classit.evaluate.tasks.inputs import reading_file
+from classit.evaluate.tasks.inputs import missing_input, reading_file
 
 EYE_TRACKING = ("RTfirstfix", "RTfirstpass", "RTgopast", "RTrightbound")
 SELF_PACED = "self_paced_reading_time"
@@ -40,9 +40,9 @@ REQUIRED = ("item", "word", "prev_item", "prev_word", *SPILLOVER_TERMS[:-1], *EY
 def read_reading(data_dir: str | Path):
     import pandas as pd
 
+    if missing := missing_input("reading", data_dir):
+        raise FileNotFoundError(missing)
     path = reading_file(data_dir)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no reading data")
     frame = pd.read_csv(path, dtype={"item": str})
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
