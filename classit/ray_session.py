@@ -27,7 +27,7 @@ def ray_session(address: str | None = None, quiet: bool = False, holds: list[tup
     """Start (or join) Ray with the job settings classit's training needs; shut it down afterwards.
     `quiet`: the driver's console keeps classit's lines only (no worker output, no "Started a local Ray").
     `holds`: what the job holds at once (a training run's workers, the evaluation actors), each named
-    by the fields that ask for it; checked against a Ray started here (`check_fits`)."""
+    by the fields that ask for it; checked against a Ray this process started (`check_fits`)."""
     import logging
 
     import ray
@@ -41,10 +41,9 @@ def ray_session(address: str | None = None, quiet: bool = False, holds: list[tup
     if ray.is_initialized():  # already connected (a notebook, a test): use it, leave it running
         yield
         return
-    started_here = address in (None, "local") and not os.environ.get("RAY_ADDRESS")
     ray.init(address=address, **kwargs)
     try:
-        if started_here:
+        if started_here():
             check_fits(holds, ray.cluster_resources())
         yield
     finally:
@@ -52,6 +51,14 @@ def ray_session(address: str | None = None, quiet: bool = False, holds: list[tup
         ray.shutdown()
         for folder in leftovers:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def started_here() -> bool:
+    """Whether this process started the Ray it is connected to (Ray's GCS is its child) rather than
+    joined one: with no address, `ray.init()` also joins a cluster `ray start` left running here."""
+    import psutil
+
+    return any(child.name() == "gcs_server" for child in psutil.Process().children())
 
 
 def check_fits(holds: list[tuple[str, dict[str, float]]], have: dict[str, float]) -> None:
