@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ray.train import Result
 
 from classit.config import parse_config
 from classit.results import read_table
@@ -197,6 +198,15 @@ def test_a_corrupt_final_checkpoint_ends_eval_failed_and_the_sweep_exits_non_zer
     assert f"{key}  eval_failed" in second.stdout  # on the leaderboard too
 
 
+def registered_checkpoint(run: Path):
+    """The checkpoint Ray Train would resume `run` from: the newest its snapshot file names. A
+    checkpoint folder on disk is not yet one: the workers write it before the controller registers it."""
+    try:
+        return Result.from_path(run).checkpoint
+    except (RuntimeError, ValueError):  # no snapshot yet, or read while it is being written
+        return None
+
+
 def test_ctrl_c_stops_classit_pretrain_with_130_naming_the_checkpoint_the_same_command_resumes_from(tmp_path):
     """Ray Train's own Ctrl-C handler ends the driver with a bare exit 1; classit makes it the
     interruption it is and names what resumes it, which a rerun then does."""
@@ -218,7 +228,7 @@ def test_ctrl_c_stops_classit_pretrain_with_130_naming_the_checkpoint_the_same_c
             driver = subprocess.Popen(command, env=env, cwd=tmp_path, start_new_session=True,
                                       stdout=subprocess.DEVNULL, stderr=err)
             deadline = time.time() + 300
-            while time.time() < deadline and driver.poll() is None and not list(run.glob("*/trainer_state.json")):
+            while time.time() < deadline and driver.poll() is None and registered_checkpoint(run) is None:
                 time.sleep(0.25)
             assert driver.poll() is None, "the run ended before it could be stopped"
             os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole process group
