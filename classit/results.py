@@ -36,10 +36,11 @@ import pyarrow.parquet as pq
 from classit.evaluate.aggregates import NAMES as AGGREGATES
 
 # 4: trials carry the leaderboard aggregates (babylm:*); 5: eval_scores `series` (AoA); 6: eval_scores
-# `started`/`finished` (when the job ran)
-SCHEMA_VERSION = 6
-ADDED_SINCE_V1 = {"trials": ("gpu_hours", "versions", "git_commit", *AGGREGATES), "train_metrics": ("config",),
-                  "eval_scores": ("revision", "config", "series", "started", "finished")}
+# `started`/`finished` (when the job ran); 7: `hardware` in trials and eval_scores
+SCHEMA_VERSION = 7
+ADDED_SINCE_V1 = {"trials": ("gpu_hours", "versions", "git_commit", *AGGREGATES, "hardware"),
+                  "train_metrics": ("config",),
+                  "eval_scores": ("revision", "config", "series", "started", "finished", "hardware")}
 
 EVAL_SCORES_SCHEMA = pa.schema([
     ("checkpoint", pa.string()), ("task", pa.string()), ("data_dir", pa.string()), ("trial", pa.string()),
@@ -47,7 +48,7 @@ EVAL_SCORES_SCHEMA = pa.schema([
     ("pooling", pa.string()), ("config", pa.string()), ("series", pa.string()), ("subtask", pa.string()),
     ("metric", pa.string()),
     ("value", pa.float64()), ("n_items", pa.int64()), ("seconds", pa.float64()), ("error", pa.string()),
-    ("started", pa.float64()), ("finished", pa.float64()), ("schema_version", pa.int64()),
+    ("started", pa.float64()), ("finished", pa.float64()), ("hardware", pa.string()), ("schema_version", pa.int64()),
 ])
 
 AOA_SURPRISAL_SCHEMA = pa.schema([
@@ -87,7 +88,7 @@ def trials_schema(cfg) -> pa.Schema:
         *[(key, pa.float64()) for task in cfg.evaluation.tasks for key in headline_keys(task)],
         *[(name, pa.float64()) for name in AGGREGATES],
         ("start", pa.float64()), ("end", pa.float64()), ("seconds", pa.float64()), ("gpu_hours", pa.float64()),
-        ("versions", pa.string()), ("git_commit", pa.string()),
+        ("versions", pa.string()), ("git_commit", pa.string()), ("hardware", pa.string()),
         *_config_fields(ClassitConfig, "config", exclude={"sweep"}), ("config", pa.string()),
         ("schema_version", pa.int64()),
     ])
@@ -252,3 +253,25 @@ def provenance() -> dict[str, Any]:
     except (OSError, subprocess.TimeoutExpired):
         commit = ""
     return {"versions": json.dumps(versions, sort_keys=True), "git_commit": commit}
+
+
+def hardware(device: str | None = None) -> str:
+    """The processor that computed a result: the GPU's name on `device` "cuda[:n]" (None: a GPU
+    where torch sees one, as the scorer and the training workers choose), else the CPU's model.
+    The same config and package versions give the same numbers on the same processor only: fp32
+    kernels sum in orders of their own from one processor to another, and training carries the
+    last-digit differences into every later number."""
+    import platform
+    import sys
+
+    torch = sys.modules.get("torch")  # never imported for this: the driver and the planners run without torch
+    if device is None:
+        device = "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()

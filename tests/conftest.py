@@ -116,6 +116,14 @@ def loaded_by(code: str, watched: tuple[str, ...]) -> list[str]:
     return out.stdout.split()
 
 
+def this_cpu() -> str:
+    """This machine's CPU model, as `lscpu` names it (util-linux, on every Debian)."""
+    import subprocess
+
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name:"))
+
+
 def ray_processes(marker: str) -> list[str]:
     """Processes whose command line holds `marker` (a Ray temp folder: that Ray's processes)."""
     import subprocess

@@ -102,6 +102,20 @@ def test_leaderboards_and_paper_tables_show_the_aggregates_where_trials_have_the
     assert "babylm:macro" in printed.splitlines()[1] and f"{macro:.4g}" in printed
 
 
+def test_the_sweeps_leaderboard_names_the_processors_where_trials_were_trained_on_more_than_one():
+    import pandas as pd
+
+    from classit.analysis.trials import format_leaderboard
+
+    trials = [{"trial": t, "status": "finished", "val_loss": 1.0, "blimp:average:accuracy": 50.0, "hardware": hw}
+              for t, hw in [("a", "AMD EPYC"), ("b", "Intel Xeon"), ("c", "AMD EPYC"), ("d", None)]]
+    printed = format_leaderboard(pd.DataFrame(trials), ["blimp:average:accuracy"]).splitlines()
+    assert printed[-1] == ("note: trained on different processors, whose fp32 numbers differ in their last digits "
+                           "and grow apart in training (docs/results.md): AMD EPYC: a, c; Intel Xeon: b")
+    one_and_unknown = pd.DataFrame([trials[0], trials[2], trials[3]])
+    assert "processors" not in format_leaderboard(one_and_unknown, ["blimp:average:accuracy"])
+
+
 def test_the_sweeps_leaderboard_warns_under_a_trial_whose_scores_were_mostly_won_by_ties(tmp_path):
     """A diverged run that scores every candidate alike gets 100% on BLiMP (ties count as correct):
     the printed leaderboard names it under the table, from its final checkpoint's `tied_pct` rows."""

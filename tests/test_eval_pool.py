@@ -10,7 +10,7 @@ import pytest
 from classit.evaluate.actors import EvaluationPool
 from classit.evaluate.jobs import EvalJob
 from classit.results import read_table
-from conftest import SHARED_DATA, loaded_by, train_tiny_checkpoint
+from conftest import SHARED_DATA, loaded_by, this_cpu, train_tiny_checkpoint
 
 
 def make_data_dir(tmp):
@@ -178,6 +178,7 @@ def test_a_split_job_writes_exactly_the_rows_of_the_whole_job(ray_local, tmp_pat
                              for r in rows]
     assert timeless(runs["split"]) == timeless(runs["whole"]) and not any(r["error"] for r in runs["whole"])
     assert len(runs["whole"]) > 3  # the average, fields, terms, UIDs
+    assert {r["hardware"] for r in runs["split"]} == {this_cpu()}  # both shares' processor, named once
     predictions = "m/main/zero_shot/causal/blimp/blimp/predictions.json"
     assert (tmp_path / "split" / predictions).read_text() == (tmp_path / "whole" / predictions).read_text()
     # One bar per share, each full: every share ran, each on an actor of its own.

@@ -16,7 +16,7 @@ from classit.tokenizer import load_tokenizer
 from classit.train.checkpoints import checkpoint_marks, load_trainer_state
 from classit.train.distributed import init_single_process
 from classit.train.loop import NonFiniteLossError, Stage, collate_blocks, lr_factor, token_loss, train_stage
-from conftest import small_config
+from conftest import small_config, this_cpu
 
 
 @pytest.fixture(scope="module")
@@ -313,6 +313,7 @@ def test_aoa_spreads_a_runs_marks_over_the_actors_fits_them_and_exports_the_offi
     human = pd.read_csv(data / "aoa" / "cdi_human.csv")
     fit = curve_fitness(exported["results"], human)
     assert score["value"] == fit["curve_fitness"] and score["n_items"] == fit["n_words"]
+    assert set(scores["hardware"]) == {this_cpu()}  # the marks' processor, the fitted score's too
 
     # A mark whose checkpoint is corrupt: its error row, and the score refuses to fit the other two.
     broken = tmp_path / "broken"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from classit.config import parse_config
-from conftest import actors
+from conftest import actors, this_cpu
 from classit.results import read_table
 from classit.sweep.runner import run_sweep
 from classit.sweep.space import grid_trials
@@ -83,10 +83,13 @@ def test_six_trials_share_one_base_built_once_and_all_get_scores(ray_local, shar
     assert board["base_val_loss"].nunique() == 1
     # Every trial's config is written whole into its row.
     assert all(json.loads(c)["instruct"]["train"]["learning_rate"] == 2e-3 for c in board["config"])
+    # What trained each (pt: its base) and what scored it: this machine's processor.
+    assert (board["hardware"] == this_cpu()).all(), board["hardware"]
 
     scores = read_table(str(storage / "test" / "results" / "eval_scores"))
     assert not scores.duplicated(["trial", "checkpoint", "task", "subtask", "metric"]).any()
     assert set(scores["trial"]) == planned and (scores["error"] == "").all()
+    assert (scores["hardware"] == this_cpu()).all(), scores["hardware"].unique()
     metrics = read_table(str(storage / "test" / "results" / "train_metrics"))
     # ... and into every metric and score row.
     assert all(json.loads(c)["instruct"]["train"]["learning_rate"] == 2e-3 for c in scores["config"])

@@ -73,6 +73,12 @@ def format_leaderboard(board, objectives: list[str], tied: dict[str, str] | None
     if failed:
         note += f"\nevaluation failed for trial(s) {', '.join(failed)}: see the error rows of eval_scores"
     note += "".join(f"\nwarning: trial {trial}: {warning}" for trial, warning in (tied or {}).items())
+    trained_on = board[board["hardware"].fillna("") != ""].groupby("hardware")["trial"].apply(list) \
+        if "hardware" in board else {}
+    if len(trained_on) > 1:
+        note += ("\nnote: trained on different processors, whose fp32 numbers differ in their last digits and "
+                 "grow apart in training (docs/results.md): "
+                 + "; ".join(f"{name}: {', '.join(trials)}" for name, trials in trained_on.items()))
     return f"leaderboard ({len(board)} trials, best first by {objectives[0]}):\n{text}{note}"
 
 

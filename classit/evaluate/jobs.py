@@ -18,6 +18,7 @@ from classit.evaluate.catalog import FINETUNE, TASKS, TIED_METRIC, ZERO_SHOT_MET
 from classit.evaluate.progress import Progress
 from classit.evaluate.tasks import aoa, reading, zero_shot
 from classit.evaluate.tasks.inputs import aoa_files
+from classit.results import hardware
 
 if TYPE_CHECKING:
     from classit.evaluate.scoring import Encoded
@@ -137,8 +138,14 @@ def merge_shares(job: EvalJob, results: list[list[dict]]) -> list[dict]:
     folder, items = read_items(job)
     rows = zero_shot_rows(job, folder, items, sum(share["scores"] for share in shares),
                           sum(share["seconds"] for share in shares))
-    started, finished = min(s["started"] for s in shares), max(s["finished"] for s in shares)
-    return [{**row, "started": started, "finished": finished} for row in rows]
+    stamp = {"started": min(s["started"] for s in shares), "finished": max(s["finished"] for s in shares),
+             "hardware": processors(shares)}
+    return [{**row, **stamp} for row in rows]
+
+
+def processors(rows: list[dict]) -> str:
+    """The processors that computed a result from these rows' parts (shares, AoA marks): one, or each once."""
+    return "; ".join(sorted({row["hardware"] for row in rows if row.get("hardware")}))
 
 
 def run_reading(job: EvalJob, model, tokenizer, progress: Progress) -> list[dict]:
@@ -228,8 +235,8 @@ def aoa_scores(jobs: list[EvalJob], rows: list[dict], surprisals: list[dict]) ->
     for (trial, series), marks in by_series.items():
         start = time.perf_counter()
         job = replace(marks[0], checkpoint=series, revision="main", words_seen=-1)
-        failed = sorted({r["error"] for r in rows if r["task"] == "aoa" and r["trial"] == trial
-                         and r["series"] == series and r["error"]})
+        marks_rows = [r for r in rows if r["task"] == "aoa" and r["trial"] == trial and r["series"] == series]
+        failed = sorted({r["error"] for r in marks_rows if r["error"]})
         try:
             if failed:
                 raise RuntimeError(f"surprisals of {len(failed)} mark checkpoint(s) failed: {failed[0]}")
@@ -239,8 +246,8 @@ def aoa_scores(jobs: list[EvalJob], rows: list[dict], surprisals: list[dict]) ->
                         "completed_steps": len(marks)}
             official = ("step", "word_count", "target_word", "context_id", "context", "surprisal")
             _export(job, {"metadata": metadata, "results": [{k: r[k] for k in official} for r in mine]})
-            score = [result_row(job, "average", "pearson", result["curve_fitness"], result["n_words"],
-                                time.perf_counter() - start)]
+            score = [{**result_row(job, "average", "pearson", result["curve_fitness"], result["n_words"],
+                                   time.perf_counter() - start), "hardware": processors(marks_rows)}]
         except Exception as err:  # noqa: BLE001 - as every job: a failure is a row
             score = [result_row(job, "", "error", float("nan"), 0, time.perf_counter() - start, error=_reason(err))]
         scores[f"{job.row_key}\x1fscore"] = score
@@ -304,12 +311,12 @@ def _fingerprint(tokenizer) -> str | None:
 def run_job(job: EvalJob, cache: ModelCache, progress: Progress | None = None,
             share: tuple[int, int] = (0, 1)) -> list[dict]:
     """The job's rows (or a zero-shot share's scores), each with when the job ran (`started`,
-    `finished`); any failure (corrupt checkpoint, missing data) becomes one error row. `progress`
-    counts the job's items (candidates, words, steps) as they are scored."""
+    `finished`) and on what (`hardware`); any failure (corrupt checkpoint, missing data) becomes
+    one error row. `progress` counts the job's items (candidates, words, steps) as they are scored."""
     started = time.time()
     rows = _job_rows(job, cache, progress or Progress(), share)
-    times = {"started": started, "finished": time.time()}
-    return [row if row.get("table") == AOA_SURPRISAL else {**row, **times} for row in rows]
+    stamp = {"started": started, "finished": time.time(), "hardware": hardware(cache.device)}
+    return [row if row.get("table") == AOA_SURPRISAL else {**row, **stamp} for row in rows]
 
 
 def _job_rows(job: EvalJob, cache: ModelCache, progress: Progress, share: tuple[int, int]) -> list[dict]:

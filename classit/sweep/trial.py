@@ -106,10 +106,20 @@ def final_scores(rows: list[dict], final: str) -> dict[str, float]:
     return scores | {name: aggregate.value for name, aggregate in aggregates(scores).items()}
 
 
+def trained_on(result, base: Path) -> str:
+    """The processor that trained the trial's final checkpoint; for `pt`, which trains nothing, the base's."""
+    from classit.train.checkpoints import load_trainer_state, read_trainer_state
+
+    try:
+        return read_trainer_state(result.checkpoint.filesystem, result.checkpoint.path).hardware
+    except FileNotFoundError:  # `pt`'s checkpoint: the base's weights saved again, no trainer state
+        return load_trainer_state(base).hardware
+
+
 def trial_row(sweep_name: str, cfg: ClassitConfig, params: dict, result, rows: list[dict], scores: dict,
-              start: float) -> dict:
+              start: float, hardware: str) -> dict:
     """The trial's `trials` row: its parameters, losses, word counts, final scores, status
-    (`eval_failed` with the errors, if any), time and the whole config."""
+    (`eval_failed` with the errors, if any), time, what trained it and the whole config."""
     from classit.results import config_columns, provenance
 
     final, metrics = result.checkpoint.path, result.metrics
@@ -122,7 +132,7 @@ def trial_row(sweep_name: str, cfg: ClassitConfig, params: dict, result, rows: l
             "input_words": metrics.get("input_words"), "exposure_words": metrics.get("exposure_words"),
             "checkpoint": final, **scores, "start": start, "end": end, "seconds": end - start,
             "gpu_hours": (end - start) * cfg.distributed.num_workers * cfg.distributed.use_gpu / 3600,
-            **provenance(), **config_columns(cfg), "config": config_json(cfg)}
+            **provenance(), "hardware": hardware, **config_columns(cfg), "config": config_json(cfg)}
 
 
 def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str, service_name: str) -> None:
@@ -166,7 +176,7 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
     checkpoints, jobs = evaluation_jobs(cfg, result, base, data_dir, key)
     rows = ray.get(ray.get_actor(service_name).evaluate.remote(jobs))
     scores = final_scores(rows, result.checkpoint.path)
-    row = trial_row(sweep.name, cfg, params, result, rows, scores, start)
+    row = trial_row(sweep.name, cfg, params, result, rows, scores, start, trained_on(result, base))
     write_rows(f"{results_root}/{TRIALS}", [row], trials_schema(sweep_cfg), key=key)
     # Each evaluated checkpoint's scores, for experiment trackers (logged at its words).
     evaluated = [{"exposure_words": int(m.get("exposure_words", -1)), "eval": scores_of(rows, c.path)}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 BABYLM_WORD_MARKS = (
@@ -60,6 +60,7 @@ class TrainerState:
     next_mark: int = 0
     babylm_mark: int = 0  # the BabyLM mark (in unscaled words) the checkpoint saved now stands for; 0: none
     initial_val_loss: float | None = None
+    hardware: str = ""  # the processor that trained up to this checkpoint (its last stretch, if resumed)
 
     @property
     def total_input_words(self) -> int:
@@ -80,9 +81,11 @@ def save_tokenizer_and_model(model, tokenizer, folder: Path, state_dict: dict | 
 
 def save_checkpoint(engine, tokenizer, state: TrainerState, folder: Path, resumable: bool) -> None:
     """HF-format weights and tokenizer (rank 0), plus DeepSpeed state from every rank when resumable."""
-    from classit.train.distributed import world  # torch: imported by the workers only, not by planners
+    from classit.results import hardware
+    from classit.train.distributed import device, world  # torch: imported by the workers only, not by planners
 
     rank, _ = world()
+    state = replace(state, hardware=hardware(str(device())))
     # A collective under ZeRO-3 (it gathers the partitioned weights), so every rank calls it.
     weights = engine._zero3_consolidated_16bit_state_dict() if engine.zero_optimization_stage() == 3 else None
     if rank == 0:
@@ -94,6 +97,12 @@ def save_checkpoint(engine, tokenizer, state: TrainerState, folder: Path, resuma
 
 def load_trainer_state(folder: Path) -> TrainerState:
     return TrainerState(**json.loads((folder / TRAINER_STATE).read_text()))
+
+
+def read_trainer_state(fs, folder: str) -> TrainerState:
+    """A checkpoint's trainer state on `fs`, a pyarrow filesystem (local or cloud storage alike)."""
+    with fs.open_input_stream(posixpath.join(folder, TRAINER_STATE)) as stream:
+        return TrainerState(**json.loads(stream.read()))
 
 
 def prune_optimizer_states(fs, registered: str, keep: int) -> list[str]:
@@ -108,8 +117,7 @@ def prune_optimizer_states(fs, registered: str, keep: int) -> list[str]:
         if fs.get_file_info(posixpath.join(folder, DEEPSPEED_DIR)).type != FileType.Directory:
             return None
         try:
-            with fs.open_input_stream(posixpath.join(folder, TRAINER_STATE)) as stream:
-                state = TrainerState(**json.loads(stream.read()))
+            state = read_trainer_state(fs, folder)
         except FileNotFoundError:
             return None
         return state.total_exposure_words, state.stage_index, state.step
