@@ -117,11 +117,9 @@ def loaded_by(code: str, watched: tuple[str, ...]) -> list[str]:
 
 
 def this_cpu() -> str:
-    """This machine's CPU model, as `lscpu` names it (util-linux, on every Debian)."""
-    import subprocess
-
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name:"))
+    """This machine's CPU model, as the kernel names it (the first `model name` of /proc/cpuinfo)."""
+    return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name"))
 
 
 def ray_processes(marker: str) -> list[str]:
