@@ -8,7 +8,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from classit.config import ConfigError, load_config
+from classit.config import ConfigError, held_by, load_config
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -106,8 +106,8 @@ def cmd_evaluate(args) -> int:
     export_dir = str(Path(args.export).resolve()) if args.export else ""
     jobs = [EvalJob(str(Path(m).resolve()), t, str(Path(args.data_dir).resolve()), trial=Path(m).name,
                     fast=args.fast, export_dir=export_dir, pooling=args.pooling) for m in args.model for t in tasks]
-    gpus = (f"--actors {args.actors}, --gpus-per-actor {args.gpus_per_actor:g}",
-            {"GPU": args.actors * args.gpus_per_actor})
+    gpus = held_by(f"--actors {args.actors}, --gpus-per-actor {args.gpus_per_actor:g}", args.actors,
+                   {"GPU": args.gpus_per_actor})
     with ray_session(args.address, holds=[gpus]):
         pool = EvaluationPool(num_actors=args.actors, num_gpus=args.gpus_per_actor)
         rows = pool.run(jobs, results_dir=args.output, show_progress=True)

@@ -35,6 +35,11 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def held_by(what: str, count: int, each: dict[str, float]) -> tuple[str, dict[str, float]]:
+    """What `count` workers or actors, each asking `each`, hold together, labelled `what` (see `ray_session`)."""
+    return what, {name: count * amount for name, amount in each.items()}
+
+
 class ModelConfig(Section):
     preset: Literal["tiny", "llama-100m", "llama-140m"] = "tiny"
 
@@ -129,11 +134,9 @@ class DistributedConfig(Section):
 
     def held(self) -> tuple[str, dict[str, float]]:
         """What one training run holds while it trains, named by its fields (see `ray_session`)."""
-        n = self.num_workers
-        return (f"distributed (num_workers {n}, cpus_per_worker {self.cpus_per_worker:g}"
-                f"{', use_gpu' if self.use_gpu else ''})",
-                {"CPU": n * self.cpus_per_worker, "GPU": float(n) if self.use_gpu else 0.0,
-                 **{name: n * amount for name, amount in self.worker_resources.items()}})
+        return held_by(f"distributed (num_workers {self.num_workers}, cpus_per_worker {self.cpus_per_worker:g}"
+                       f"{', use_gpu' if self.use_gpu else ''})", self.num_workers,
+                       {"CPU": self.cpus_per_worker, "GPU": float(self.use_gpu), **self.worker_resources})
 
     @model_validator(mode="after")
     def _compile_needs_whole_weights(self) -> DistributedConfig:
@@ -344,11 +347,9 @@ class EvaluationConfig(Section):
 
     def held(self) -> tuple[str, dict[str, float]]:
         """What the evaluation actors hold for a whole sweep, named by its fields (see `ray_session`)."""
-        n = self.actors
-        return (f"evaluation (actors {n}, cpus_per_actor {self.cpus_per_actor:g}, "
-                f"gpus_per_actor {self.gpus_per_actor:g})",
-                {"CPU": n * self.cpus_per_actor, "GPU": n * self.gpus_per_actor,
-                 **{name: n * amount for name, amount in self.actor_resources.items()}})
+        return held_by(f"evaluation (actors {self.actors}, cpus_per_actor {self.cpus_per_actor:g}, "
+                       f"gpus_per_actor {self.gpus_per_actor:g})", self.actors,
+                       {"CPU": self.cpus_per_actor, "GPU": self.gpus_per_actor, **self.actor_resources})
 
     @model_validator(mode="after")
     def _known(self) -> EvaluationConfig:

@@ -20,6 +20,7 @@ Readers accept older versions: rows of earlier versions read with the columns ad
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import types
@@ -261,13 +262,21 @@ def hardware(device: str | None = None) -> str:
     The same config and package versions give the same numbers on the same processor only: fp32
     kernels sum in orders of their own from one processor to another, and training carries the
     last-digit differences into every later number."""
-    import platform
     import sys
 
     torch = sys.modules.get("torch")  # never imported for this: the driver and the planners run without torch
     if device is None:
         device = "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
+    return _processor_name(device)
+
+
+@functools.lru_cache  # a device's processor does not change in a process's life: read once, not per job
+def _processor_name(device: str) -> str:
+    import platform
+
     if device.startswith("cuda"):
+        import torch
+
         return torch.cuda.get_device_name(device)
     try:
         names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
