@@ -121,6 +121,21 @@ def test_the_processes_that_only_hand_out_jobs_start_without_torch():
     assert loaded_by(code, ("torch",)) == []
 
 
+def test_a_split_jobs_shares_are_merged_without_torch(tmp_path):
+    """The pool merges a split job's shares where it hands out jobs (`classit evaluate`'s driver, a sweep's
+    evaluation service): the rows come from the summed scores with numpy alone."""
+    data = make_data_dir(tmp_path)
+    code = ("import numpy as np\n"
+            "from classit.evaluate.jobs import EvalJob, merge_shares, read_items\n"
+            f"job = EvalJob('checkpoint', 'blimp', {str(data)!r}, trial='m')\n"
+            "n = sum(len(item.candidates) for item in read_items(job)[1])\n"
+            "share = lambda k: [{'table': 'share', 'share': (k, 2), 'scores': np.full(n, -1.0 - k), 'seconds': 1.0,\n"
+            "                    'started': 0.0, 'finished': 1.0, 'hardware': 'cpu'}]\n"
+            "rows = {(r['subtask'], r['metric']): r['value'] for r in merge_shares(job, [share(0), share(1)])}\n"
+            "assert rows['average', 'accuracy'] == 100.0 and rows['average', 'tied_pct'] == 100.0, rows\n")
+    assert loaded_by(code, ("torch",)) == []
+
+
 def test_export_writes_the_leaderboard_layout_and_collates_it(tmp_path):
     from classit.evaluate import export
     from classit.evaluate.jobs import ModelCache, run_job

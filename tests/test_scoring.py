@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from classit.evaluate.progress import Progress
-from classit.evaluate.scoring import choose, encode_candidates, load_model, reference_scores
-from classit.evaluate.tasks.zero_shot import accuracies, fast_subset, read_task, score_items
+from classit.evaluate.scoring import encode_candidates, load_model, reference_scores
+from classit.evaluate.tasks.zero_shot import accuracies, choose, fast_subset, read_task, score_items
 from conftest import SHARED_DATA, train_tiny_checkpoint
 
 BLIMP = SHARED_DATA / "blimp"

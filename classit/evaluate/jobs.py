@@ -102,12 +102,12 @@ def zero_shot_rows(job: EvalJob, folder: Path, items: list[zero_shot.Item], flat
             folder.name)
     if is_wug:
         return [result_row(job, "average", "spearman", zero_shot.wug_correlation(items, scores), len(items), seconds)]
-    result = zero_shot.accuracies(job.task, items, scores)
+    result, sizes = zero_shot.accuracies(job.task, items, scores), zero_shot.group_sizes(job.task, items)
     rows = [result_row(job, "average", "accuracy", result.pop("average")["accuracy"], len(items), seconds),
             result_row(job, "average", TIED_METRIC, zero_shot.tied_pct(scores), len(items), seconds)]
     for key, per_name in result.items():
         for name, value in per_name.items():
-            rows.append(result_row(job, f"{key}:{name}", "accuracy", value, _count(items, key, name), seconds))
+            rows.append(result_row(job, f"{key}:{name}", "accuracy", value, sizes[key][name], seconds))
     return rows
 
 
@@ -256,12 +256,6 @@ def aoa_scores(jobs: list[EvalJob], rows: list[dict], surprisals: list[dict]) ->
 
 def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}".splitlines()[0]
-
-
-def _count(items: list[zero_shot.Item], key: str, name: str) -> int:
-    if key == "split":  # entity tracking's splits group UIDs by prefix
-        return sum(item.meta["UID"].startswith(name) for item in items)
-    return sum(item.meta[key] == name for item in items)
 
 
 class ModelCache:

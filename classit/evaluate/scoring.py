@@ -250,11 +250,6 @@ def score(model, encoded: Encoded, pad_id: int, max_tokens: int = 4096, row_toke
     return totals.numpy()
 
 
-def choose(scores: np.ndarray) -> np.ndarray:
-    """Index of the best candidate per row of a (items x candidates) array; ties go to the first."""
-    return np.argmax(scores, axis=1)
-
-
 @torch.inference_mode()
 def reference_scores(model, encoded: Encoded) -> np.ndarray:
     """The deliberately simple reference: one candidate at a time, a plain forward pass, summed

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -216,18 +216,29 @@ def per_item(items: list[Item], flat: np.ndarray) -> list[np.ndarray]:
     return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+def choose(scores: np.ndarray) -> np.ndarray:
+    """Index of the best candidate per row of a (items x candidates) array; ties go to the first."""
+    return np.argmax(scores, axis=1)
+
+
+def group_sizes(task: str, items: list[Item]) -> dict[str, Counter]:
+    """How many items each value of each metadata key groups (and each entity-tracking split): the
+    groups `accuracies` averages over, and the item count written beside each of its accuracies."""
+    sizes = {key: Counter(item.meta[key] for item in items) for key in TASKS[task].meta_keys}
+    if task == "entity_tracking":
+        sizes["split"] = Counter(split for item in items for split in ENTITY_TRACKING_SPLITS
+                                 if item.meta["UID"].startswith(split))
+    return sizes
+
+
 def accuracies(task: str, items: list[Item], scores: list[np.ndarray]) -> dict[str, dict[str, float]]:
     """Accuracy (%) per value of each metadata key, and the task average as the pipeline takes it."""
-    from classit.evaluate.scoring import choose
-
     correct = [choose(s[None, :])[0] == 0 for s in scores]
+    sizes = group_sizes(task, items)
     result: dict[str, dict[str, float]] = {}
     for key in TASKS[task].meta_keys:
-        totals, hits = defaultdict(int), defaultdict(int)
-        for item, ok in zip(items, correct):
-            totals[item.meta[key]] += 1
-            hits[item.meta[key]] += bool(ok)
-        result[key] = {name: 100.0 * hits[name] / totals[name] for name in sorted(totals)}
+        hits = Counter(item.meta[key] for item, ok in zip(items, correct) if ok)
+        result[key] = {name: 100.0 * hits[name] / total for name, total in sorted(sizes[key].items())}
     uids = result["UID"]
     if task == "entity_tracking":
         splits = {s: [v for k, v in uids.items() if k.startswith(s)] for s in ENTITY_TRACKING_SPLITS}
