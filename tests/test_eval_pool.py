@@ -4,6 +4,7 @@ import json
 import re
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -159,6 +160,25 @@ def test_export_writes_the_leaderboard_layout_and_collates_it(tmp_path):
     assert set(collated) == {"blimp", "blimp_supplement"} and collated["blimp_supplement"] == supplement
 
 
+def write_ranking_tasks(data: Path) -> list[str]:
+    """EWoK, entity tracking, both WUGs and COMPS beside `make_data_dir`'s BLiMP and supplement, a few
+    items each in the official layouts: the paper's suite of ranking tasks. Returns their names."""
+    lines = {"ewok/physics.jsonl": [{"Context1": "the ball fell .", "Target1": "it dropped .", "Target2": "it rose .",
+                                     "Domain": "physics"}] * 3,
+             "entity_tracking/regular.jsonl": [{"input_prefix": "the box has the dog . the box has", "numops": 0,
+                                                "options": [" the dog .", " the cat .", " nothing ."]}] * 3,
+             "wug_adj/adj.jsonl": [{"sentences": f"the {a} is wuggy .\tthe {a} is wuggish .", "ratio": r}
+                                   for a, r in (("dog", 0.2), ("cat", 0.5), ("bird", 0.9))],
+             "wug_past/past.jsonl": [{"sentences": f"the {a} wugged .\tthe {a} wug .", "ratio": r}
+                                     for a, r in (("dog", 0.3), ("cat", 0.6), ("bird", 0.8))],
+             "comps/comps_base.jsonl": [{"prefix_acceptable": "a dog", "prefix_unacceptable": "a rock",
+                                         "property_phrase": "can run ."}] * 3}
+    for name, rows in lines.items():
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return ["blimp", "blimp_supplement", "ewok", "entity_tracking", "wug_adj", "wug_past", "comps"]
+
+
 def test_a_task_is_read_and_tokenized_once_per_tokenizer(tmp_path):
     from classit.evaluate.jobs import ModelCache, run_job
 
@@ -166,14 +186,23 @@ def test_a_task_is_read_and_tokenized_once_per_tokenizer(tmp_path):
     second = tmp_path / "copy"
     shutil.copytree(first, second)  # another checkpoint of the same run: same tokenizer
     data = make_data_dir(tmp_path)
+    tasks = write_ranking_tasks(data)
     cache = ModelCache("cpu")
-    rows = [run_job(EvalJob(str(path), "blimp", str(data)), cache) for path in (first, second)]
-    assert len(cache.tasks) == 1  # the second checkpoint reused the first one's tokenized items
-    fresh = run_job(EvalJob(str(second), "blimp", str(data)), ModelCache("cpu"))
-    values = lambda rs: [(r["subtask"], r["value"]) for r in rs]  # noqa: E731
-    assert values(rows[1]) == values(fresh) == values(rows[0]) and not any(r["error"] for r in fresh)
+    rows, kept = {}, {}
+    for path in (first, second):  # each checkpoint's tasks in turn, as an actor of a sweep takes them
+        rows[path] = [run_job(EvalJob(str(path), task, str(data)), cache) for task in tasks]
+        kept = kept or {key: tokens for key, (_, _, tokens) in cache.tasks.items()}
+    # The second checkpoint's jobs reused every task's tokens, all seven kept at once.
+    assert len(kept) == len(tasks) and all(cache.tasks[key][2] is tokens for key, tokens in kept.items())
+    fresh = [run_job(EvalJob(str(second), task, str(data)), ModelCache("cpu")) for task in tasks]
+    values = lambda runs: [[(r["subtask"], r["value"], r["error"]) for r in rs] for rs in runs]  # noqa: E731
+    assert values(rows[second]) == values(fresh) == values(rows[first])
+    assert not any(r["error"] for rs in fresh for r in rs)
     run_job(EvalJob(str(second), "blimp", str(data), fast=True), cache)
-    assert len(cache.tasks) == 2  # a different subset is another entry
+    assert len(cache.tasks) == len(tasks) + 1  # a different subset is another entry
+    cache.MAX_TOKENS_BYTES = 0  # beyond the bound the least recently used go, the newest stays
+    run_job(EvalJob(str(second), "ewok", str(data), fast=True), cache)
+    assert [key[:3:2] for key in cache.tasks] == [("ewok", True)]
 
 
 def test_a_split_job_writes_exactly_the_rows_of_the_whole_job(ray_local, tmp_path, capfd):

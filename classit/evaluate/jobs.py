@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +21,7 @@ from classit.evaluate.tasks.inputs import aoa_files
 from classit.results import hardware
 
 if TYPE_CHECKING:
-    from classit.evaluate.scoring import Encoded
+    from classit.evaluate.scoring import Encoded, Tokens
 
 # Scoring and fine-tuning (torch) are imported where a job runs: the processes that only hand out
 # jobs (`classit evaluate`'s driver, a sweep's evaluation service) start without torch.
@@ -260,14 +260,15 @@ def _reason(err: BaseException) -> str:
 
 class ModelCache:
     """An actor's state between jobs: the last checkpoint's model, so consecutive tasks on it load
-    it once, and the last few tasks read and tokenized: a sweep's checkpoints share one tokenizer,
-    so each task is tokenized once per actor rather than once per checkpoint."""
+    it once, and the tasks read and tokenized: a sweep's checkpoints share one tokenizer, so each
+    task is tokenized once per actor rather than once per checkpoint (every task of the paper's
+    suite at once: the least recently used go beyond `MAX_TOKENS_BYTES`)."""
 
-    MAX_TASKS = 4
+    MAX_TOKENS_BYTES = 1 << 30
 
     def __init__(self, device: str | None = None):
         self.device, self.path, self.loaded, self.fingerprint = device, None, None, None
-        self.tasks: dict[tuple, tuple] = {}
+        self.tasks: OrderedDict[tuple, tuple[Path, list[zero_shot.Item], Tokens]] = OrderedDict()
 
     def get(self, path: str):
         from classit.evaluate.scoring import load_model
@@ -281,18 +282,20 @@ class ModelCache:
 
     def prepared(self, job: EvalJob) -> tuple[Path, list[zero_shot.Item], Encoded]:
         """The job's folder, items and their candidates tokenized by the loaded checkpoint's tokenizer."""
-        from classit.evaluate.scoring import encode_candidates
+        from classit.evaluate.scoring import tokenize_candidates
 
         key = (job.task, job.data_dir, job.fast, self.fingerprint) if self.fingerprint else None
         if key in self.tasks:
-            return self.tasks[key]
+            self.tasks.move_to_end(key)
+            folder, items, tokens = self.tasks[key]
+            return folder, items, tokens.padded()
         folder, items = read_items(job)
-        prepared = folder, items, encode_candidates(self.loaded[1], [c for item in items for c in item.candidates])
+        tokens = tokenize_candidates(self.loaded[1], [c for item in items for c in item.candidates])
         if key is not None:
-            if len(self.tasks) >= self.MAX_TASKS:
-                self.tasks.pop(next(iter(self.tasks)))  # the oldest
-            self.tasks[key] = prepared
-        return prepared
+            self.tasks[key] = folder, items, tokens
+            while len(self.tasks) > 1 and sum(t.nbytes for _, _, t in self.tasks.values()) > self.MAX_TOKENS_BYTES:
+                self.tasks.popitem(last=False)
+        return folder, items, tokens.padded()
 
 
 def _fingerprint(tokenizer) -> str | None:
