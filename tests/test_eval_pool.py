@@ -179,7 +179,7 @@ def write_ranking_tasks(data: Path) -> list[str]:
     return ["blimp", "blimp_supplement", "ewok", "entity_tracking", "wug_adj", "wug_past", "comps"]
 
 
-def test_a_task_is_read_and_tokenized_once_per_tokenizer(tmp_path):
+def test_a_task_is_read_tokenized_and_planned_once_per_tokenizer(tmp_path):
     from classit.evaluate.jobs import ModelCache, run_job
 
     first = train_tiny_checkpoint(tmp_path / "train")
@@ -191,16 +191,16 @@ def test_a_task_is_read_and_tokenized_once_per_tokenizer(tmp_path):
     rows, kept = {}, {}
     for path in (first, second):  # each checkpoint's tasks in turn, as an actor of a sweep takes them
         rows[path] = [run_job(EvalJob(str(path), task, str(data)), cache) for task in tasks]
-        kept = kept or {key: tokens for key, (_, _, tokens) in cache.tasks.items()}
-    # The second checkpoint's jobs reused every task's tokens, all seven kept at once.
-    assert len(kept) == len(tasks) and all(cache.tasks[key][2] is tokens for key, tokens in kept.items())
+        kept = kept or {key: plan for key, (_, _, plan) in cache.tasks.items()}
+    # The second checkpoint's jobs reused every task's plan, all seven kept at once.
+    assert len(kept) == len(tasks) and all(cache.tasks[key][2] is plan for key, plan in kept.items())
     fresh = [run_job(EvalJob(str(second), task, str(data)), ModelCache("cpu")) for task in tasks]
     values = lambda runs: [[(r["subtask"], r["value"], r["error"]) for r in rs] for rs in runs]  # noqa: E731
     assert values(rows[second]) == values(fresh) == values(rows[first])
     assert not any(r["error"] for rs in fresh for r in rs)
     run_job(EvalJob(str(second), "blimp", str(data), fast=True), cache)
     assert len(cache.tasks) == len(tasks) + 1  # a different subset is another entry
-    cache.MAX_TOKENS_BYTES = 0  # beyond the bound the least recently used go, the newest stays
+    cache.MAX_PLAN_BYTES = 0  # beyond the bound the least recently used go, the newest stays
     run_job(EvalJob(str(second), "ewok", str(data), fast=True), cache)
     assert [key[:3:2] for key in cache.tasks] == [("ewok", True)]
 

@@ -21,7 +21,7 @@ from classit.evaluate.tasks.inputs import aoa_files
 from classit.results import hardware
 
 if TYPE_CHECKING:
-    from classit.evaluate.scoring import Encoded, Tokens
+    from classit.evaluate.scoring import Plan
 
 # Scoring and fine-tuning (torch) are imported where a job runs: the processes that only hand out
 # jobs (`classit evaluate`'s driver, a sweep's evaluation service) start without torch.
@@ -83,11 +83,11 @@ def run_zero_shot(job: EvalJob, model, tokenizer, cache: ModelCache, progress: P
                   share: tuple[int, int] = (0, 1)) -> list[dict]:
     """The job's rows; for a share of a split job (`split_jobs`), its candidates' scores instead
     (one row of the `SHARE` table), which `merge_shares` makes into the same rows."""
-    from classit.evaluate.scoring import score
+    from classit.evaluate.scoring import run_plan
 
     start = time.perf_counter()
-    folder, items, encoded = cache.prepared(job)
-    flat = score(model, encoded, tokenizer.pad_token_id, progress=progress, share=share)
+    folder, items, plan = cache.prepared(job)
+    flat = run_plan(model, plan, progress, share)
     if share != (0, 1):
         return [{"table": SHARE, "share": share, "scores": flat, "seconds": time.perf_counter() - start}]
     return zero_shot_rows(job, folder, items, flat, time.perf_counter() - start)
@@ -260,15 +260,15 @@ def _reason(err: BaseException) -> str:
 
 class ModelCache:
     """An actor's state between jobs: the last checkpoint's model, so consecutive tasks on it load
-    it once, and the tasks read and tokenized: a sweep's checkpoints share one tokenizer, so each
-    task is tokenized once per actor rather than once per checkpoint (every task of the paper's
-    suite at once: the least recently used go beyond `MAX_TOKENS_BYTES`)."""
+    it once, and the tasks read, tokenized and planned (`scoring.Plan`): a sweep's checkpoints
+    share one tokenizer, so each task is prepared once per actor rather than once per checkpoint
+    (every task of the paper's suite at once: the least recently used go beyond `MAX_PLAN_BYTES`)."""
 
-    MAX_TOKENS_BYTES = 1 << 30
+    MAX_PLAN_BYTES = 1 << 30
 
     def __init__(self, device: str | None = None):
         self.device, self.path, self.loaded, self.fingerprint = device, None, None, None
-        self.tasks: OrderedDict[tuple, tuple[Path, list[zero_shot.Item], Tokens]] = OrderedDict()
+        self.tasks: OrderedDict[tuple, tuple[Path, list[zero_shot.Item], Plan]] = OrderedDict()
 
     def get(self, path: str):
         from classit.evaluate.scoring import load_model
@@ -280,22 +280,24 @@ class ModelCache:
             self.path = path
         return self.loaded
 
-    def prepared(self, job: EvalJob) -> tuple[Path, list[zero_shot.Item], Encoded]:
-        """The job's folder, items and their candidates tokenized by the loaded checkpoint's tokenizer."""
-        from classit.evaluate.scoring import tokenize_candidates
+    def prepared(self, job: EvalJob) -> tuple[Path, list[zero_shot.Item], Plan]:
+        """The job's folder, items and the plan of their candidates' scoring with the loaded
+        checkpoint's tokenizer."""
+        from classit.evaluate.scoring import encode_candidates, plan_scoring
 
-        key = (job.task, job.data_dir, job.fast, self.fingerprint) if self.fingerprint else None
+        tokenizer = self.loaded[1]
+        key = (job.task, job.data_dir, job.fast, self.fingerprint, tokenizer.pad_token_id) if self.fingerprint else None
         if key in self.tasks:
             self.tasks.move_to_end(key)
-            folder, items, tokens = self.tasks[key]
-            return folder, items, tokens.padded()
+            return self.tasks[key]
         folder, items = read_items(job)
-        tokens = tokenize_candidates(self.loaded[1], [c for item in items for c in item.candidates])
+        plan = plan_scoring(encode_candidates(tokenizer, [c for item in items for c in item.candidates]),
+                            tokenizer.pad_token_id)
         if key is not None:
-            self.tasks[key] = folder, items, tokens
-            while len(self.tasks) > 1 and sum(t.nbytes for _, _, t in self.tasks.values()) > self.MAX_TOKENS_BYTES:
+            self.tasks[key] = folder, items, plan
+            while len(self.tasks) > 1 and sum(p.nbytes for _, _, p in self.tasks.values()) > self.MAX_PLAN_BYTES:
                 self.tasks.popitem(last=False)
-        return folder, items, tokens.padded()
+        return folder, items, plan
 
 
 def _fingerprint(tokenizer) -> str | None:

@@ -43,7 +43,8 @@ class JobBars:
         self.bars.stop()
 
     def update(self, key: str, label: str, done: int, total: int, unit: str) -> None:
-        """`total` 0: the job is still loading its model or data (an open-ended bar)."""
+        """No `unit` yet: the job is still loading its model or data (an open-ended bar); a started
+        job may have nothing to count (a share of a split job with no batch of its own)."""
         if key not in self.ids:
             self.ids[key] = self.bars.add_task(label, total=None, unit="")
-        self.bars.update(self.ids[key], completed=done, total=total or None, unit=unit)
+        self.bars.update(self.ids[key], completed=done, total=total if unit else None, unit=unit)

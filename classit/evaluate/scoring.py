@@ -15,7 +15,9 @@ It is fast by construction:
   instead of 4.05M (the two whole sentences of each pair) or 3.07M (each pair over its own prefix);
 - sequences are sorted by length and batched with little padding;
 - the LM head and log-softmax run once per token that predicts a scored token; the whole task is
-  tokenized in one call; `torch.inference_mode`, bf16 on GPU.
+  tokenized in one call; `torch.inference_mode`, bf16 on GPU;
+- all of that but the forward passes is a `Plan` of the task, which depends on its tokens alone:
+  an evaluation actor makes it once per task and tokenizer and runs it on every checkpoint.
 """
 
 from __future__ import annotations
@@ -66,31 +68,8 @@ class Encoded:
         return self.ids[i, :n].tolist(), self.scored[i, :n].tolist()
 
 
-@dataclass(frozen=True)
-class Tokens:
-    """Candidates' token ids one after another, which of them are scored, and each candidate's
-    length: what an evaluation actor keeps of a task between jobs, unpadded (`padded()` gives the
-    `Encoded` the scorer takes; all of BLiMP with the demo's tokenizer: 20 MB, 115 MB padded)."""
-
-    ids: np.ndarray  # (tokens,) int32
-    scored: np.ndarray  # (tokens,) bool
-    lengths: np.ndarray  # (candidates,) int64
-
-    @property
-    def nbytes(self) -> int:
-        return self.ids.nbytes + self.scored.nbytes + self.lengths.nbytes
-
-    def padded(self) -> Encoded:
-        return Encoded.from_flat(self.ids, self.scored, self.lengths)
-
-
 def encode_candidates(tokenizer, candidates: list[tuple[str, str | None]]) -> Encoded:
-    """Tokens of each `text`, padded; those overlapping its final `completion` characters are scored."""
-    return tokenize_candidates(tokenizer, candidates).padded()
-
-
-def tokenize_candidates(tokenizer, candidates: list[tuple[str, str | None]]) -> Tokens:
-    """Tokens of each `text`; those overlapping its final `completion` characters are scored.
+    """Tokens of each `text`, padded; those overlapping its final `completion` characters are scored.
 
     With no completion the whole text is scored (BLiMP). Tokens are found by their character
     offsets, as the pipeline does, so any tokenizer's treatment of leading spaces is respected.
@@ -114,7 +93,7 @@ def tokenize_candidates(tokenizer, candidates: list[tuple[str, str | None]]) -> 
     completion_start[has_tokens] += spans[first[has_tokens], 0]
     scored = spans[:, 1] > np.repeat(completion_start, lengths)
     scored[first[has_tokens]] = False  # nothing predicts a first token
-    return Tokens(np.fromiter(chain.from_iterable(ids), np.int32, total), scored, lengths)
+    return Encoded.from_flat(np.fromiter(chain.from_iterable(ids), np.int64, total), scored, lengths)
 
 
 @dataclass(frozen=True)
@@ -216,61 +195,120 @@ def _plan_batches(forest: Forest, max_tokens: int):
     return batches, row_in_batch, [by_batch[bounds[b]:bounds[b + 1]] for b in range(len(batches))]
 
 
-def _score_rows(transformer, head, forest: Forest, rows: np.ndarray, mine: np.ndarray, row_in_batch: np.ndarray,
-                pad_id: int, device) -> torch.Tensor:
-    """One batch of rows through the transformer, each token seeing its ancestors only; the
-    log-probability of each scored token `mine`, from the LM head run on its predictor alone."""
+@dataclass(frozen=True)
+class Batch:
+    """One forward pass: rows of prefix trees, padded, and the scored tokens its outputs predict."""
+
+    ids: np.ndarray  # (rows, width) each node's token id, pad_id after the row's last node (every array int32)
+    positions: np.ndarray  # (rows, width) each node's depth, 0 on padding
+    ends: np.ndarray  # (rows, width) one past each node's last descendant, in the row; padding sees itself
+    predictor_rows: np.ndarray  # per node whose output predicts a scored token: its row
+    predictor_cols: np.ndarray  # and its column
+    which: np.ndarray  # per scored token: its predictor (index into the two above),
+    targets: np.ndarray  # its id,
+    owners: np.ndarray  # and its candidate (index into the task's candidates)
+    candidates: int  # how many candidates it scores (a candidate's path lies in one row)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(value.nbytes for value in vars(self).values() if isinstance(value, np.ndarray))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A task's whole scoring but the model: every forward pass over its candidates' prefix trees.
+    It depends on the tokens alone, so an evaluation actor makes it once per task and tokenizer and
+    runs it on every checkpoint (planting all of BLiMP takes ~2 s on a CPU core)."""
+
+    candidates: int
+    batches: list[Batch]
+
+    @property
+    def unscored(self) -> int:
+        """Candidates with no scored token (a single token), whose score is 0."""
+        return self.candidates - sum(batch.candidates for batch in self.batches)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(batch.nbytes for batch in self.batches)
+
+
+def plan_scoring(encoded: Encoded, pad_id: int, max_tokens: int = 4096, row_tokens: int = 128,
+                 chunk_cells: int = 2**21) -> Plan:
+    """The candidates planted in prefix trees a chunk at a time (`forests`), their rows batched by
+    length (at most `max_tokens` padded tokens a batch); batches with nothing to score left out."""
+    batches = []
+    for part, forest in forests(encoded, row_tokens, chunk_cells):
+        rows_by_batch, row_in_batch, scored = _plan_batches(forest, max_tokens)
+        batches += [_batch(forest, part, rows, mine, row_in_batch, pad_id)
+                    for rows, mine in zip(rows_by_batch, scored) if len(mine)]
+    return Plan(len(encoded), batches)
+
+
+def _batch(forest: Forest, part: np.ndarray, rows: list[int], mine: np.ndarray, row_in_batch: np.ndarray,
+           pad_id: int) -> Batch:
+    """The forest's `rows` as one padded batch, with its scored tokens `mine` (indices into
+    `forest.predicting`); `part` maps the forest's candidates to the task's."""
     rows = np.asarray(rows)
     row_len = forest.row_starts[rows + 1] - forest.row_starts[rows]
     starts, local = forest.row_starts[rows][:, None], np.arange(int(row_len.max()))
     real = local < row_len[:, None]
     nodes = np.where(real, starts + local, 0)
-    ids = torch.from_numpy(np.where(real, forest.tokens[nodes], pad_id)).to(device)
-    positions = torch.from_numpy(np.where(real, forest.depth[nodes], 0)).to(device)
-    ends = torch.from_numpy(np.where(real, forest.end[nodes] - starts, local + 1)).to(device)  # padding sees itself
-    keys = torch.arange(len(local), device=device)
+    predictors, which = np.unique(forest.predicting[mine], return_inverse=True)
+    predictor_row = np.searchsorted(forest.row_starts, predictors, side="right") - 1
+    owners = part[forest.owners[mine]]
+    kept = dict(ids=np.where(real, forest.tokens[nodes], pad_id), positions=np.where(real, forest.depth[nodes], 0),
+                ends=np.where(real, forest.end[nodes] - starts, local + 1), predictor_rows=row_in_batch[predictor_row],
+                predictor_cols=predictors - forest.row_starts[predictor_row], which=which,
+                targets=forest.targets[mine], owners=owners)
+    # int32 halves what an actor keeps per task (all of BLiMP: ~100 MB); ids and positions are widened where fed.
+    return Batch(**{name: array.astype(np.int32) for name, array in kept.items()}, candidates=len(np.unique(owners)))
+
+
+def _forward(transformer, head, batch: Batch, device) -> torch.Tensor:
+    """The batch through the transformer, each token seeing its ancestors only; the log-probability
+    of each scored token, from the LM head run on its predictor alone."""
+    ids, positions = (torch.from_numpy(a).to(device, torch.int64) for a in (batch.ids, batch.positions))
+    ends = torch.from_numpy(batch.ends).to(device)
+    keys = torch.arange(ids.shape[1], device=device)
     sees = (keys[None, None, :] <= keys[None, :, None]) & (keys[None, :, None] < ends[:, None, :])
     hidden = transformer(input_ids=ids, position_ids=positions, attention_mask=sees[:, None],
                          use_cache=False).last_hidden_state
-    predictors, which = np.unique(forest.predicting[mine], return_inverse=True)
-    predictor_row = np.searchsorted(forest.row_starts, predictors, side="right") - 1
-    at = (torch.from_numpy(row_in_batch[predictor_row]).to(device),
-          torch.from_numpy(predictors - forest.row_starts[predictor_row]).to(device))
+    at = (torch.from_numpy(batch.predictor_rows).to(device), torch.from_numpy(batch.predictor_cols).to(device))
     logprobs = torch.log_softmax(head(hidden[at]).float(), dim=-1)
-    return logprobs[torch.from_numpy(which).to(device), torch.from_numpy(forest.targets[mine]).to(device)]
+    return logprobs[torch.from_numpy(batch.which).to(device), torch.from_numpy(batch.targets).to(device)]
 
 
 @torch.inference_mode()
-def score(model, encoded: Encoded, pad_id: int, max_tokens: int = 4096, row_tokens: int = 128,
-          chunk_cells: int = 2**21, progress: Progress | None = None, share: tuple[int, int] = (0, 1)) -> np.ndarray:
+def run_plan(model, plan: Plan, progress: Progress | None = None, share: tuple[int, int] = (0, 1)) -> np.ndarray:
     """Summed log-probability of each candidate's scored tokens (float64, in order).
 
-    Candidates are planted in prefix trees a chunk at a time (`forests`); each row is one sequence
-    whose tokens attend to their ancestors only, at positions equal to their depth. The LM head
-    and log-softmax run once per node that predicts a scored token.
-
-    `share` (k, n): only every n-th batch from the k-th is run, the other candidates' totals left 0.
-    A candidate's tokens lie in one batch, so the n shares' totals summed are the whole run's, to
-    the bit: the same batches, the same floats, on n actors at once.
+    `share` (k, n): only every n-th batch from the k-th is run, the other candidates' totals left 0,
+    and `progress` counts this share's candidates (the unscored ones in share 0). A candidate's
+    tokens lie in one batch, so the n shares' totals summed are the whole run's, to the bit: the
+    same batches, the same floats, on n actors at once.
     """
     progress = progress or Progress()
-    progress.start(len(encoded), "candidates")
+    mine = plan.batches[share[0]::share[1]]
+    unscored = plan.unscored if share[0] == 0 else 0
+    progress.start(sum(batch.candidates for batch in mine) + unscored, "candidates")
+    progress.advance(unscored)
     device = next(model.parameters()).device
     transformer, head = model.base_model, model.get_output_embeddings()
-    totals = torch.zeros(len(encoded), dtype=torch.float64)
-    planted = 0
-    for part, forest in forests(encoded, row_tokens, chunk_cells):
-        batches, row_in_batch, scored = _plan_batches(forest, max_tokens)
-        for b, rows in enumerate(batches):
-            mine = scored[b]
-            if not len(mine) or b % share[1] != share[0]:  # nothing to score (single tokens), or another share's
-                continue
-            picked = _score_rows(transformer, head, forest, rows, mine, row_in_batch, pad_id, device)
-            totals.index_add_(0, torch.from_numpy(part[forest.owners[mine]]), picked.double().cpu())
-            progress.advance(len(np.unique(forest.owners[mine])))  # a candidate's path lies in one row
-        planted += len(part)
-        progress.done = planted  # with those that had nothing to score
+    totals = torch.zeros(plan.candidates, dtype=torch.float64)
+    for batch in mine:
+        picked = _forward(transformer, head, batch, device)
+        totals.index_add_(0, torch.from_numpy(batch.owners), picked.double().cpu())
+        progress.advance(batch.candidates)
     return totals.numpy()
+
+
+def score(model, encoded: Encoded, pad_id: int, max_tokens: int = 4096, row_tokens: int = 128,
+          chunk_cells: int = 2**21, progress: Progress | None = None, share: tuple[int, int] = (0, 1)) -> np.ndarray:
+    """`run_plan` of the candidates' `plan_scoring`: each row one sequence whose tokens attend to their
+    ancestors only, at positions equal to their depth; the LM head and log-softmax run once per
+    node that predicts a scored token."""
+    return run_plan(model, plan_scoring(encoded, pad_id, max_tokens, row_tokens, chunk_cells), progress, share)
 
 
 @torch.inference_mode()
