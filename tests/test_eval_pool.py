@@ -179,8 +179,13 @@ def write_ranking_tasks(data: Path) -> list[str]:
     return ["blimp", "blimp_supplement", "ewok", "entity_tracking", "wug_adj", "wug_past", "comps"]
 
 
-def test_a_task_is_read_tokenized_and_planned_once_per_tokenizer(tmp_path):
+def test_a_task_is_read_tokenized_and_planned_once_per_tokenizer(tmp_path, monkeypatch):
+    from classit.evaluate import scoring
     from classit.evaluate.jobs import ModelCache, run_job
+
+    planned = []
+    plan_scoring = scoring.plan_scoring
+    monkeypatch.setattr(scoring, "plan_scoring", lambda *args: planned.append(args) or plan_scoring(*args))
 
     first = train_tiny_checkpoint(tmp_path / "train")
     second = tmp_path / "copy"
@@ -194,6 +199,7 @@ def test_a_task_is_read_tokenized_and_planned_once_per_tokenizer(tmp_path):
         kept = kept or {key: plan for key, (_, _, plan) in cache.tasks.items()}
     # The second checkpoint's jobs reused every task's plan, all seven kept at once.
     assert len(kept) == len(tasks) and all(cache.tasks[key][2] is plan for key, plan in kept.items())
+    assert len(planned) == len(tasks)  # 14 jobs, each task planted and batched once
     fresh = [run_job(EvalJob(str(second), task, str(data)), ModelCache("cpu")) for task in tasks]
     values = lambda runs: [[(r["subtask"], r["value"], r["error"]) for r in rs] for rs in runs]  # noqa: E731
     assert values(rows[second]) == values(fresh) == values(rows[first])
