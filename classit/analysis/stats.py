@@ -54,12 +54,7 @@ def paired_effect(items: pd.DataFrame, score: str, a: str, b: str, resamples: in
         return None
     units = diff.groupby(level=["other", "seed"])  # one unit per paired (configuration, seed)
     per_unit = [g.to_numpy() for _, g in units]
-    rng = np.random.default_rng(seed)
-    boot = np.empty(resamples)
-    for r in range(resamples):
-        picked = rng.integers(len(per_unit), size=len(per_unit))
-        boot[r] = np.mean([per_unit[i][rng.integers(len(per_unit[i]), size=len(per_unit[i]))].mean()
-                           for i in picked])
+    boot = two_level_bootstrap(per_unit, resamples, np.random.default_rng(seed))
     estimate = float(np.mean([u.mean() for u in per_unit]))
     low, high = np.percentile(boot, [2.5, 97.5])
     if len(per_unit) == 1 and len(per_unit[0]) == 1:
@@ -68,6 +63,20 @@ def paired_effect(items: pd.DataFrame, score: str, a: str, b: str, resamples: in
             "ci_high": float(high), "pairs": len(per_unit), "paired_on": paired_on,
             "items": int(np.mean([len(u) for u in per_unit])),
             "excludes_zero": bool(low > 0 or high < 0)}  # False when there is no interval
+
+
+def two_level_bootstrap(per_unit: list[np.ndarray], resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """`resamples` bootstrap means: units drawn with replacement, then each drawn unit's items with
+    replacement; the mean over the drawn units of their items' means. Each unit's draws are made at
+    once (its items are a task's UIDs, tens of them), not one resample at a time: a full suite's
+    report cells in 0.4 s instead of 54 (`benchmarks/bootstrap_speed.py`)."""
+    picks = rng.integers(len(per_unit), size=(resamples, len(per_unit)))
+    unit_means = np.empty(picks.shape)
+    for unit, values in enumerate(per_unit):
+        drawn = picks == unit
+        items = rng.integers(len(values), size=(int(drawn.sum()), len(values)))
+        unit_means[drawn] = values[items].mean(axis=1)
+    return unit_means.mean(axis=1)
 
 
 def curriculum_effects(results, pairs=DEFAULT_PAIRS, resamples: int = 10_000) -> pd.DataFrame:
