@@ -69,7 +69,7 @@ def two_level_bootstrap(per_unit: list[np.ndarray], resamples: int, rng: np.rand
     """`resamples` bootstrap means: units drawn with replacement, then each drawn unit's items with
     replacement; the mean over the drawn units of their items' means. Each unit's draws are made at
     once (its items are a task's UIDs, tens of them), not one resample at a time: a full suite's
-    report cells in 0.4 s instead of 54 (`benchmarks/bootstrap_speed.py`)."""
+    report cells in 0.4 s instead of 52 (`benchmarks/bootstrap_speed.py`)."""
     picks = rng.integers(len(per_unit), size=(resamples, len(per_unit)))
     unit_means = np.empty(picks.shape)
     for unit, values in enumerate(per_unit):
