@@ -52,6 +52,19 @@ def build_model(preset: str, tokenizer: PreTrainedTokenizerBase | None = None, s
     return LlamaForCausalLM(llama_config(preset, tokenizer))
 
 
+def load_checkpoint(folder, **kwargs) -> LlamaForCausalLM:
+    """A causal LM from a checkpoint folder (`save_pretrained`'s layout). Weights that do not load,
+    a truncated or foreign file, end in an error that names the folder: the reader's own message
+    (safetensors: "header too large") does not say which checkpoint it was reading."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    except Exception as err:
+        reason = f"{type(err).__name__}: {err}".splitlines()[0]
+        raise ValueError(f"{folder}: the checkpoint does not load ({reason})") from err
+
+
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -195,5 +195,5 @@ def test_a_base_whose_weights_do_not_load_is_named_in_the_error(tmp_path, tokeni
     assert _model_with(tmp_path, None).config.hidden_size == 128
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # cut short, as by a full disk
-    with pytest.raises(ValueError, match=f"^{tmp_path}: the base model's weights do not load"):
+    with pytest.raises(ValueError, match=f"^{tmp_path}: the checkpoint does not load"):
         _model_with(tmp_path, None)

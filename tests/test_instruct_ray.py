@@ -102,5 +102,5 @@ def test_pt_on_a_base_whose_weights_do_not_load_fails_like_a_training_run_naming
     shutil.copytree(checkpoint, bad)
     weights = bad / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(WorkerGroupError, match=f"{bad}: the base model's weights do not load"):
+    with pytest.raises(WorkerGroupError, match=f"{bad}: the checkpoint does not load"):
         run_instruct(instruct_config(tmp, "pt", "pt-cut-short"), bad)

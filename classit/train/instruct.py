@@ -53,11 +53,10 @@ def instruct_kind(cfg: ClassitConfig) -> str:
 def _model_with(base: Path, weights: dict | None):
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from classit.models import load_checkpoint
+
     if weights is None:
-        try:
-            return AutoModelForCausalLM.from_pretrained(base)
-        except Exception as err:  # a truncated or foreign weights file: name the checkpoint
-            raise ValueError(f"{base}: the base model's weights do not load ({err})") from err
+        return load_checkpoint(base)
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))
     model.load_state_dict(weights)
     return model

@@ -305,9 +305,9 @@ def start_engine(model, stage: Stage, dcfg: DistributedConfig, total_steps: int,
     if resume_from is not None and (resume_from / TRAINER_STATE).exists():
         state = load_trainer_state(resume_from)
         if not with_optimizer:  # weights only: optimizer restarts
-            from transformers import AutoModelForCausalLM
+            from classit.models import load_checkpoint
 
-            model.load_state_dict(AutoModelForCausalLM.from_pretrained(resume_from).state_dict())
+            model.load_state_dict(load_checkpoint(resume_from).state_dict())
     engine = build_engine(model.to(device()), stage, dcfg, total_steps)
     if with_optimizer:
         engine.load_checkpoint(str(resume_from / DEEPSPEED_DIR), tag="state")

@@ -181,7 +181,9 @@ def predict(model: Classifier, tokenizer, texts, settings: FinetuneSettings) -> 
 def load_for_finetuning(checkpoint: str | Path, pooling: str):
     """Tokenizer (padded on the pooling's side) and the LM's transformer in fp32, as the pipeline
     (transformers 4.51 loads fp32 by default) fine-tunes whatever dtype the checkpoint was saved in."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from classit.models import load_checkpoint
 
     if pooling not in POOLINGS:
         raise ValueError(f"pooling {pooling!r}: expected one of {', '.join(POOLINGS)}")
@@ -192,7 +194,7 @@ def load_for_finetuning(checkpoint: str | Path, pooling: str):
         warnings.warn(f"{checkpoint}: pooling official with a tokenizer that prepends BOS: the first position, "
                       f"which the head reads, sees no input", stacklevel=2)
     # The LM's transformer without its LM head: the weights the pipeline's AutoModel loads.
-    return tokenizer, AutoModelForCausalLM.from_pretrained(checkpoint).base_model.float()  # bf16 -> fp32 is exact
+    return tokenizer, load_checkpoint(checkpoint).base_model.float()  # bf16 -> fp32 is exact
 
 
 def finetune(checkpoint: str | Path, task: str, data_dir: str | Path,
