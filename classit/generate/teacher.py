@@ -130,14 +130,16 @@ class Teacher:
     """A loaded teacher and its schema automaton, ready to write one shard after another."""
 
     def __init__(self, gcfg: GenerateConfig, folder: str, device: str = "cpu"):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from classit.models import load_checkpoint
 
         self.gcfg = gcfg
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+        self.model = load_checkpoint(folder, dtype=dtype).to(device).eval()
         self.device = device
         self.index = schema_index(self.tokenizer, gcfg.pairs_per_article)
         self.max_prompt = getattr(self.model.config, "max_position_embeddings", 4096) - gcfg.sampling.max_new_tokens
