@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
+from classit.units import one_line
+
 # transformers' modeling takes ~2.5 s of CPU to import: only the processes that build a model pay it.
 if TYPE_CHECKING:
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
@@ -61,8 +63,7 @@ def load_checkpoint(folder, **kwargs) -> LlamaForCausalLM:
     try:
         return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     except Exception as err:
-        reason = f"{type(err).__name__}: {err}".splitlines()[0]
-        raise ValueError(f"{folder}: the checkpoint does not load ({reason})") from err
+        raise ValueError(f"{folder}: the checkpoint does not load ({one_line(err)})") from err
 
 
 def count_parameters(model) -> int:

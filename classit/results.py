@@ -35,6 +35,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from classit.evaluate.aggregates import NAMES as AGGREGATES
+from classit.units import one_line
 
 # 4: trials carry the leaderboard aggregates (babylm:*); 5: eval_scores `series` (AoA); 6: eval_scores
 # `started`/`finished` (when the job ran); 7: `hardware` in trials and eval_scores
@@ -230,7 +231,7 @@ def read_table(folder: str):
             frames.append(pq.read_table(part, filesystem=fs).to_pandas())
         except (OSError, pa.ArrowException) as err:
             skipped.append(part)
-            warnings.warn(f"skipping unreadable results file {part}: {str(err).splitlines()[0]}", stacklevel=2)
+            warnings.warn(f"skipping unreadable results file {part}: {one_line(err)}", stacklevel=2)
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     frame = upgrade(frame, Path(folder).name) if frames else frame
     frame.attrs["skipped"] = skipped

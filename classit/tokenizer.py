@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from classit.units import one_line
+
 # transformers (torch with it, ~2 s) is imported where a tokenizer is built or loaded, so that
 # what only reads records and counts words (the sweep driver's planning) starts without it.
 if TYPE_CHECKING:
@@ -67,10 +69,15 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, path: str | Path) -> None
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+def load_tokenizer(path: str | Path, **kwargs) -> PreTrainedTokenizerFast:
+    """The tokenizer saved in a folder (a checkpoint's, the corpus's). One that does not load ends
+    in an error naming the folder: the reader's own ("Invalid control character at: line 1") does not."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path))
+    try:
+        return AutoTokenizer.from_pretrained(str(path), **kwargs)
+    except Exception as err:
+        raise ValueError(f"{path}: the tokenizer does not load ({one_line(err)})") from err
 
 
 def reply_token_id(tokenizer) -> int:

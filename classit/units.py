@@ -1,4 +1,5 @@
-"""Counts and sizes as a person reads them (1.2M words, 3.5 GB), for consoles, plans and plots."""
+"""Counts, sizes and errors as a person reads them (1.2M words, 3.5 GB, one line per error), for
+consoles, plans, plots and error rows."""
 
 from __future__ import annotations
 
@@ -23,3 +24,8 @@ def text_table(rows: list[list[str]]) -> str:
     """Rows of cells (the first the header) as left-aligned columns, two spaces apart."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message (which may be empty)."""
+    return f"{type(err).__name__}: {err}".splitlines()[0]

@@ -128,3 +128,14 @@ class CountedSteps(Progress):
     def advance(self, n: int = 1) -> None:
         super().advance(n)
         self.seen.append(self.done)
+
+
+@pytest.mark.parametrize("damaged, reader", [("model.safetensors", "checkpoint"), ("tokenizer.json", "tokenizer")])
+def test_a_checkpoint_with_a_damaged_file_is_named_in_the_error(checkpoint, tmp_path, damaged, reader):
+    import shutil
+
+    copy = tmp_path / "checkpoint"
+    shutil.copytree(checkpoint, copy)
+    (copy / damaged).write_bytes((copy / damaged).read_bytes()[:100])  # cut short, as by a full disk
+    with pytest.raises(ValueError, match=f"^{copy}: the {reader} does not load \\(\\w+: "):
+        load_model(copy)

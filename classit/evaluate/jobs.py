@@ -19,6 +19,7 @@ from classit.evaluate.progress import Progress
 from classit.evaluate.tasks import aoa, reading, zero_shot
 from classit.evaluate.tasks.inputs import aoa_files
 from classit.results import hardware
+from classit.units import one_line
 
 if TYPE_CHECKING:
     from classit.evaluate.scoring import Plan
@@ -249,13 +250,9 @@ def aoa_scores(jobs: list[EvalJob], rows: list[dict], surprisals: list[dict]) ->
             score = [{**result_row(job, "average", "pearson", result["curve_fitness"], result["n_words"],
                                    time.perf_counter() - start), "hardware": processors(marks_rows)}]
         except Exception as err:  # noqa: BLE001 - as every job: a failure is a row
-            score = [result_row(job, "", "error", float("nan"), 0, time.perf_counter() - start, error=_reason(err))]
+            score = [result_row(job, "", "error", float("nan"), 0, time.perf_counter() - start, error=one_line(err))]
         scores[f"{job.row_key}\x1fscore"] = score
     return scores
-
-
-def _reason(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}".splitlines()[0]
 
 
 class ModelCache:
@@ -332,4 +329,4 @@ def _job_rows(job: EvalJob, cache: ModelCache, progress: Progress, share: tuple[
             return run_aoa_surprisal(job, model, tokenizer, progress)
         return run_zero_shot(job, model, tokenizer, cache, progress, share)
     except Exception as err:  # noqa: BLE001 - every failure must become a row, not stop the pool
-        return [result_row(job, "", "error", float("nan"), 0, time.perf_counter() - start, error=_reason(err))]
+        return [result_row(job, "", "error", float("nan"), 0, time.perf_counter() - start, error=one_line(err))]

@@ -328,14 +328,13 @@ def reference_scores(model, encoded: Encoded) -> np.ndarray:
 
 def load_model(path, device: str | None = None):
     """An HF causal LM for scoring: eval mode, on GPU in bf16 when there is one."""
-    from transformers import AutoTokenizer
-
     from classit.models import load_checkpoint
+    from classit.tokenizer import load_tokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     model = load_checkpoint(path, dtype=dtype).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_tokenizer(path)
     if tokenizer.pad_token_id is None:  # as the pipeline does for causal models
         tokenizer.pad_token_id = tokenizer.eos_token_id
     return model, tokenizer

@@ -15,6 +15,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from classit.artefacts import MARKER
 from classit.config import ConfigError, GenerateConfig, config_hash
 from classit.generate.qa import REJECTIONS, check_pair, fill_template, make_record, normalised, pairs_schema, parse_pairs
+from classit.units import one_line
 
 
 def teacher_folder(teacher: str, where: str) -> Path:
@@ -38,7 +39,7 @@ def check_teacher(folder: Path, where: str) -> None:
         config = AutoConfig.from_pretrained(folder)
         AutoTokenizer.from_pretrained(folder)
     except Exception as err:  # noqa: BLE001
-        raise ConfigError(f"{where}: {folder} does not load as a model ({str(err).splitlines()[0][:160]})") from None
+        raise ConfigError(f"{where}: {folder} does not load as a model ({one_line(err)[:160]})") from None
     if not any(arch.endswith("ForCausalLM") for arch in config.architectures or []):
         raise ConfigError(f"{where}: {folder} is not a causal LM (architectures {config.architectures})")
 
@@ -130,12 +131,11 @@ class Teacher:
     """A loaded teacher and its schema automaton, ready to write one shard after another."""
 
     def __init__(self, gcfg: GenerateConfig, folder: str, device: str = "cpu"):
-        from transformers import AutoTokenizer
-
         from classit.models import load_checkpoint
+        from classit.tokenizer import load_tokenizer
 
         self.gcfg = gcfg
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.tokenizer = load_tokenizer(folder)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype = torch.bfloat16 if device == "cuda" else torch.float32

@@ -181,13 +181,12 @@ def predict(model: Classifier, tokenizer, texts, settings: FinetuneSettings) -> 
 def load_for_finetuning(checkpoint: str | Path, pooling: str):
     """Tokenizer (padded on the pooling's side) and the LM's transformer in fp32, as the pipeline
     (transformers 4.51 loads fp32 by default) fine-tunes whatever dtype the checkpoint was saved in."""
-    from transformers import AutoTokenizer
-
     from classit.models import load_checkpoint
+    from classit.tokenizer import load_tokenizer
 
     if pooling not in POOLINGS:
         raise ValueError(f"pooling {pooling!r}: expected one of {', '.join(POOLINGS)}")
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint, padding_side=PADDING_SIDE[pooling])
+    tokenizer = load_tokenizer(checkpoint, padding_side=PADDING_SIDE[pooling])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if pooling == "official" and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]:
