@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from classit.config import config_hash
+from classit.units import one_line
 
 MARKER = "artefact.json"
 
@@ -64,7 +65,15 @@ def is_complete(folder: Path) -> bool:
 
 def read_marker(folder: Path) -> dict:
     """What `mark_complete` wrote: `made_by`, `completed` (Unix seconds) and the artefact's own fields."""
-    return json.loads((folder / MARKER).read_text())
+    return parse_json((folder / MARKER).read_text(), folder / MARKER)
+
+
+def parse_json(text: str | bytes, source) -> dict:
+    """JSON read from `source` (a file); a damaged file ends in an error that names it."""
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise ValueError(f"{source}: damaged, not JSON ({one_line(err)})") from err
 
 
 def commit_file(write: Callable[[str], object], path: str | Path, suffix: str = "") -> None:

@@ -52,6 +52,9 @@ def test_a_folder_is_complete_only_once_built_and_marked(tmp_path):
     assert is_complete(folder) and (folder / "data.txt").read_text() == "ok"
     assert read_marker(folder) == marker and marker["made_by"] == {"a": 1} and marker["count"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name]  # no temporary build left
+    (folder / MARKER).write_text('{"made_by": ')  # damaged afterwards: named, not a bare JSONDecodeError
+    with pytest.raises(ValueError, match=f"^{folder / MARKER}: damaged, not JSON \\(JSONDecodeError: "):
+        read_marker(folder)
 
 
 def test_two_builders_at_once_both_finish_and_one_build_wins(tmp_path):

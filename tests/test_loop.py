@@ -154,6 +154,11 @@ def test_train_stage_learns_and_resumes_where_it_stopped(corpus, tmp_path):
     steps = [r["step"] for r in second.rows]
     assert steps[0] > 30 and steps[-1] == 40 and state.step == 40  # no step 0 again: it resumed
     assert state.words_seen > load_trainer_state(last).words_seen
+    # A damaged trainer state stops the resume with its file named.
+    (last / "trainer_state.json").write_text('{"step": 30,')
+    with pytest.raises(ValueError, match=f"^{last / 'trainer_state.json'}: damaged, not JSON"):
+        train_stage(build_model("tiny", tokenizer), tokenizer, make_stage(corpus, max_steps=40), dcfg,
+                    Recorder(tmp_path / "again"), resume_from=last)
 
 
 def test_one_process_needs_no_zero_and_saves_a_loadable_hf_model(corpus, tmp_path):

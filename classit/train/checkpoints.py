@@ -15,6 +15,8 @@ import posixpath
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from classit.artefacts import parse_json
+
 BABYLM_WORD_MARKS = (
     [m * 1_000_000 for m in range(1, 10)]
     + [m * 10_000_000 for m in range(1, 10)]
@@ -96,13 +98,13 @@ def save_checkpoint(engine, tokenizer, state: TrainerState, folder: Path, resuma
 
 
 def load_trainer_state(folder: Path) -> TrainerState:
-    return TrainerState(**json.loads((folder / TRAINER_STATE).read_text()))
+    return TrainerState(**parse_json((folder / TRAINER_STATE).read_text(), folder / TRAINER_STATE))
 
 
 def read_trainer_state(fs, folder: str) -> TrainerState:
     """A checkpoint's trainer state on `fs`, a pyarrow filesystem (local or cloud storage alike)."""
     with fs.open_input_stream(posixpath.join(folder, TRAINER_STATE)) as stream:
-        return TrainerState(**json.loads(stream.read()))
+        return TrainerState(**parse_json(stream.read(), posixpath.join(folder, TRAINER_STATE)))
 
 
 def prune_optimizer_states(fs, registered: str, keep: int) -> list[str]:
