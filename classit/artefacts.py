@@ -26,7 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-from classit.config import config_hash
+from classit.config import LoadError, config_hash
 from classit.units import one_line
 
 MARKER = "artefact.json"
@@ -73,7 +73,7 @@ def parse_json(text: str | bytes, source) -> dict:
     try:
         return json.loads(text)
     except ValueError as err:
-        raise ValueError(f"{source}: damaged, not JSON ({one_line(err)})") from err
+        raise LoadError(f"{source}: damaged, not JSON ({one_line(err)})") from err
 
 
 def commit_file(write: Callable[[str], object], path: str | Path, suffix: str = "") -> None:

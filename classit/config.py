@@ -31,6 +31,11 @@ class ConfigError(ValueError):
     """A bad config value; its message is one line that names the field or file."""
 
 
+class LoadError(ConfigError):
+    """A file or checkpoint that is there but does not load (cut short, damaged, foreign); its
+    message names it, then the reader's own reason."""
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
+from classit.config import LoadError
 from classit.units import one_line
 
 # transformers' modeling takes ~2.5 s of CPU to import: only the processes that build a model pay it.
@@ -63,7 +64,7 @@ def load_checkpoint(folder, **kwargs) -> LlamaForCausalLM:
     try:
         return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     except Exception as err:
-        raise ValueError(f"{folder}: the checkpoint does not load ({one_line(err)})") from err
+        raise LoadError(f"{folder}: the checkpoint does not load ({one_line(err)})") from err
 
 
 def count_parameters(model) -> int:

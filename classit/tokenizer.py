@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from classit.config import LoadError
 from classit.units import one_line
 
 # transformers (torch with it, ~2 s) is imported where a tokenizer is built or loaded, so that
@@ -77,7 +78,7 @@ def load_tokenizer(path: str | Path, **kwargs) -> PreTrainedTokenizerFast:
     try:
         return AutoTokenizer.from_pretrained(str(path), **kwargs)
     except Exception as err:
-        raise ValueError(f"{path}: the tokenizer does not load ({one_line(err)})") from err
+        raise LoadError(f"{path}: the tokenizer does not load ({one_line(err)})") from err
 
 
 def reply_token_id(tokenizer) -> int:

@@ -63,7 +63,7 @@ def test_pool_runs_checkpoints_by_tasks_and_turns_failures_into_rows(ray_local, 
     errors = table[table["metric"] == "error"]
     assert set(errors["trial"]) == {"corrupt"} and len(errors) == 2
     # The reason names the checkpoint, not only the reader's "header too large".
-    reason = (f"ValueError: {checkpoints['corrupt']}: the checkpoint does not load "
+    reason = (f"LoadError: {checkpoints['corrupt']}: the checkpoint does not load "
               "(SafetensorError: Error while deserializing header: header too large)")
     assert (errors["error"] == reason).all(), errors["error"].tolist()
     averages = table[(table["subtask"] == "average") & (table["metric"] == "accuracy")]

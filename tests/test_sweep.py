@@ -360,3 +360,13 @@ def test_asha_never_ends_a_long_trial_for_its_number_of_reports_and_stops_one_be
     assert decisions == {TrialScheduler.CONTINUE}
     assert scheduler.on_trial_result(None, behind, {"training_iteration": 1, "val_loss": 2.0}) == TrialScheduler.CONTINUE
     assert scheduler.on_trial_result(None, behind, {"training_iteration": 2, "val_loss": 2.0}) == TrialScheduler.STOP
+
+
+def test_status_of_a_sweep_whose_record_is_damaged_names_the_file_in_one_line(tmp_path, capsys):
+    from classit.cli import main
+
+    (tmp_path / "sweep.json").write_text('{"config": {')  # cut short, as by a full disk
+    assert main(["status", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"classit: error: {tmp_path / 'sweep.json'}: damaged, not JSON "
+                                       "(JSONDecodeError: Expecting property name enclosed in double quotes: "
+                                       "line 1 column 13 (char 12))\n")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from classit.artefacts import parse_json
 from classit.evaluate.tasks.zero_shot import first_probability
 
 # Our task name -> the pipeline's task folder inside zero_shot/causal/.
@@ -88,16 +89,16 @@ def collate(root: str | Path, model: str, revision: str = "main") -> Path:
         found = [zero_shot / folder / d / "predictions.json" for d in datasets
                  if (zero_shot / folder / d / "predictions.json").is_file()]
         if found:
-            full[key] = json.loads(found[0].read_text())
+            full[key] = parse_json(found[0].read_text(), found[0])
     for key, path in (("reading", zero_shot / "reading" / "predictions.json"),
                       ("aoa", zero_shot / "AoA_word" / "surprisal.json")):
         if path.is_file():
-            full[key] = json.loads(path.read_text())
+            full[key] = parse_json(path.read_text(), path)
     glue = {}
     for task in GLUE_TASKS:
         path = base / "finetune" / task / "predictions.json"
         if path.is_file():
-            glue |= json.loads(path.read_text())
+            glue |= parse_json(path.read_text(), path)
     if glue:
         full["glue"] = glue
     out = Path(root) / model / "all_full_preds_and_fast_scores_causal.json"

@@ -14,7 +14,7 @@ import socket
 import time
 from pathlib import Path
 
-from classit.artefacts import commit_file
+from classit.artefacts import commit_file, parse_json
 from classit.config import ClassitConfig, ConfigError
 
 SWEEP_FILE = "sweep.json"
@@ -54,7 +54,7 @@ def tune_trials(experiment: Path) -> tuple[list[dict], float | None, float | Non
     states = sorted(experiment.glob("experiment_state-*.json"))
     if not states:
         return [], None, None
-    data = json.loads(states[-1].read_text())
+    data = parse_json(states[-1].read_text(), states[-1])
     trials = []
     for trial_json, runtime_json in data["trial_data"]:
         trial, runtime = json.loads(trial_json), json.loads(runtime_json)
@@ -78,7 +78,7 @@ def sweep_status(experiment: Path) -> dict:
     path = experiment / SWEEP_FILE
     if not path.is_file():
         raise ConfigError(f"{experiment}: no {SWEEP_FILE} here: not a sweep's folder (<storage>/<sweep>)")
-    record = json.loads(path.read_text())
+    record = parse_json(path.read_text(), path)
     cfg = ClassitConfig.model_validate(record["config"])
     sweep = cfg.sweep
     objectives = [objective_key(m) for m in sweep.metrics]
@@ -173,7 +173,7 @@ def format_status(status: dict) -> str:
 
 def latest_sweep(storage: Path) -> Path:
     """The sweep folder under `storage` whose driver started last."""
-    found = sorted(storage.glob(f"*/{SWEEP_FILE}"), key=lambda p: json.loads(p.read_text())["started"])
+    found = sorted(storage.glob(f"*/{SWEEP_FILE}"), key=lambda p: parse_json(p.read_text(), p)["started"])
     if not found:
         raise ConfigError(f"{storage}: no sweep folder here (pass <storage>/<sweep>)")
     return found[-1].parent
