@@ -14,7 +14,7 @@ from classit.units import one_line
 
 # transformers' modeling takes ~2.5 s of CPU to import: only the processes that build a model pay it.
 if TYPE_CHECKING:
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 PRESETS: dict[str, dict[str, int]] = {
     "llama-140m": dict(vocab_size=32_000, max_position_embeddings=6_144, hidden_size=704,
@@ -55,7 +55,7 @@ def build_model(preset: str, tokenizer: PreTrainedTokenizerBase | None = None, s
     return LlamaForCausalLM(llama_config(preset, tokenizer))
 
 
-def load_checkpoint(folder, **kwargs) -> LlamaForCausalLM:
+def load_checkpoint(folder, **kwargs) -> PreTrainedModel:
     """A causal LM from a checkpoint folder (`save_pretrained`'s layout). Weights that do not load,
     a truncated or foreign file, end in an error that names the folder: the reader's own message
     (safetensors: "header too large") does not say which checkpoint it was reading."""
