@@ -30,6 +30,21 @@ def pytest_unconfigure(config):
     shutil.rmtree(config.children_tmp, ignore_errors=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_to_the_default_folders():
+    """Every test writes under its own temporary folders: none leaves a run, a sweep or a cache in
+    the folders a config's defaults point to (`run.storage_path: runs`, `run.cache_dir: .cache/classit`,
+    relative to where pytest runs), where a user's own runs live."""
+    defaults = [Path("runs").resolve(), Path(".cache/classit").resolve()]
+
+    def entries() -> set[Path]:
+        return {entry for folder in defaults if folder.is_dir() for entry in folder.iterdir()}
+
+    before = entries()
+    yield
+    assert not entries() - before, f"tests wrote into the default folders: {sorted(map(str, entries() - before))}"
+
+
 def small_config(tmp: Path, **sections) -> "ClassitConfig":
     """The tiny preset on a small synthetic corpus, with everything written under `tmp`."""
     data = {

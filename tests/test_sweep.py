@@ -341,7 +341,7 @@ def test_optuna_is_told_each_draw_as_finished_over_its_seeds_stopped_early_or_fa
         ("COMPLETE", [65.0, 2.5]), ("COMPLETE", [50.0, 2.5]), ("PRUNED", None), ("FAIL", None), ("FAIL", None)]
 
 
-def test_asha_never_ends_a_long_trial_for_its_number_of_reports_and_stops_one_behind():
+def test_asha_never_ends_a_long_trial_for_its_number_of_reports_and_stops_one_behind(tmp_path):
     """ASHA (`sweep.asha`) on Tune's scheduler: a trial ahead at every rung runs to its 500th report
     (Tune's default `max_t` would stop it, unscored, at its 100th); one behind it at a rung stops."""
     from ray.tune.experiment import Trial
@@ -350,7 +350,8 @@ def test_asha_never_ends_a_long_trial_for_its_number_of_reports_and_stops_one_be
     from classit.sweep.search import tune_setup
 
     cfg = parse_config({"sweep": {"name": "asha", "search": "random", "asha": True, "metrics": ["blimp"],
-                                  "modes": ["max"], "space": {"learning_rate": {"loguniform": [1e-4, 1e-2]}}}})
+                                  "modes": ["max"], "space": {"learning_rate": {"loguniform": [1e-4, 1e-2]}}},
+                        "run": {"storage_path": str(tmp_path)}})  # its Optuna journal goes there, not to ./runs
     scheduler = tune_setup(cfg)[1].scheduler
     ahead, behind = Trial("trial", stub=True), Trial("trial", stub=True)
     for trial in (ahead, behind):
