@@ -68,12 +68,13 @@ def read_marker(folder: Path) -> dict:
     return parse_json((folder / MARKER).read_text(), folder / MARKER)
 
 
-def parse_json(text: str | bytes, source) -> dict:
-    """JSON read from `source` (a file); a damaged file ends in an error that names it."""
+def parse_json(text: str | bytes, source, line: int | None = None) -> dict:
+    """JSON read from `source` (a file; with `line`, that line of it); a damaged or malformed one
+    ends in an error that names it (formatted only then: a task file has tens of thousands of lines)."""
     try:
         return json.loads(text)
     except ValueError as err:
-        raise LoadError(f"{source}: damaged, not JSON ({one_line(err)})") from err
+        raise LoadError(f"{source}{f':{line}' if line else ''}: not valid JSON ({one_line(err)})") from err
 
 
 def commit_file(write: Callable[[str], object], path: str | Path, suffix: str = "") -> None:

@@ -53,7 +53,7 @@ def test_a_folder_is_complete_only_once_built_and_marked(tmp_path):
     assert read_marker(folder) == marker and marker["made_by"] == {"a": 1} and marker["count"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name]  # no temporary build left
     (folder / MARKER).write_text('{"made_by": ')  # damaged afterwards: named, not a bare JSONDecodeError
-    with pytest.raises(ValueError, match=f"^{folder / MARKER}: damaged, not JSON \\(JSONDecodeError: "):
+    with pytest.raises(ValueError, match=f"^{folder / MARKER}: not valid JSON \\(JSONDecodeError: "):
         read_marker(folder)
 
 

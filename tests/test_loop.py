@@ -156,7 +156,7 @@ def test_train_stage_learns_and_resumes_where_it_stopped(corpus, tmp_path):
     assert state.words_seen > load_trainer_state(last).words_seen
     # A damaged trainer state stops the resume with its file named.
     (last / "trainer_state.json").write_text('{"step": 30,')
-    with pytest.raises(ValueError, match=f"^{last / 'trainer_state.json'}: damaged, not JSON"):
+    with pytest.raises(ValueError, match=f"^{last / 'trainer_state.json'}: not valid JSON"):
         train_stage(build_model("tiny", tokenizer), tokenizer, make_stage(corpus, max_steps=40), dcfg,
                     Recorder(tmp_path / "again"), resume_from=last)
 

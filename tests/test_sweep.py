@@ -368,6 +368,6 @@ def test_status_of_a_sweep_whose_record_is_damaged_names_the_file_in_one_line(tm
 
     (tmp_path / "sweep.json").write_text('{"config": {')  # cut short, as by a full disk
     assert main(["status", str(tmp_path)]) == 2
-    assert capsys.readouterr().err == (f"classit: error: {tmp_path / 'sweep.json'}: damaged, not JSON "
+    assert capsys.readouterr().err == (f"classit: error: {tmp_path / 'sweep.json'}: not valid JSON "
                                        "(JSONDecodeError: Expecting property name enclosed in double quotes: "
                                        "line 1 column 13 (char 12))\n")

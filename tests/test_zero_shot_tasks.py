@@ -36,6 +36,18 @@ def test_ewok_scores_only_the_target_after_the_first_context(tmp_path, model_and
     assert result["average"]["accuracy"] in (0.0, 100.0)  # three identical items: all right or all wrong
 
 
+def test_a_malformed_or_incomplete_line_of_a_task_file_is_named_with_its_line(tmp_path):
+    path = tmp_path / "blimp" / "anaphor_gender_agreement.jsonl"
+    good = {"sentence_good": "She saw herself .", "sentence_bad": "She saw himself ."}
+    path.parent.mkdir()
+    path.write_text(json.dumps(good) + '\n{"sentence_good": "x", \n')  # cut short, as by a full disk
+    with pytest.raises(ValueError, match=f"^{path}:2: not valid JSON \\(JSONDecodeError: "):
+        read_task("blimp", tmp_path)
+    path.write_text(json.dumps(good) + "\n" + json.dumps({"sentence_good": "x"}) + "\n")
+    with pytest.raises(ValueError, match=f"^{path}:2: missing sentence_bad$"):
+        read_task("blimp", tmp_path)
+
+
 def test_entity_tracking_averages_splits_of_uid_means(tmp_path):
     for split, numops in (("regular", 0), ("regular", 1), ("ambiref", 0), ("move_contents", 2)):
         rows = [{"input_prefix": "the box contains", "options": [" the apple .", " nothing ."], "numops": numops}]

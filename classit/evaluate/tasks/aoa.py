@@ -17,13 +17,13 @@ is 0.0 (not undefined), which docs/evaluation.md points out.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 
+from classit.artefacts import parse_json
 from classit.evaluate.progress import Progress
 
 CHANCE_VOCABULARY = 300_000  # the pipeline's "random chance" vocabulary for the model's threshold
@@ -89,7 +89,7 @@ def model_aoa(surprisals: list[float], words_seen: list[float], threshold: float
 def read_contexts(path: str | Path, min_context: int = 0) -> dict[str, list[str]]:
     """`cdi_childes.json` ({word: [{"context": ...}, ...]}): the words the pipeline keeps (longer than
     one character, with at least `min_context` contexts) and their contexts."""
-    data = json.loads(Path(path).read_text())
+    data = parse_json(Path(path).read_text(), path)
     return {word: [c["context"] for c in contexts] for word, contexts in data.items()
             if len(word) > 1 and len(contexts) >= min_context}
 

@@ -31,7 +31,6 @@ Model and training follow the pipeline's `finetune` package (`finetune/run.py`, 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from classit.artefacts import parse_json
 from classit.evaluate.catalog import FINETUNE_METRICS, FINETUNE_SELECT_BY
 from classit.evaluate.progress import Progress
 from classit.evaluate.tasks.inputs import glue_files, missing_input
@@ -88,7 +88,7 @@ def read_examples(path: Path, task: str) -> tuple[list[tuple[str, str]], list[in
     for line_no, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
-        raw = json.loads(line)
+        raw = parse_json(line, path, line_no)
         missing = [k for k in (*spec.first, *spec.second, "label") if k not in raw]
         if missing:
             raise ValueError(f"{path}:{line_no}: missing {', '.join(missing)}")

@@ -13,7 +13,6 @@ the human preference ratio. Scoring and aggregation follow the official pipeline
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from classit.artefacts import parse_json
 
 if TYPE_CHECKING:
     from classit.evaluate.scoring import Encoded
@@ -41,7 +42,7 @@ def _jsonl(folder: Path) -> list[tuple[Path, int, dict]]:
     files = sorted(Path(folder).glob("*.jsonl"))
     if not files:
         raise FileNotFoundError(f"{folder}: no .jsonl files")
-    return [(path, n + 1, json.loads(line)) for path in files
+    return [(path, n + 1, parse_json(line, path, n + 1)) for path in files
             for n, line in enumerate(path.read_text().splitlines()) if line.strip()]
 
 
