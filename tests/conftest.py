@@ -42,7 +42,8 @@ def nothing_written_to_the_default_folders():
 
     before = entries()
     yield
-    assert not entries() - before, f"tests wrote into the default folders: {sorted(map(str, entries() - before))}"
+    added = entries() - before
+    assert not added, f"tests wrote into the default folders: {sorted(map(str, added))}"
 
 
 def small_config(tmp: Path, **sections) -> "ClassitConfig":
