@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from classit.config import LoadError, config_hash
 from classit.units import one_line
@@ -68,7 +68,7 @@ def read_marker(folder: Path) -> dict:
     return parse_json((folder / MARKER).read_text(), folder / MARKER)
 
 
-def parse_json(text: str | bytes, source, line: int | None = None) -> dict:
+def parse_json(text: str | bytes, source, line: int | None = None) -> Any:
     """JSON read from `source` (a file; with `line`, that line of it); a damaged or malformed one
     ends in an error that names it (formatted only then: a task file has tens of thousands of lines)."""
     try:

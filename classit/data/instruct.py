@@ -7,10 +7,10 @@ Batching them (and checking that mask) is the training loop's: `train/loop.py::c
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
+from classit.artefacts import parse_json
 from classit.config import ConfigError, InstructDataset, TemplateConfig
 from classit.data.corpus import clean_text, count_words, hf_split, split_speaker
 from classit.tokenizer import reply_token_id
@@ -69,21 +69,12 @@ def _read_file(path: Path) -> list[tuple[str, object]]:
         return [(f"{path}: row {i}", r) for i, r in enumerate(pq.read_table(path).to_pylist())]
     text = _read_text(path)
     if path.suffix == ".json":
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
+        records = parse_json(text, path)
         if not isinstance(records, list):
             raise DataError(f"{path}: expected a JSON list of records")
         return [(f"{path}: record {i}", r) for i, r in enumerate(records)]
-    out = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                out.append((f"{path}:{number}", json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{number}: not valid JSON: {err.msg}") from None
-    return out
+    return [(f"{path}:{number}", parse_json(line, path, number))
+            for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
 def load_records(name: str, spec: InstructDataset, seed: int = 0, cache_dir: Path = Path(".cache/classit")) -> list[dict]:
