@@ -115,7 +115,7 @@ def write_reading(root: Path, n: int = 240, seed: int = 0) -> None:
                      "prev_length": len(prev[1]) - 1 if prev else np.nan})
         prev = (item, word)
     frame = pd.DataFrame(rows)
-    for k, column in enumerate(("RTfirstfix", "RTfirstpass", "RTgopast", "RTrightbound", "self_paced_reading_time")):
+    for column in ("RTfirstfix", "RTfirstpass", "RTgopast", "RTrightbound", "self_paced_reading_time"):
         frame[column] = 200 + 20 * frame["length"] + 10 * noise.normal(size=n)
     for erp in ("ELAN", "LAN", "N400", "P600", "EPNP", "PNP"):
         frame[erp] = noise.normal(size=n)

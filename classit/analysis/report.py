@@ -243,7 +243,7 @@ def write_report(results: data.Results, out: Path) -> Path:
     """Every analysis, then one self-contained HTML page with all tables and figures."""
     out.mkdir(parents=True, exist_ok=True)
     sections = []
-    for name, writer in WRITERS.items():
+    for writer in WRITERS.values():
         for path in writer(results, out):
             if path.suffix == ".md":
                 sections.append(_markdown_to_html(path.read_text()))
