@@ -1,6 +1,7 @@
 """Instruction data, the reply-only loss mask, guard rails, curricula and the word budget (no Ray)."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -174,6 +175,20 @@ def test_records_missing_a_reply_are_named(tmp_path):
     cfg = parse_config({"instruct": {"datasets": {"qa": {"path": str(path)}}, "curriculum": [{"datasets": ["qa"]}]}})
     with pytest.raises(ConfigError, match=r"qa.jsonl:2: instruct.datasets.qa: record has no 'reply'"):
         load_records("qa", cfg.instruct.datasets["qa"])
+
+
+@pytest.mark.parametrize("content, message", [
+    ('[{"prompt": "a ?", "reply": "b ."},\n {"prompt": "c ?" "reply": "d ."}]',
+     r"^{path}: not valid JSON \(JSONDecodeError: Expecting ',' delimiter: line 2 column"),
+    ('{"prompt": "a ?", "reply": "b ."}', r"^{path}: expected a JSON list of records$"),
+])
+def test_a_malformed_json_file_of_records_is_named_in_one_line(tmp_path, content, message):
+    path = tmp_path / "qa.json"
+    path.write_text(content)
+    cfg = parse_config({"instruct": {"datasets": {"qa": {"path": str(path)}}, "curriculum": [{"datasets": ["qa"]}]}})
+    with pytest.raises(ConfigError, match=message.format(path=re.escape(str(path)))) as err:
+        load_records("qa", cfg.instruct.datasets["qa"])
+    assert "\n" not in str(err.value)
 
 
 def test_hf_dataset_takes_a_saved_dataset_folder_as_the_corpus_and_generation_do(tmp_path):
