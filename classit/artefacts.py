@@ -65,7 +65,8 @@ def is_complete(folder: Path) -> bool:
 
 def read_marker(folder: Path) -> dict:
     """What `mark_complete` wrote: `made_by`, `completed` (Unix seconds) and the artefact's own fields."""
-    return parse_json((folder / MARKER).read_text(), folder / MARKER)
+    path = folder / MARKER
+    return parse_json(path.read_text(), path)
 
 
 def parse_json(text: str | bytes, source, line: int | None = None) -> Any:

@@ -98,13 +98,15 @@ def save_checkpoint(engine, tokenizer, state: TrainerState, folder: Path, resuma
 
 
 def load_trainer_state(folder: Path) -> TrainerState:
-    return TrainerState(**parse_json((folder / TRAINER_STATE).read_text(), folder / TRAINER_STATE))
+    path = folder / TRAINER_STATE
+    return TrainerState(**parse_json(path.read_text(), path))
 
 
 def read_trainer_state(fs, folder: str) -> TrainerState:
     """A checkpoint's trainer state on `fs`, a pyarrow filesystem (local or cloud storage alike)."""
-    with fs.open_input_stream(posixpath.join(folder, TRAINER_STATE)) as stream:
-        return TrainerState(**parse_json(stream.read(), posixpath.join(folder, TRAINER_STATE)))
+    path = posixpath.join(folder, TRAINER_STATE)
+    with fs.open_input_stream(path) as stream:
+        return TrainerState(**parse_json(stream.read(), path))
 
 
 def prune_optimizer_states(fs, registered: str, keep: int) -> list[str]:
