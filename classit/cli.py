@@ -72,6 +72,12 @@ def cmd_instruct(args) -> int:
     return _finish(result)
 
 
+def at_least(flag: str, value: float, least: float) -> None:
+    """A numeric flag no config field validates, checked before Ray starts."""
+    if value < least:
+        raise ConfigError(f"{flag} {value:g}: must be at least {least:g}")
+
+
 def checkpoint_folder(flag: str, path: str) -> Path:
     """A checkpoint argument, checked before Ray starts: a Hugging Face checkpoint folder."""
     if not (Path(path) / "config.json").is_file():
@@ -83,6 +89,8 @@ def cmd_evaluate(args) -> int:
     from classit.evaluate.catalog import HEADLINE_SUBTASKS, TASKS, tie_warning
     from classit.evaluate.jobs import EvalJob
 
+    at_least("--actors", args.actors, 1)
+    at_least("--gpus-per-actor", args.gpus_per_actor, 0)
     for model in args.model:
         checkpoint_folder("--model", model)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -203,6 +211,7 @@ def cmd_aoa(args) -> int:
     from classit.evaluate.tasks.inputs import missing_input
     from classit.ray_session import ray_session
 
+    at_least("--actors", args.actors, 1)
     runs = [Path(r).resolve() for r in args.runs]
     if missing := missing_input("aoa", args.data_dir):
         raise ConfigError(f"--data-dir: {missing}")

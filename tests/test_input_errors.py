@@ -1,5 +1,5 @@
-"""Bad input through the command line: over-budget plans and malformed instruction data end in one
-line on stderr and exit 2, before Ray starts."""
+"""Bad input through the command line: over-budget plans, malformed instruction data and
+out-of-range flags end in one line on stderr and exit 2, before Ray starts."""
 
 import json
 from pathlib import Path
@@ -77,3 +77,14 @@ def test_malformed_instruction_data_is_named_by_file_and_line(tmp_path, base, co
                                                    "curriculum": [{"datasets": ["qa"]}]}}))
     line = run_cli("instruct", "--base", str(base), "--config", str(config), *small(tmp_path))
     assert message in line
+
+
+@pytest.mark.parametrize("command, flag, value", [
+    ("evaluate", "--actors", "0"), ("evaluate", "--actors", "-1"), ("evaluate", "--gpus-per-actor", "-0.5"),
+    ("aoa", "--actors", "0"),
+])
+def test_evaluation_actor_flags_out_of_range_are_named(tmp_path, base, command, flag, value):
+    # Before: --actors 0 raised ZeroDivisionError, and --actors -1 waited forever with no actor.
+    target = ["--model", str(base)] if command == "evaluate" else [str(base.parent)]
+    line = run_cli(command, *target, "--data-dir", str(tmp_path), flag, value)
+    assert line == f"classit: error: {flag} {value}: must be at least {1 if flag == '--actors' else 0}"
