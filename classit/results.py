@@ -74,9 +74,9 @@ def train_metrics_schema(validation_sets: list[str] = ()) -> pa.Schema:
 
 
 def trials_schema(cfg) -> pa.Schema:
-    """Columns of a sweep's `trials` table, derived from its config: parameters, datasets, tasks, config."""
+    """Columns of a sweep's `trials` table, derived from its config: parameters, datasets, scores, config."""
     from classit.config import ClassitConfig
-    from classit.evaluate.catalog import headline_keys
+    from classit.evaluate.catalog import score_columns
 
     sweep = cfg.sweep
     params = [(f"param.{name}", _choice_type(dim.choice) if dim.choice is not None else
@@ -87,7 +87,7 @@ def trials_schema(cfg) -> pa.Schema:
         ("val_loss", pa.float64()), *[(f"val_loss:{name}", pa.float64()) for name in cfg.instruct.datasets],
         ("validation_records", pa.string()), ("base_val_loss", pa.float64()), ("input_words", pa.int64()),
         ("exposure_words", pa.int64()), ("checkpoint", pa.string()),
-        *[(key, pa.float64()) for task in cfg.evaluation.tasks for key in headline_keys(task)],
+        *[(key, pa.float64()) for key in score_columns(cfg.evaluation.tasks, sweep.metrics)],
         *[(name, pa.float64()) for name in AGGREGATES],
         ("start", pa.float64()), ("end", pa.float64()), ("seconds", pa.float64()), ("gpu_hours", pa.float64()),
         ("versions", pa.string()), ("git_commit", pa.string()), ("hardware", pa.string()),

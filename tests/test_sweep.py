@@ -103,6 +103,30 @@ def test_a_task_whose_data_is_missing_stops_the_sweep_before_anything_trains(tmp
     assert str(err.value) == message.format(data=tmp_path / "evaluation_data")
 
 
+def test_a_breakdown_objective_is_checked_against_the_data_the_sweep_scores():
+    # Without a data folder the sweep scores the probe sets generated from the synthetic grammar.
+    def sweep(metric):
+        return parse_config({"sweep": {"metrics": [metric], "modes": ["max"],
+                                       "space": {"learning_rate": {"choice": [1e-4]}}}})
+
+    validate(sweep("blimp:UID:agreement_attractor"))
+    with pytest.raises(ConfigError) as err:
+        validate(sweep("blimp:UID:agreement_atractor"))
+    assert str(err.value) == ("sweep.metrics: 'blimp:UID:agreement_atractor': task blimp's data has no UID "
+                              "'agreement_atractor' (it has 3: agreement_attractor, agreement_relative, agreement_simple)")
+
+
+def test_scores_a_trial_row_holds_include_what_an_objective_names():
+    from classit.evaluate.catalog import score_columns
+    from classit.sweep.trial import scores_of
+
+    columns = score_columns(["blimp", "ewok"], ["val_loss", "blimp:UID:agreement_simple", "ewok", "babylm:nlp"])
+    assert columns == ["blimp:average:accuracy", "ewok:average:accuracy", "blimp:UID:agreement_simple:accuracy"]
+    rows = [{"checkpoint": "c", "task": "blimp", "subtask": subtask, "metric": "accuracy", "value": value, "error": ""}
+            for subtask, value in (("average", 60.0), ("UID:agreement_simple", 70.0), ("UID:agreement_relative", 50.0))]
+    assert scores_of(rows, "c", columns) == {"blimp:average:accuracy": 60.0, "blimp:UID:agreement_simple:accuracy": 70.0}
+
+
 @pytest.mark.parametrize("sweep, message", [  # one error of the config's own checks, one of the sweep's
     ({"space": {"curriculum": {"choice": ["pt", "bogus"]}}}, "sweep.space.curriculum: value 'bogus'"),
     ({"space": {"learning_rate": {"choice": [1e-4]}}, "metrics": ["rte"], "modes": ["max"]},
@@ -167,6 +191,13 @@ def test_objectives_and_pareto_front():
     assert objective_key("wug_adj") == "wug_adj:average:spearman"
     assert objective_key("reading:self_paced_reading") == "reading:self_paced_reading:r2_gain_pct"
     assert objective_key("babylm:macro") == "babylm:macro" and objective_key("babylm:nlp") == "babylm:nlp"
+    # A breakdown row's subtask holds a colon: the last part is the metric only if it names one.
+    assert objective_key("blimp:UID:anaphor_gender_agreement") == "blimp:UID:anaphor_gender_agreement:accuracy"
+    assert objective_key("ewok:context_type:about:accuracy") == "ewok:context_type:about:accuracy"
+    assert objective_key("mrpc:validation:accuracy") == "mrpc:validation:accuracy"
+    for spec in ("blimp:anaphor_gender_agreement", "blimp:average:tied_pct", "wug_adj:UID:x", "mrpc:test"):
+        with pytest.raises(ValueError, match="no subtask"):
+            objective_key(spec)
     trials = pd.DataFrame({"trial": list("abcd"), "status": "finished", "a": [1.0, 2.0, 0.5, 2.0],
                            "b": [2.0, 1.0, 0.5, 1.0]})
     board = leaderboard(trials, ["a", "b"], ["max", "max"])

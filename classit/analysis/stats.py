@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from classit.evaluate.catalog import is_score_column
+
 # (A, B): A - B. The paper's questions: does instruction tuning help (each curriculum against the
 # pretrained model alone), sequential vs merged, the order of the two stages, and which data alone.
 DEFAULT_PAIRS = [*((c, "pt") for c in ("switch", "wiki", "merged", "switch_wiki", "wiki_switch")),
@@ -137,7 +139,7 @@ def importance_scopes(trials: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     parameters every trial draws; then, for each conditional parameter (drawn by some trials only:
     `learning_rate` by all but `pt`, `mix_ratio` by `merged`), the trials that draw it. fANOVA needs
     every parameter in every trial, so one table over all trials would leave those out unsaid."""
-    objectives = ["val_loss"] + [c for c in trials.columns if c.count(":") == 2]
+    objectives = ["val_loss"] + [c for c in trials.columns if is_score_column(c)]
     scored = trials.dropna(subset=[o for o in objectives if o in trials], how="all")
     params = [c for c in scored.columns if c.startswith("param.") and scored[c].nunique() > 1]
     subsets: dict[tuple, list[str]] = {}  # trials drawing a conditional parameter -> those parameters

@@ -10,6 +10,7 @@ import numpy as np
 
 from classit.analysis.stats import pareto_mask
 from classit.evaluate.aggregates import NAMES as AGGREGATES
+from classit.evaluate.catalog import is_score_column
 from classit.units import text_table
 
 
@@ -57,7 +58,7 @@ def format_leaderboard(board, objectives: list[str], tied: dict[str, str] | None
     if board.empty:
         return "leaderboard: no finished trials"
     params = [c for c in board.columns if c.startswith("param.")]
-    scores = [c for c in board.columns if c.count(":") == 2]
+    scores = [c for c in board.columns if is_score_column(c)]
     scores = [o for o in objectives if o in scores] + [c for c in scores if c not in objectives]
     scores += [a for a in AGGREGATES if a in board and a not in scores and board[a].notna().any()]
     header = ["trial", "status", *[p.removeprefix("param.") for p in params], "val_loss", *scores]

@@ -17,6 +17,11 @@ HEADLINE_SUBTASKS = ("average", "eye_tracking", "self_paced_reading", "validatio
 # the model's preference with the human ratios.
 ZERO_SHOT_METRIC = {"blimp": "accuracy", "blimp_supplement": "accuracy", "ewok": "accuracy",
                     "entity_tracking": "accuracy", "wug_adj": "spearman", "wug_past": "spearman", "comps": "accuracy"}
+# The metadata keys each accuracy task's results also break down by, one row per `<key>:<value>`
+# subtask (entity tracking also by its three splits).
+BREAKDOWNS = {"blimp": ("UID", "field", "linguistics_term"), "blimp_supplement": ("UID",),
+              "ewok": ("UID", "context_type", "context_contrast", "target_contrast"),
+              "entity_tracking": ("UID", "split"), "comps": ("UID",)}
 # Fine-tuning: the validation metrics reported, and the one that picks the best epoch.
 CLASSIFICATION_METRICS = ("accuracy", "f1", "mcc")
 FINETUNE_METRICS = {task: CLASSIFICATION_METRICS for task in FINETUNE} | {"mnli": ("accuracy",)}
@@ -51,23 +56,55 @@ def headline_keys(task: str) -> list[str]:
     return [f"{task}:average:{ZERO_SHOT_METRIC[task]}"]
 
 
+def objective_metrics(task: str) -> tuple[str, ...]:
+    """The scores a sweep may optimise a task on, its default first."""
+    if task in FINETUNE:
+        return (FINETUNE_SELECT_BY[task], *(m for m in FINETUNE_METRICS[task] if m != FINETUNE_SELECT_BY[task]))
+    if task == "reading":
+        return ("r2_gain_pct",)
+    if task == "aoa":
+        return ("pearson",)
+    if task in ZERO_SHOT_METRIC:
+        return (ZERO_SHOT_METRIC[task],)
+    raise ValueError(f"unknown task {task!r}")
+
+
+def objective_subtasks(task: str) -> tuple[str, ...]:
+    """The subtasks a task's objective may name, its default first; `key:` stands for any `key:<value>`."""
+    if task in FINETUNE:
+        return ("validation",)
+    if task == "reading":
+        return ("eye_tracking", "self_paced_reading")
+    return ("average", *(f"{key}:" for key in BREAKDOWNS.get(task, ())))
+
+
 def objective_key(spec: str) -> str:
     """`val_loss`, a leaderboard aggregate (`babylm:macro`, `babylm:nlp`, `babylm:human_likeness`), or
-    `<task>[:<subtask>[:<metric>]]` completed with the task's headline score."""
+    `<task>[:<subtask>][:<metric>]` completed with the task's headline subtask and metric; a subtask is
+    `average`, a breakdown such as `UID:anaphor_gender_agreement`, or one of reading's two measures."""
     if spec == "val_loss" or spec in AGGREGATES:
         return spec
     if spec.startswith("babylm:"):
         raise ValueError(f"unknown aggregate (known: {', '.join(AGGREGATES)})")
     task, *rest = spec.split(":")
-    if task in FINETUNE:
-        default = ("validation", FINETUNE_SELECT_BY[task])
-    elif task == "reading":
-        default = ("eye_tracking", "r2_gain_pct")
-    elif task == "aoa":
-        default = ("average", "pearson")
-    elif task in ZERO_SHOT_METRIC:
-        default = ("average", ZERO_SHOT_METRIC[task])
-    else:
-        raise ValueError(f"unknown task {task!r}")
-    subtask, metric = (rest + [None, None])[:2]
-    return f"{task}:{subtask or default[0]}:{metric or default[1]}"
+    metrics, subtasks = objective_metrics(task), objective_subtasks(task)
+    metric = rest.pop() if rest and rest[-1] in metrics else metrics[0]
+    subtask = ":".join(rest) or subtasks[0]
+    if not any(subtask == s or (s.endswith(":") and subtask.startswith(s) and subtask != s) for s in subtasks):
+        known = ", ".join(s + "<value>" if s.endswith(":") else s for s in subtasks)
+        raise ValueError(f"no subtask {subtask!r} of {task} (known: {known}; metrics: {', '.join(metrics)})")
+    return f"{task}:{subtask}:{metric}"
+
+
+def is_score_column(name: str) -> bool:
+    """A trials-table column holding an evaluation score: `task:subtask:metric`, where a breakdown's
+    subtask holds a colon of its own (`blimp:UID:anaphor_gender_agreement:accuracy`)."""
+    return name.count(":") >= 2
+
+
+def score_columns(tasks: list[str], metrics: list[str]) -> list[str]:
+    """The evaluation scores a sweep's trial rows hold: each task's headline scores, and any other
+    score one of its objectives (`sweep.metrics`) names."""
+    columns = [key for task in tasks for key in headline_keys(task)]
+    named = [objective_key(m) for m in metrics]
+    return columns + [key for key in named if key != "val_loss" and key not in AGGREGATES and key not in columns]

@@ -44,6 +44,13 @@ def validate(cfg: ClassitConfig) -> ClassitConfig:
     check_space(cfg)
     check_trackers(cfg)
     check_evaluation_inputs(cfg)
+    check_objectives(cfg)
+    return cfg
+
+
+def check_objectives(cfg: ClassitConfig) -> None:
+    """Each of `sweep.metrics` names a score the sweep's evaluation writes: a known task, subtask
+    and metric, every task it needs evaluated, and a breakdown's value present in the task's data."""
     for spec in cfg.sweep.metrics:
         try:
             key = objective_key(spec)
@@ -54,7 +61,28 @@ def validate(cfg: ClassitConfig) -> ClassitConfig:
         if missing:
             raise ConfigError(f"sweep.metrics: {spec!r} needs task{'s' if len(missing) > 1 else ''} "
                               f"{', '.join(missing)} in evaluation.tasks")
-    return cfg
+        task, _, subtask = key.rpartition(":")[0].partition(":")
+        if ":" in subtask:  # a breakdown row of a zero-shot task, `<key>:<value>`
+            name, value = subtask.split(":", 1)
+            values = breakdown_values(cfg, task, name)
+            if value not in values:
+                raise ConfigError(f"sweep.metrics: {spec!r}: task {task}'s data has no {name} {value!r} "
+                                  f"(it has {len(values)}: {', '.join(values[:5])}{', ...' if len(values) > 5 else ''})")
+
+
+def breakdown_values(cfg: ClassitConfig, task: str, name: str) -> list[str]:
+    """The values of a zero-shot task's breakdown key in the items the sweep will score (its data
+    folder, or the probe sets generated from the synthetic grammar, as the sweep writes them)."""
+    import tempfile
+
+    from classit.data.synthetic import write_probe_data
+    from classit.evaluate.jobs import FAST_ITEMS_PER_SUBTASK
+    from classit.evaluate.tasks.zero_shot import group_sizes, read_for_evaluation
+
+    with tempfile.TemporaryDirectory() as probes:
+        data_dir = cfg.evaluation.data_dir or write_probe_data(probes)
+        _, items = read_for_evaluation(task, data_dir, cfg.evaluation.fast, FAST_ITEMS_PER_SUBTASK)
+    return sorted(group_sizes(task, items)[name])
 
 
 def check_evaluation_inputs(cfg: ClassitConfig) -> None:

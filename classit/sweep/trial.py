@@ -18,7 +18,7 @@ from typing import Any
 
 from classit.config import ClassitConfig, config_hash, config_json
 from classit.evaluate.aggregates import aggregates
-from classit.evaluate.catalog import headline_keys, objective_key, tie_warning
+from classit.evaluate.catalog import objective_key, score_columns, tie_warning
 
 TRIALS, TRAIN_METRICS, EVAL_SCORES = "trials", "train_metrics", "eval_scores"
 # In a trial's last report to Tune when it ends with its row (trained and scored, or found done):
@@ -28,11 +28,11 @@ FINAL_REPORT = "final"
 TIE_WARNING = "tie_warning"
 
 
-def scores_of(rows: list[dict], checkpoint: str) -> dict[str, float]:
-    """The headline scores of one checkpoint's evaluation rows, keyed task:subtask:metric."""
+def scores_of(rows: list[dict], checkpoint: str, columns: list[str]) -> dict[str, float]:
+    """One checkpoint's scores among `columns` (`score_columns`), keyed task:subtask:metric."""
     scores = {f"{r['task']}:{r['subtask']}:{r['metric']}": float(r["value"]) for r in rows
               if r["checkpoint"] == checkpoint and not r["error"]}
-    return {k: v for k, v in scores.items() if k in headline_keys(k.split(":")[0])}
+    return {k: v for k, v in scores.items() if k in columns}
 
 
 def trial_params(config: dict, seeds: list[int]) -> dict[str, Any]:
@@ -100,9 +100,9 @@ def evaluation_jobs(cfg: ClassitConfig, result, base: Path, data_dir: str, key: 
     return checkpoints, jobs
 
 
-def final_scores(rows: list[dict], final: str) -> dict[str, float]:
-    """The final checkpoint's headline scores and the BabyLM aggregates of them."""
-    scores = scores_of(rows, final)
+def final_scores(rows: list[dict], final: str, columns: list[str]) -> dict[str, float]:
+    """The final checkpoint's scores and the BabyLM aggregates of them."""
+    scores = scores_of(rows, final, columns)
     return scores | {name: aggregate.value for name, aggregate in aggregates(scores).items()}
 
 
@@ -175,11 +175,12 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
 
     checkpoints, jobs = evaluation_jobs(cfg, result, base, data_dir, key)
     rows = ray.get(ray.get_actor(service_name).evaluate.remote(jobs))
-    scores = final_scores(rows, result.checkpoint.path)
+    columns = score_columns(cfg.evaluation.tasks, sweep.metrics)
+    scores = final_scores(rows, result.checkpoint.path, columns)
     row = trial_row(sweep.name, cfg, params, result, rows, scores, start, trained_on(result, base))
     write_rows(f"{results_root}/{TRIALS}", [row], trials_schema(sweep_cfg), key=key)
     # Each evaluated checkpoint's scores, for experiment trackers (logged at its words).
-    evaluated = [{"exposure_words": int(m.get("exposure_words", -1)), "eval": scores_of(rows, c.path)}
+    evaluated = [{"exposure_words": int(m.get("exposure_words", -1)), "eval": scores_of(rows, c.path, columns)}
                  for c, m in checkpoints]
     ray.tune.report({"val_loss": row["val_loss"], **scores, "stage": result.metrics.get("stage"),
                      "words_seen": row["exposure_words"], "exposure_words": row["exposure_words"], "done": True,

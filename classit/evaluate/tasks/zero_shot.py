@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from classit.artefacts import parse_json
+from classit.evaluate.catalog import BREAKDOWNS
 
 if TYPE_CHECKING:
     from classit.evaluate.scoring import Encoded
@@ -128,12 +129,12 @@ ENTITY_TRACKING_FAST_SIZE = {"regular_0_ops": 606, "regular_1_ops": 607, "regula
                              "regular_3_ops": 606, "regular_4_ops": 568, "regular_5_ops": 159}
 
 TASKS = {
-    "blimp": Task(("blimp", "blimp_filtered"), read_blimp, meta_keys=("UID", "field", "linguistics_term"),
+    "blimp": Task(("blimp", "blimp_filtered"), read_blimp, meta_keys=BREAKDOWNS["blimp"],
                   fast_folder="blimp_fast", fast_size=200),
     "blimp_supplement": Task(("blimp_supplement", "supplement_filtered"), read_blimp,
                              fast_folder="supplement_fast", fast_size=50),
     "ewok": Task(("ewok", "ewok_filtered"), read_ewok,
-                 meta_keys=("UID", "context_type", "context_contrast", "target_contrast"),
+                 meta_keys=BREAKDOWNS["ewok"],
                  fast_folder="ewok_fast", fast_size=100),
     "entity_tracking": Task(("entity_tracking",), read_entity_tracking, fast_folder="entity_tracking_fast",
                             fast_size=ENTITY_TRACKING_FAST_SIZE),
