@@ -197,7 +197,7 @@ class GenerateConfig(Section):
                                      "classit trains on the synthetic articles (the embedded demo)")
     chat_template: bool = Field(True, description="wrap the prompt in the teacher's chat template where it has one")
     template: str = DEFAULT_QA_TEMPLATE
-    pairs_per_article: int = Field(3, description="question/answer pairs asked of each article")
+    pairs_per_article: PositiveInt = Field(3, description="question/answer pairs asked of each article")
     min_answer_sentences: PositiveInt = 2
     min_answer_words: PositiveInt = 10
     max_attempts: PositiveInt = Field(3, description="generations per article until it has all its valid pairs")
@@ -220,8 +220,6 @@ class GenerateConfig(Section):
             raise ValueError(f"articles: no such file: {self.articles}")
         if self.teacher == "synthetic" and self.synthetic is None:
             raise ValueError("teacher: the synthetic teacher writes about the synthetic corpus's articles (set synthetic)")
-        if self.pairs_per_article < 1:
-            raise ValueError(f"pairs_per_article: must be at least 1 (got {self.pairs_per_article})")
         fields = {name for _, name, _, _ in string.Formatter().parse(self.template) if name is not None}
         if "article" not in fields:
             raise ValueError("template: has no {article} placeholder (the article's text goes there)")
