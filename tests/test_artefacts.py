@@ -124,9 +124,9 @@ def test_a_corpus_changed_in_place_is_not_served_the_base_pretrained_on_it_befor
 
     folder = tmp_path / "babylm"
     folder.mkdir()
-    (folder / "childes.train").write_text("the dog runs .\n" * 100)
+    (folder / "childes.train").write_text("the dog runs .\n" * 400)
     cfg = small_config(tmp_path, corpus={"path": str(folder), "synthetic": None}, run={"name": None})
     before, run_before = base_folder(cfg), prepare_pretraining(cfg)[0].run.name
     assert base_folder(cfg) == before and prepare_pretraining(cfg)[0].run.name == run_before
-    (folder / "childes.train").write_text("the dog runs .\n" * 99 + "the cat runs .\n")
+    (folder / "childes.train").write_text("the dog runs .\n" * 399 + "the cat runs .\n")
     assert base_folder(cfg) != before and prepare_pretraining(cfg)[0].run.name != run_before

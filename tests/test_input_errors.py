@@ -1,5 +1,6 @@
-"""Bad input through the command line: over-budget plans, malformed instruction data and
-out-of-range flags end in one line on stderr and exit 2, before Ray starts."""
+"""Bad input through the command line: over-budget plans, corpora that cannot be trained on,
+malformed instruction data and out-of-range flags end in one line on stderr and exit 2, before
+Ray starts."""
 
 import json
 from pathlib import Path
@@ -88,3 +89,25 @@ def test_evaluation_actor_flags_out_of_range_are_named(tmp_path, base, command, 
     target = ["--model", str(base)] if command == "evaluate" else [str(base.parent)]
     line = run_cli(command, *target, "--data-dir", str(tmp_path), flag, value)
     assert line == f"classit: error: {flag} {value}: must be at least {1 if flag == '--actors' else 0}"
+
+
+def test_a_corpus_that_cannot_be_trained_on_is_named(tmp_path):
+    import datasets
+
+    babylm = tmp_path / "babylm"
+    babylm.mkdir()
+    (babylm / "childes.train").write_text("the only line .\n")
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_dict({"txt": ["a cat sat on the mat ."] * 40}).save_to_disk(str(saved))
+    cases = [
+        (["--set", f"corpus.path={babylm}"], f"corpus.path {babylm}: too few lines after cleaning (1 train, 0 validation"),
+        (["--set", f"corpus.hf_dataset={tmp_path / 'none'}"], f"corpus.hf_dataset: {tmp_path / 'none'} (split train) does not load"),
+        (["--set", f"corpus.hf_dataset={saved}"], f"corpus.text_column: dataset {saved} has no column 'text'"),
+        # 36 lines of 7 tokens: a few blocks of 64 tokens, fewer than the 8 x 2 rows of one step.
+        (["--set", f"corpus.hf_dataset={saved}", "--set", "corpus.text_column=txt"],
+         "too few for one step of 8 rows x 2 workers x 1 accumulation (pretrain.batch_size, distributed.num_workers)"),
+    ]
+    for overrides, message in cases:
+        line = run_cli("pretrain", "--set", f"run.cache_dir={tmp_path / 'cache'}", "--set", "corpus.synthetic=null",
+                       "--set", "corpus.block_size=64", *overrides)
+        assert message in line, line

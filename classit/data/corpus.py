@@ -24,8 +24,9 @@ import pyarrow as pa
 
 from classit.artefacts import (artefact_dir, building, commit_file, commit_folder, files_fingerprint, is_complete,
                                mark_complete, read_marker, stat_signature)
-from classit.config import ClassitConfig, CorpusConfig, SyntheticCorpusConfig, config_hash
+from classit.config import ClassitConfig, ConfigError, CorpusConfig, SyntheticCorpusConfig, config_hash
 from classit.models import PRESETS
+from classit.units import one_line
 
 CLEANING_VERSION = 1  # bump when cleaning rules change, to invalidate caches
 MIN_WORDS = 3  # lines of two words or fewer are dropped
@@ -112,20 +113,24 @@ def read_babylm_folder(folder: Path) -> dict[str, Iterator[str]]:
     return {f.stem: file_lines(f) for f in files}
 
 
-def hf_split(name: str, split: str):
-    """A `datasets` split: a folder saved with `save_to_disk`, or a name `load_dataset` knows."""
+def hf_split(name: str, split: str, field: str):
+    """A `datasets` split: a folder saved with `save_to_disk`, or a name `load_dataset` knows; one
+    that does not load is named with the config `field` that gave it."""
     import datasets
 
     path = Path(name)
-    ds = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.load_dataset(name, split=split)
-    return ds[split] if isinstance(ds, datasets.DatasetDict) else ds
+    try:
+        ds = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.load_dataset(name, split=split)
+        return ds[split] if isinstance(ds, datasets.DatasetDict) else ds
+    except Exception as err:  # noqa: BLE001 - no such data or split, the hub out of reach...: one line
+        raise ConfigError(f"{field}: {name} (split {split}) does not load ({one_line(err)[:200]})") from None
 
 
 def read_hf_dataset(name: str, split: str, text_column: str) -> dict[str, list[str]]:
     """The dataset's lines per source (its `source` column, else one source `hf`)."""
-    ds = hf_split(name, split)
+    ds = hf_split(name, split, "corpus.hf_dataset")
     if text_column not in ds.column_names:
-        raise ValueError(f"corpus.text_column: dataset {name} has no column {text_column!r} ({ds.column_names})")
+        raise ConfigError(f"corpus.text_column: dataset {name} has no column {text_column!r} ({ds.column_names})")
     sources = ds["source"] if "source" in ds.column_names else ["hf"] * len(ds)
     by_source: dict[str, list[str]] = {}
     for source, text in zip(sources, ds[text_column]):
@@ -151,7 +156,7 @@ def corpus_fingerprint(corpus: CorpusConfig, cache_dir: Path) -> str:
 def _hf_fingerprint(name: str, split: str, saved: tuple) -> str:
     """Loaded once per process (a sweep's driver asks at every trial result until its base is
     built), again when a saved folder's files (`saved`, their stat signature) change."""
-    return hf_split(name, split)._fingerprint
+    return hf_split(name, split, "corpus.hf_dataset")._fingerprint
 
 
 def pack_blocks(flat: np.ndarray, lengths: np.ndarray, words: np.ndarray, block_size: int, pad_id: int):
@@ -204,6 +209,13 @@ def synthetic_corpus(synthetic: SyntheticCorpusConfig, cache_dir: Path) -> Path:
         commit_folder(folder, lambda tmp: generate_corpus(tmp, synthetic.sentences, synthetic.seed),
                       {"synthetic": synthetic.model_dump(), "version": SYNTHETIC_VERSION})
     return folder
+
+
+def corpus_source(corpus: CorpusConfig) -> str:
+    """The config field and value that name the corpus, for an error line."""
+    if corpus.synthetic is not None:
+        return "corpus.synthetic"
+    return f"corpus.path {corpus.path}" if corpus.path is not None else f"corpus.hf_dataset {corpus.hf_dataset}"
 
 
 def _load_lines(cfg: ClassitConfig, cache_dir: Path) -> tuple[dict[str, Iterable[str]], str]:
@@ -430,7 +442,8 @@ def _build_blocks(cfg: ClassitConfig, raw: dict[str, Iterable[str]], fingerprint
     n_valid = sum(int(is_valid.sum()) for _, _, is_valid in cleaned.chunks)
     n_train = sum(s["lines"] for s in cleaned.source_stats.values()) - n_valid
     if not n_train or not n_valid:
-        raise ValueError(f"corpus: too few lines after cleaning ({n_train} train, {n_valid} validation)")
+        raise ConfigError(f"{corpus_source(corpus)}: too few lines after cleaning ({n_train} train, {n_valid} "
+                          f"validation; the split needs one of each)")
     from classit.budget import check_budget
 
     words = sum(s["train_words"] for s in cleaned.source_stats.values())  # the input limit, before any tokenizing

@@ -96,7 +96,7 @@ def load_records(name: str, spec: InstructDataset, seed: int = 0, cache_dir: Pat
     elif spec.path is not None:
         located = _read_file(spec.path)
     else:
-        rows = hf_split(spec.hf_dataset, spec.hf_split).to_list()
+        rows = hf_split(spec.hf_dataset, spec.hf_split, f"instruct.datasets.{name}.hf_dataset").to_list()
         located = [(f"{spec.hf_dataset}: row {i}", r) for i, r in enumerate(rows)]
     for where, record in located:
         if not isinstance(record, dict):

@@ -35,13 +35,13 @@ def wiki_articles(path: Path) -> list[dict]:
     return articles
 
 
-def dataset_articles(gcfg: GenerateConfig) -> list[dict]:
+def dataset_articles(gcfg: GenerateConfig, where: str) -> list[dict]:
     from classit.data.corpus import hf_split
 
-    ds = hf_split(gcfg.hf_dataset, gcfg.hf_split)
+    ds = hf_split(gcfg.hf_dataset, gcfg.hf_split, f"{where}.hf_dataset")
     for column in (gcfg.text_column, gcfg.title_column):
         if column is not None and column not in ds.column_names:
-            raise ConfigError(f"generate: dataset {gcfg.hf_dataset} has no column {column!r} ({ds.column_names})")
+            raise ConfigError(f"{where}: dataset {gcfg.hf_dataset} has no column {column!r} ({ds.column_names})")
     titles = ds[gcfg.title_column] if gcfg.title_column else [""] * len(ds)
     return [{"title": str(t), "text": str(x).strip()} for t, x in zip(titles, ds[gcfg.text_column]) if str(x).strip()]
 
@@ -57,7 +57,7 @@ def load_articles(gcfg: GenerateConfig, cache_dir: Path, where: str = "generate"
     elif gcfg.articles is not None:
         source, articles = str(gcfg.articles), wiki_articles(gcfg.articles)
     else:
-        source, articles = gcfg.hf_dataset, dataset_articles(gcfg)
+        source, articles = gcfg.hf_dataset, dataset_articles(gcfg, where)
     if not articles:
         raise ConfigError(f"{source}: no articles ({where}: an article needs at least one line of text)")
     articles = articles[:gcfg.max_articles]

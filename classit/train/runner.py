@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel
 from ray.train import UserCallback
 
-from classit.config import ClassitConfig, config_json
+from classit.config import ClassitConfig, ConfigError, config_json
 from classit.results import storage_uri, table_dir, train_metrics_schema, write_rows
 from classit.train.checkpoints import prune_optimizer_states
 
@@ -199,12 +199,18 @@ def prepare_pretraining(cfg: ClassitConfig):
     planned words checked against the budget before any worker starts."""
     from classit.budget import check_budget, pretraining_exposure
     from classit.data.corpus import corpus_fingerprint, prepare_corpus
+    from classit.train.loop import planned_steps
 
     cfg = named(cfg, "pretrain", corpus_fingerprint(cfg.corpus, Path(cfg.run.cache_dir)))  # an edited corpus: a new run
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     corpus = prepare_corpus(cfg)
+    blocks, workers = corpus.stats["train"]["blocks"], cfg.distributed.num_workers
+    if planned_steps(blocks, cfg.pretrain, workers) == 0:
+        raise ConfigError(f"pretrain: the corpus's {blocks} training blocks are too few for one step of "
+                          f"{cfg.pretrain.batch_size} rows x {workers} workers x {cfg.pretrain.gradient_accumulation_steps} "
+                          f"accumulation (pretrain.batch_size, distributed.num_workers)")
     words = corpus.stats["train"]["words"]
-    exposure = pretraining_exposure(cfg.pretrain, words, corpus.stats["train"]["blocks"], cfg.distributed.num_workers)
+    exposure = pretraining_exposure(cfg.pretrain, words, blocks, workers)
     check_budget(words, exposure, cfg.budget, f"pretraining ({words:,} input words, {exposure:,} of exposure)")
     return cfg, corpus
 
