@@ -140,9 +140,8 @@ DEMO_SWEEP = Path(__file__).resolve().parents[1] / "sweeps" / "configs" / "demo.
 
 def cmd_sweep(args) -> int:
     args.config = args.config or str(DEMO_SWEEP)
-    for flag, key in (("name", "sweep.name"),):
-        if getattr(args, flag) is not None:
-            args.overrides.append(f"{key}={getattr(args, flag)}")
+    if args.name is not None:
+        args.overrides.append(f"sweep.name={args.name}")
     from classit.analysis.trials import failed_evaluations
     from classit.sweep.plan import describe_plan, validate
     from classit.sweep.runner import run_sweep
@@ -274,7 +273,8 @@ def cmd_status(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every subcommand, its flags, and the `cmd_*` function that runs it."""
     parser = argparse.ArgumentParser(prog="classit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     pretrain = sub.add_parser("pretrain", help="pretrain a base model with Ray Train + DeepSpeed")
@@ -340,7 +340,11 @@ def main(argv: list[str] | None = None) -> int:
                      help="Parquet folder for the score rows (the surprisals go to aoa_surprisal beside it)")
     aoa.add_argument("--address", default=None, help="Ray cluster address")
     aoa.set_defaults(func=cmd_aoa)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, FileExistsError) as err:
