@@ -46,7 +46,7 @@ def export_hub(run_dirs: list[Path], out: Path) -> dict[str, Path]:
     tokenizer files (no optimizer state). Returns revision -> the checkpoint it holds."""
     chosen = revisions(run_dirs)
     if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: not empty")
+        raise FileExistsError(f"{out}: not empty (the repository is made in a new or empty folder)")
     out.mkdir(parents=True, exist_ok=True)
     _git(out, "init", "-q", "-b", "main")
     for revision, checkpoint in chosen.items():
