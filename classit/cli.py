@@ -107,6 +107,12 @@ def cmd_evaluate(args) -> int:
     for task in tasks:
         if missing := missing_input(task, args.data_dir, args.fast):
             raise ConfigError(f"--data-dir: {missing}")
+    from classit.evaluate.tasks.zero_shot import TASKS as ZERO_SHOT, scores_seeded_subset
+
+    subsets = [t for t in tasks if t in ZERO_SHOT and scores_seeded_subset(t, args.data_dir, args.fast)]
+    if args.export and subsets:
+        raise ConfigError(f"--export with --fast: --data-dir has no official fast set for {', '.join(subsets)}, whose "
+                          f"seeded subset the leaderboard does not take (export without --fast, or from fast_eval)")
     from classit.evaluate import export
     from classit.evaluate.actors import EvaluationPool
     from classit.ray_session import ray_session

@@ -111,3 +111,12 @@ def test_a_corpus_that_cannot_be_trained_on_is_named(tmp_path):
         line = run_cli("pretrain", "--set", f"run.cache_dir={tmp_path / 'cache'}", "--set", "corpus.synthetic=null",
                        "--set", "corpus.block_size=64", *overrides)
         assert message in line, line
+
+
+def test_leaderboard_export_of_a_seeded_fast_subset_is_refused(tmp_path, base):
+    # The official layout has no place for classit's own subset: it would pass for the full task.
+    (tmp_path / "blimp").mkdir()
+    (tmp_path / "blimp" / "agreement.jsonl").write_text("")
+    line = run_cli("evaluate", "--model", str(base), "--tasks", "blimp", "--data-dir", str(tmp_path), "--fast",
+                   "--export", str(tmp_path / "export"))
+    assert line.startswith("classit: error: --export with --fast: --data-dir has no official fast set for blimp")

@@ -168,6 +168,13 @@ def data_folder(task: str, data_dir: str | Path, fast: bool) -> Path:
     return task_folder(task, data_dir)
 
 
+def scores_seeded_subset(task: str, data_dir: str | Path, fast: bool) -> bool:
+    """Whether a job scores classit's seeded subset of the task: in fast mode, where `data_dir` has
+    no official fast set for it and its fast set is not the whole task (WUG's is)."""
+    spec = TASKS[task]
+    return fast and not spec.fast_is_whole and data_folder(task, data_dir, fast).name != spec.fast_folder
+
+
 def read_for_evaluation(task: str, data_dir: str | Path, fast: bool, per_uid: int) -> tuple[Path, list[Item]]:
     """The folder a job reads and its items. An official fast set is read whole and checked against
     the official counts; a task without one gets a fixed, seeded `per_uid` items of each UID in fast
@@ -177,8 +184,7 @@ def read_for_evaluation(task: str, data_dir: str | Path, fast: bool, per_uid: in
     items = spec.read(folder)
     if fast and folder.name == spec.fast_folder:
         _check_fast_size(task, folder, items)
-        return folder, items
-    return folder, fast_subset(items, per_uid) if fast and not spec.fast_is_whole else items
+    return folder, fast_subset(items, per_uid) if scores_seeded_subset(task, data_dir, fast) else items
 
 
 def _check_fast_size(task: str, folder: Path, items: list[Item]) -> None:
