@@ -120,11 +120,19 @@ def test_scores_a_trial_row_holds_include_what_an_objective_names():
     from classit.evaluate.catalog import score_columns
     from classit.sweep.trial import scores_of
 
-    columns = score_columns(["blimp", "ewok"], ["val_loss", "blimp:UID:agreement_simple", "ewok", "babylm:nlp"])
+    columns = score_columns(["blimp", "ewok"], ["val_loss:wiki", "blimp:UID:agreement_simple", "ewok", "babylm:nlp"])
     assert columns == ["blimp:average:accuracy", "ewok:average:accuracy", "blimp:UID:agreement_simple:accuracy"]
     rows = [{"checkpoint": "c", "task": "blimp", "subtask": subtask, "metric": "accuracy", "value": value, "error": ""}
             for subtask, value in (("average", 60.0), ("UID:agreement_simple", 70.0), ("UID:agreement_relative", 50.0))]
     assert scores_of(rows, "c", columns) == {"blimp:average:accuracy": 60.0, "blimp:UID:agreement_simple:accuracy": 70.0}
+
+
+def test_a_validation_loss_objective_names_an_instruction_dataset():
+    cfg = parse_config({"sweep": {"metrics": ["val_loss:qa"], "modes": ["min"],
+                                  "space": {"learning_rate": {"choice": [1e-4]}}}})
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert str(err.value) == "sweep.metrics: 'val_loss:qa': no instruction dataset 'qa' (instruct.datasets: switch, wiki)"
 
 
 @pytest.mark.parametrize("sweep, message", [  # one error of the config's own checks, one of the sweep's
@@ -195,6 +203,7 @@ def test_objectives_and_pareto_front():
     assert objective_key("blimp:UID:anaphor_gender_agreement") == "blimp:UID:anaphor_gender_agreement:accuracy"
     assert objective_key("ewok:context_type:about:accuracy") == "ewok:context_type:about:accuracy"
     assert objective_key("mrpc:validation:accuracy") == "mrpc:validation:accuracy"
+    assert objective_key("val_loss:wiki") == "val_loss:wiki"  # one instruction dataset's validation loss
     for spec in ("blimp:anaphor_gender_agreement", "blimp:average:tied_pct", "wug_adj:UID:x", "mrpc:test"):
         with pytest.raises(ValueError, match="no subtask"):
             objective_key(spec)

@@ -59,7 +59,7 @@ def format_leaderboard(board, objectives: list[str], tied: dict[str, str] | None
         return "leaderboard: no finished trials"
     params = [c for c in board.columns if c.startswith("param.")]
     scores = [c for c in board.columns if is_score_column(c)]
-    scores = [o for o in objectives if o in scores] + [c for c in scores if c not in objectives]
+    scores = [o for o in objectives if o in board and o != "val_loss"] + [c for c in scores if c not in objectives]
     scores += [a for a in AGGREGATES if a in board and a not in scores and board[a].notna().any()]
     header = ["trial", "status", *[p.removeprefix("param.") for p in params], "val_loss", *scores]
     rows = [header]

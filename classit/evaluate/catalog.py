@@ -78,11 +78,17 @@ def objective_subtasks(task: str) -> tuple[str, ...]:
     return ("average", *(f"{key}:" for key in BREAKDOWNS.get(task, ())))
 
 
+def is_loss_objective(key: str) -> bool:
+    """`val_loss` (the sweep's one validation set) or `val_loss:<dataset>` (one instruction dataset's part)."""
+    return key == "val_loss" or key.startswith("val_loss:")
+
+
 def objective_key(spec: str) -> str:
-    """`val_loss`, a leaderboard aggregate (`babylm:macro`, `babylm:nlp`, `babylm:human_likeness`), or
-    `<task>[:<subtask>][:<metric>]` completed with the task's headline subtask and metric; a subtask is
-    `average`, a breakdown such as `UID:anaphor_gender_agreement`, or one of reading's two measures."""
-    if spec == "val_loss" or spec in AGGREGATES:
+    """`val_loss` or `val_loss:<dataset>`, a leaderboard aggregate (`babylm:macro`, `babylm:nlp`,
+    `babylm:human_likeness`), or `<task>[:<subtask>][:<metric>]` completed with the task's headline
+    subtask and metric; a subtask is `average`, a breakdown such as `UID:anaphor_gender_agreement`, or
+    one of reading's two measures."""
+    if is_loss_objective(spec) or spec in AGGREGATES:
         return spec
     if spec.startswith("babylm:"):
         raise ValueError(f"unknown aggregate (known: {', '.join(AGGREGATES)})")
@@ -106,5 +112,5 @@ def score_columns(tasks: list[str], metrics: list[str]) -> list[str]:
     """The evaluation scores a sweep's trial rows hold: each task's headline scores, and any other
     score one of its objectives (`sweep.metrics`) names."""
     columns = [key for task in tasks for key in headline_keys(task)]
-    named = [objective_key(m) for m in metrics]
-    return columns + [key for key in named if key != "val_loss" and key not in AGGREGATES and key not in columns]
+    named = [key for key in map(objective_key, metrics) if not is_loss_objective(key) and key not in AGGREGATES]
+    return columns + [key for key in named if key not in columns]

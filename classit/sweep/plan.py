@@ -9,7 +9,7 @@ from pathlib import Path
 from classit.config import ClassitConfig, ConfigError, config_hash
 from classit.evaluate.aggregates import NAMES as AGGREGATES
 from classit.evaluate.aggregates import component_tasks
-from classit.evaluate.catalog import objective_key
+from classit.evaluate.catalog import is_loss_objective, objective_key
 from classit.sweep.space import check_space, corner_trials, format_params, gpu_hours, grid_trials, planned_trial_count
 from classit.train.checkpoints import planned_checkpoints, run_disk_bytes
 from classit.units import format_bytes, format_count
@@ -56,7 +56,13 @@ def check_objectives(cfg: ClassitConfig) -> None:
             key = objective_key(spec)
         except ValueError as err:
             raise ConfigError(f"sweep.metrics: {spec!r}: {err}") from None
-        needed = [] if key == "val_loss" else component_tasks(key) if key in AGGREGATES else [key.split(":")[0]]
+        if is_loss_objective(key):
+            dataset = key.removeprefix("val_loss").removeprefix(":")
+            if dataset and dataset not in cfg.instruct.datasets:
+                raise ConfigError(f"sweep.metrics: {spec!r}: no instruction dataset {dataset!r} "
+                                  f"(instruct.datasets: {', '.join(cfg.instruct.datasets)})")
+            continue
+        needed = component_tasks(key) if key in AGGREGATES else [key.split(":")[0]]
         missing = [task for task in needed if task not in cfg.evaluation.tasks]
         if missing:
             raise ConfigError(f"sweep.metrics: {spec!r} needs task{'s' if len(missing) > 1 else ''} "
@@ -66,8 +72,9 @@ def check_objectives(cfg: ClassitConfig) -> None:
             name, value = subtask.split(":", 1)
             values = breakdown_values(cfg, task, name)
             if value not in values:
+                shown = ", ".join(values[:5]) + (", ..." if len(values) > 5 else "")
                 raise ConfigError(f"sweep.metrics: {spec!r}: task {task}'s data has no {name} {value!r} "
-                                  f"(it has {len(values)}: {', '.join(values[:5])}{', ...' if len(values) > 5 else ''})")
+                                  f"(it has {len(values)}: {shown})")
 
 
 def breakdown_values(cfg: ClassitConfig, task: str, name: str) -> list[str]:

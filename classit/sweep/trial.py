@@ -182,7 +182,7 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
     # Each evaluated checkpoint's scores, for experiment trackers (logged at its words).
     evaluated = [{"exposure_words": int(m.get("exposure_words", -1)), "eval": scores_of(rows, c.path, columns)}
                  for c, m in checkpoints]
-    ray.tune.report({"val_loss": row["val_loss"], **scores, "stage": result.metrics.get("stage"),
-                     "words_seen": row["exposure_words"], "exposure_words": row["exposure_words"], "done": True,
-                     FINAL_REPORT: True, TIE_WARNING: tie_warning(rows, result.checkpoint.path),
-                     TRACKED_STEPS: json.dumps(evaluated)})
+    ray.tune.report({**{k: v for k, v in row.items() if k.startswith("val_loss")}, **scores,  # each dataset's too
+                     "stage": result.metrics.get("stage"), "words_seen": row["exposure_words"],
+                     "exposure_words": row["exposure_words"], "done": True, FINAL_REPORT: True,
+                     TIE_WARNING: tie_warning(rows, result.checkpoint.path), TRACKED_STEPS: json.dumps(evaluated)})
