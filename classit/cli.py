@@ -85,9 +85,11 @@ def checkpoint_folder(flag: str, path: str) -> Path:
     return Path(path)
 
 
-def cmd_evaluate(args) -> int:
-    from classit.evaluate.catalog import HEADLINE_SUBTASKS, TASKS, tie_warning
-    from classit.evaluate.jobs import EvalJob
+def evaluation_tasks(args) -> list[str]:
+    """`classit evaluate`'s flags checked before Ray starts (each failure one line naming the flag): its tasks."""
+    from classit.evaluate.catalog import TASKS
+    from classit.evaluate.tasks.inputs import missing_input
+    from classit.evaluate.tasks.zero_shot import TASKS as ZERO_SHOT, scores_seeded_subset
 
     at_least("--actors", args.actors, 1)
     at_least("--gpus-per-actor", args.gpus_per_actor, 0)
@@ -102,19 +104,22 @@ def cmd_evaluate(args) -> int:
                           "use classit aoa RUN_DIR ...")
     if not Path(args.data_dir).is_dir():
         raise ConfigError(f"--data-dir {args.data_dir}: no such folder")
-    from classit.evaluate.tasks.inputs import missing_input
-
     for task in tasks:
         if missing := missing_input(task, args.data_dir, args.fast):
             raise ConfigError(f"--data-dir: {missing}")
-    from classit.evaluate.tasks.zero_shot import TASKS as ZERO_SHOT, scores_seeded_subset
-
     subsets = [t for t in tasks if t in ZERO_SHOT and scores_seeded_subset(t, args.data_dir, args.fast)]
     if args.export and subsets:
         raise ConfigError(f"--export with --fast: --data-dir has no official fast set for {', '.join(subsets)}, whose "
                           f"seeded subset the leaderboard does not take (export without --fast, or from fast_eval)")
+    return tasks
+
+
+def cmd_evaluate(args) -> int:
+    tasks = evaluation_tasks(args)
     from classit.evaluate import export
     from classit.evaluate.actors import EvaluationPool
+    from classit.evaluate.catalog import HEADLINE_SUBTASKS, tie_warning
+    from classit.evaluate.jobs import EvalJob
     from classit.ray_session import ray_session
 
     export_dir = str(Path(args.export).resolve()) if args.export else ""
