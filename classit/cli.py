@@ -89,7 +89,7 @@ def evaluation_tasks(args) -> list[str]:
     """`classit evaluate`'s flags checked before Ray starts (each failure one line naming the flag): its tasks."""
     from classit.evaluate.catalog import TASKS
     from classit.evaluate.tasks.inputs import missing_input
-    from classit.evaluate.tasks.zero_shot import TASKS as ZERO_SHOT, scores_seeded_subset
+    from classit.evaluate.tasks import zero_shot
 
     at_least("--actors", args.actors, 1)
     at_least("--gpus-per-actor", args.gpus_per_actor, 0)
@@ -107,7 +107,7 @@ def evaluation_tasks(args) -> list[str]:
     for task in tasks:
         if missing := missing_input(task, args.data_dir, args.fast):
             raise ConfigError(f"--data-dir: {missing}")
-    subsets = [t for t in tasks if t in ZERO_SHOT and scores_seeded_subset(t, args.data_dir, args.fast)]
+    subsets = [t for t in tasks if t in zero_shot.TASKS and zero_shot.scores_seeded_subset(t, args.data_dir, args.fast)]
     if args.export and subsets:
         raise ConfigError(f"--export with --fast: --data-dir has no official fast set for {', '.join(subsets)}, whose "
                           f"seeded subset the leaderboard does not take (export without --fast, or from fast_eval)")

@@ -204,7 +204,7 @@ def test_objectives_and_pareto_front():
     assert objective_key("ewok:context_type:about:accuracy") == "ewok:context_type:about:accuracy"
     assert objective_key("mrpc:validation:accuracy") == "mrpc:validation:accuracy"
     assert objective_key("val_loss:wiki") == "val_loss:wiki"  # one instruction dataset's validation loss
-    for spec in ("blimp:anaphor_gender_agreement", "blimp:average:tied_pct", "wug_adj:UID:x", "mrpc:test"):
+    for spec in ("blimp:anaphor_gender_agreement", "blimp:average:tied_pct", "blimp:UID:", "wug_adj:UID:x", "mrpc:test"):
         with pytest.raises(ValueError, match="no subtask"):
             objective_key(spec)
     trials = pd.DataFrame({"trial": list("abcd"), "status": "finished", "a": [1.0, 2.0, 0.5, 2.0],

@@ -78,6 +78,11 @@ def objective_subtasks(task: str) -> tuple[str, ...]:
     return ("average", *(f"{key}:" for key in BREAKDOWNS.get(task, ())))
 
 
+def _names(allowed: str, subtask: str) -> bool:
+    """Whether `subtask` is the allowed one, or for `key:`, a `key:<value>` with a value."""
+    return subtask.startswith(allowed) and subtask != allowed if allowed.endswith(":") else subtask == allowed
+
+
 def is_loss_objective(key: str) -> bool:
     """`val_loss` (the sweep's one validation set) or `val_loss:<dataset>` (one instruction dataset's part)."""
     return key == "val_loss" or key.startswith("val_loss:")
@@ -96,7 +101,7 @@ def objective_key(spec: str) -> str:
     metrics, subtasks = objective_metrics(task), objective_subtasks(task)
     metric = rest.pop() if rest and rest[-1] in metrics else metrics[0]
     subtask = ":".join(rest) or subtasks[0]
-    if not any(subtask == s or (s.endswith(":") and subtask.startswith(s) and subtask != s) for s in subtasks):
+    if not any(_names(s, subtask) for s in subtasks):
         known = ", ".join(s + "<value>" if s.endswith(":") else s for s in subtasks)
         raise ValueError(f"no subtask {subtask!r} of {task} (known: {known}; metrics: {', '.join(metrics)})")
     return f"{task}:{subtask}:{metric}"
