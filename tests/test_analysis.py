@@ -158,6 +158,10 @@ def test_the_report_takes_the_sweep_folder_too_and_bad_folders_end_in_one_line_w
     assert capsys.readouterr().err == f"classit report: error: {tmp_path / 'started' / 'results' / 'trials'}: " \
                                       f"no trial has written its row yet\n"
     assert not (tmp_path / "started" / "report").exists()
+    # A report folder that is a file: named, nothing written.
+    (tmp_path / "a-file").write_text("")
+    assert main("leaderboard", [str(sweep), "--out", str(tmp_path / "a-file")]) == 2
+    assert capsys.readouterr().err == f"analysis/leaderboard.py: error: --out {tmp_path / 'a-file'}: a file, not a folder\n"
 
 
 def test_corrupt_results_file_is_named_in_the_report(tmp_path):

@@ -327,6 +327,9 @@ def main(name: str, argv: list[str] | None = None, prog: str | None = None) -> i
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else results.folder.resolve().parent / "report"
+    if out.exists() and not out.is_dir():
+        print(f"{parser.prog}: error: --out {out}: a file, not a folder", file=sys.stderr)
+        return 2
     if name == "report":
         print(write_report(results, out))
         return 0
