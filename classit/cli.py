@@ -27,7 +27,9 @@ def _load(args) -> object:
                       ("gpu", "distributed.use_gpu")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    _quiet_progress_bars()
+    return cfg
 
 
 def _quiet_progress_bars() -> None:
@@ -38,11 +40,12 @@ def _quiet_progress_bars() -> None:
 
     datasets.disable_progress_bars()
     disable_progress_bars()  # transformers reads this when it is imported (not here: it brings torch)
+    if "transformers" in sys.modules:  # imported already: it keeps its own switch
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def cmd_pretrain(args) -> int:
     cfg = _load(args)
-    _quiet_progress_bars()
     from classit.ray_session import ray_session
     from classit.train.runner import prepare_pretraining, run_pretraining
 
@@ -59,7 +62,6 @@ def cmd_instruct(args) -> int:
             args.overrides.append(f"{key}={getattr(args, flag)}")
     cfg = _load(args)
     base = checkpoint_folder("--base", args.base)
-    _quiet_progress_bars()
     from classit.generate.job import ensure_generated
     from classit.train.instruct import prepare_instruct, train_instruct
     from classit.ray_session import ray_session
@@ -158,7 +160,6 @@ def cmd_sweep(args) -> int:
     from classit.sweep.runner import run_sweep
 
     cfg = validate(_load(args))
-    _quiet_progress_bars()
     if args.dry_run:
         print(describe_plan(cfg))
         return 0
@@ -177,7 +178,6 @@ QA_DEMO = Path(__file__).resolve().parents[1] / "sweeps" / "configs" / "qa_demo.
 def cmd_generate_qa(args) -> int:
     args.config = args.config or str(QA_DEMO)
     cfg = _load(args)
-    _quiet_progress_bars()
     from classit.generate.job import generate, generation_jobs
     from classit.ray_session import ray_session
 

@@ -110,3 +110,16 @@ def test_a_config_without_any_generated_dataset_is_refused(tmp_path, capsys):
     assert "no instruction dataset with a generate section" in capsys.readouterr().err
     with pytest.raises(ValueError, match="teacher: the synthetic teacher"):
         GenerateConfig.model_validate({"articles": str(path), "teacher": "synthetic"})
+
+
+def test_a_dry_run_before_the_set_is_generated_says_which_command_makes_it(tmp_path, capsys):
+    """A dry run starts no Ray, so it generates nothing: it names the set's field and what makes it."""
+    import ray
+
+    path = _write_config(tmp_path)
+    sweep = ["--set", "sweep.space.curriculum.choice=[wiki]"]
+    assert main(["sweep", "--config", str(path), *sweep, "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("classit: error: instruct.datasets.wiki.generate: the set is not "
+                                              "generated yet") and "`classit generate-qa` with this config" in err
+    assert not ray.is_initialized()

@@ -222,6 +222,6 @@ def read_generated(name: str, gcfg: GenerateConfig, cache_dir: Path) -> list[dic
 
     job = plan_generation(name, gcfg, cache_dir)
     if not job.complete:
-        raise DataError(f"{where(name)}: the set is not generated yet ({job.folder}): run "
-                        f"classit generate-qa --config FILE")
+        raise DataError(f"{where(name)}: the set is not generated yet ({job.folder}): `classit generate-qa` "
+                        f"with this config makes it, as a sweep or `classit instruct` does first (not a --dry-run)")
     return pq.read_table(job.folder / "records.parquet").to_pylist()

@@ -5,7 +5,10 @@ question/answer pairs about the characters they name. Plain torch, a minute on t
 from __future__ import annotations
 
 import json
+import os
 import random
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -62,8 +65,25 @@ def train_teacher(gcfg: GenerateConfig, articles: list[dict], folder: Path) -> N
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    model.save_pretrained(folder)
+    with deepspeed_named_cpu():
+        model.save_pretrained(folder)
     save_tokenizer(tokenizer, folder)
+
+
+@contextmanager
+def deepspeed_named_cpu():
+    """`save_pretrained` imports DeepSpeed (through accelerate) where it is installed, and DeepSpeed
+    logs a warning line as it falls back to its CPU accelerator on a machine without a GPU. Named
+    for it, the accelerator it would pick anyway, for the import only: Ray's processes started by
+    this one later inherit its environment."""
+    if "deepspeed" in sys.modules or "DS_ACCELERATOR" in os.environ or torch.cuda.device_count() > 0:
+        yield
+        return
+    os.environ["DS_ACCELERATOR"] = "cpu"
+    try:
+        yield
+    finally:
+        del os.environ["DS_ACCELERATOR"]
 
 
 def synthetic_teacher(gcfg: GenerateConfig, cache_dir: Path) -> Path:
