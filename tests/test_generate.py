@@ -95,6 +95,9 @@ def test_bad_input_is_one_line_naming_the_field_or_file_exit_2_before_ray(tmp_pa
         f"instruct.datasets.wiki.generate.teacher: {broken}": dict(teacher=str(broken)),
         "instruct.datasets.wiki.generate.teacher: no-such/teacher": dict(teacher="no-such/teacher"),
         f"{empty}: no articles": dict(synthetic=None, articles=str(empty), teacher=str(qa_teacher)),
+        # The demo teacher's 512 positions, all asked for the reply (was a traceback from a Ray Data actor).
+        "instruct.datasets.wiki.generate.sampling.max_new_tokens: 512 leaves no room for a prompt in the teacher's "
+        "512 positions": dict(teacher=str(qa_teacher), sampling={"max_new_tokens": 512}),
     }
     for expected, fields in cases.items():
         code = main(["generate-qa", "--config", str(_write_config(tmp_path, **fields))])

@@ -60,9 +60,10 @@ def resolve_teacher(gcfg: GenerateConfig, cache_dir: Path, name: str) -> Path:
     if gcfg.teacher == "synthetic":
         from classit.generate.synthetic_teacher import synthetic_teacher
 
-        return synthetic_teacher(gcfg, cache_dir)
-    folder = teacher_folder(gcfg.teacher, f"{where(name)}.teacher")
-    check_teacher(folder, f"{where(name)}.teacher")
+        folder = synthetic_teacher(gcfg, cache_dir)
+    else:
+        folder = teacher_folder(gcfg.teacher, f"{where(name)}.teacher")
+    check_teacher(gcfg, folder, where(name))
     return folder
 
 

@@ -31,17 +31,29 @@ def teacher_folder(teacher: str, where: str) -> Path:
                           f"({type(err).__name__})") from None
 
 
-def check_teacher(folder: Path, where: str) -> None:
-    """Its config and tokenizer load, and it is a causal LM: checked on the driver, before Ray starts."""
+def check_teacher(gcfg: GenerateConfig, folder: Path, where: str) -> None:
+    """Its config and tokenizer load, it is a causal LM, and its positions hold a prompt beside the
+    reply: checked on the driver, before Ray starts."""
     from transformers import AutoConfig, AutoTokenizer
 
     try:
         config = AutoConfig.from_pretrained(folder)
         AutoTokenizer.from_pretrained(folder)
     except Exception as err:  # noqa: BLE001
-        raise ConfigError(f"{where}: {folder} does not load as a model ({one_line(err)[:160]})") from None
+        raise ConfigError(f"{where}.teacher: {folder} does not load as a model ({one_line(err)[:160]})") from None
     if not any(arch.endswith("ForCausalLM") for arch in config.architectures or []):
-        raise ConfigError(f"{where}: {folder} is not a causal LM (architectures {config.architectures})")
+        raise ConfigError(f"{where}.teacher: {folder} is not a causal LM (architectures {config.architectures})")
+    prompt_room(gcfg, config, where)
+
+
+def prompt_room(gcfg: GenerateConfig, config, where: str = "generate") -> int:
+    """The teacher's positions left for a prompt beside `max_new_tokens`."""
+    positions = getattr(config, "max_position_embeddings", 4096)
+    room = positions - gcfg.sampling.max_new_tokens
+    if room < 16:
+        raise ConfigError(f"{where}.sampling.max_new_tokens: {gcfg.sampling.max_new_tokens} leaves no room for "
+                          f"a prompt in the teacher's {positions} positions")
+    return room
 
 
 @functools.cache
@@ -142,10 +154,7 @@ class Teacher:
         self.model = load_checkpoint(folder, dtype=dtype).to(device).eval()
         self.device = device
         self.index = schema_index(self.tokenizer, gcfg.pairs_per_article)
-        self.max_prompt = getattr(self.model.config, "max_position_embeddings", 4096) - gcfg.sampling.max_new_tokens
-        if self.max_prompt < 16:
-            raise ConfigError(f"generate.sampling.max_new_tokens: {gcfg.sampling.max_new_tokens} leaves no room for "
-                              f"a prompt in the teacher's {self.model.config.max_position_embeddings} positions")
+        self.max_prompt = prompt_room(gcfg, self.model.config)
 
     def prompt(self, article: dict) -> str:
         """The filled template (in the chat template where asked and the teacher has one), with the
