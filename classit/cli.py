@@ -178,17 +178,15 @@ QA_DEMO = Path(__file__).resolve().parents[1] / "sweeps" / "configs" / "qa_demo.
 def cmd_generate_qa(args) -> int:
     args.config = args.config or str(QA_DEMO)
     cfg = _load(args)
-    from classit.generate.job import generate, generation_jobs
-    from classit.ray_session import ray_session
+    from classit.generate.job import ensure_generated
 
-    jobs = generation_jobs(cfg, args.dataset)  # articles, teacher and template checked before Ray starts
+    # Articles, teacher and template checked before Ray starts, and Ray started only for a set not made yet.
+    jobs = ensure_generated(cfg, args.address, verbose=args.verbose, only=args.dataset)
     if not jobs:
         raise ConfigError(f"{args.config}: no instruction dataset with a generate section (instruct.datasets.NAME."
                           f"generate)")
-    with ray_session(args.address, quiet=not args.verbose):
-        for job in jobs:
-            generate(job, verbose=args.verbose)
-            print(f"records: {job.folder / 'records.parquet'}")
+    for job in jobs:
+        print(f"records: {job.folder / 'records.parquet'}")
     return 0
 
 

@@ -124,7 +124,7 @@ def test_a_killed_generation_reruns_only_its_missing_shards_to_the_same_records(
     assert resumed == uninterrupted
 
 
-def test_a_sweep_naming_the_set_reuses_it_and_counts_its_words(whole, qa_teacher, tmp_path, capsys):
+def test_a_sweep_naming_the_set_reuses_it_and_counts_its_words(whole, qa_teacher, tmp_path, capsys, monkeypatch):
     import ray
 
     from classit.cli import main
@@ -156,6 +156,12 @@ def test_a_sweep_naming_the_set_reuses_it_and_counts_its_words(whole, qa_teacher
     path.write_text(yaml.safe_dump(data))
     assert main(["sweep", "--config", str(path), "--dry-run"]) == 0
     assert f"{corpus_words + generated_words:,}" in capsys.readouterr().out
+    # `classit generate-qa` on a set made already: reused, with no Ray started for it.
+    started, init = [], ray.init
+    monkeypatch.setattr(ray, "init", lambda *args, **kwargs: started.append(kwargs) or init(*args, **kwargs))
+    assert main(["generate-qa", "--config", str(path)]) == 0 and started == []
+    assert capsys.readouterr().out.splitlines()[::2] == [f"generate wiki: reused {folder}",
+                                                          f"records: {folder / 'records.parquet'}"]
     # One word fewer in the budget than the base's corpus and the generated set: refused.
     data["budget"] = {"max_input_words": corpus_words + generated_words - 1}
     path.write_text(yaml.safe_dump(data))

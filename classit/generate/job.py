@@ -199,10 +199,11 @@ def generation_jobs(cfg, only: str | None = None) -> list[GenerationJob]:
     return [plan_generation(name, gcfg, Path(cfg.run.cache_dir)) for name, gcfg in sorted(datasets.items())]
 
 
-def ensure_generated(cfg, address: str | None = None, log=print, verbose: bool = False) -> None:
-    """Before a sweep or an instruction run plans: every generated set it names made (once; Ray is
-    started for it only if one is missing), so its records and words are there to plan with."""
-    jobs = generation_jobs(cfg)
+def ensure_generated(cfg, address: str | None = None, log=print, verbose: bool = False,
+                     only: str | None = None) -> list[GenerationJob]:
+    """Every generated set the config names (or the one named) made, once: Ray is started for it only
+    if one is missing. Before a sweep or an instruction run plans, so its records and words are there."""
+    jobs = generation_jobs(cfg, only)
     pending = [job for job in jobs if not job.complete]
     for job in jobs:
         if job.complete:
@@ -213,6 +214,7 @@ def ensure_generated(cfg, address: str | None = None, log=print, verbose: bool =
         with ray_session(address, quiet=not verbose):
             for job in pending:
                 generate(job, log, verbose)
+    return jobs
 
 
 def read_generated(name: str, gcfg: GenerateConfig, cache_dir: Path) -> list[dict]:
