@@ -132,11 +132,12 @@ def cmd_evaluate(args) -> int:
     with ray_session(args.address, holds=[gpus]):
         pool = EvaluationPool(num_actors=args.actors, num_gpus=args.gpus_per_actor)
         rows = pool.run(jobs, results_dir=args.output, show_progress=True)
-    print(f"{'model':<28} {'task':<18} {'subtask':<18} {'metric':<11} {'value':>8} {'n':>7}")
+    width = max(len("model"), *(len(job.trial) for job in jobs))  # whole names: marks differ at their end
+    print(f"{'model':<{width}} {'task':<18} {'subtask':<18} {'metric':<11} {'value':>8} {'n':>7}")
     for row in rows:
         if row["subtask"] in HEADLINE_SUBTASKS or row["metric"] == "error":
             value = f"{row['value']:8.3f}" if row["metric"] != "error" else "   error"
-            print(f"{row['trial'][:28]:<28} {row['task']:<18} {row['subtask'] or '-':<18} {row['metric']:<11} "
+            print(f"{row['trial']:<{width}} {row['task']:<18} {row['subtask'] or '-':<18} {row['metric']:<11} "
                   f"{value} {row['n_items']:>7}  {row['error']}")
     for job in {job.checkpoint: job for job in jobs}.values():
         if warning := tie_warning(rows, job.checkpoint):
