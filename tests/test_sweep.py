@@ -411,3 +411,40 @@ def test_status_of_a_sweep_whose_record_is_damaged_names_the_file_in_one_line(tm
     assert capsys.readouterr().err == (f"classit: error: {tmp_path / 'sweep.json'}: not valid JSON "
                                        "(JSONDecodeError: Expecting property name enclosed in double quotes: "
                                        "line 1 column 13 (char 12))\n")
+
+
+def test_a_sweep_goes_on_only_with_the_config_it_started_with(tmp_path):
+    """Tune restores its own search and every trial row is keyed by its parameters alone: a sweep run
+    on with another config would mix two studies in one table. Where it runs may change."""
+    from classit.sweep.plan import experiment_dir
+    from classit.sweep.runner import STATE_FILE, finished_sweep
+    from classit.sweep.status import write_sweep_file
+
+    def config(*overrides):
+        data = {"sweep": {"name": "s", "space": {"curriculum": {"choice": ["pt", "switch"]}}, "num_samples": 6},
+                "run": {"storage_path": str(tmp_path / "runs")}}
+        for key, value in overrides:
+            *sections, field = key.split(".")
+            node = data
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[field] = value
+        return validate(parse_config(data))
+
+    started = config()
+    experiment = experiment_dir(started)
+    write_sweep_file(experiment, started)
+    (experiment / STATE_FILE).write_bytes(b"")
+    results = str(experiment / "results")
+    moved = config(("run.storage_path", os.path.relpath(tmp_path / "runs")), ("evaluation.actors", 1),
+                   ("run.keep_optimizer_states", 2), ("distributed.cpus_per_worker", 0.5))
+    assert finished_sweep(moved, experiment, results, ["val_loss"], resume=True) is None
+    changed = config(("sweep.num_samples", 7), ("instruct.train.learning_rate", 1e-4))
+    with pytest.raises(ConfigError) as resumed:
+        finished_sweep(changed, experiment, results, ["val_loss"], resume=True)
+    assert str(resumed.value) == ("--resume: sweep s was started with another config (instruct.train.learning_rate: "
+                                  "2e-05 -> 0.0001; sweep.num_samples: 6 -> 7): resume it with that one (its "
+                                  "sweep.json holds it) or choose another sweep.name")
+    with pytest.raises(ConfigError, match=r"^sweep.name: s already exists at .*, started with another config "
+                                          r"\(instruct.train.learning_rate: 2e-05 -> 0.0001; sweep.num_samples"):
+        finished_sweep(changed, experiment, results, ["val_loss"], resume=False)

@@ -95,18 +95,43 @@ def finished_sweep(cfg: ClassitConfig, experiment: Path, results_root: str, obje
     """The leaderboard of a sweep of this name that already finished (None if there is none, or
     when resuming); a sweep of this name left unfinished is refused without `--resume`. Finished:
     Tune ended every planned trial (twins, the same parameters drawn twice, share one row)."""
-    from classit.sweep.status import ended_trials
+    from classit.sweep.status import ended_trials, started_config
 
-    if resume:
-        if not (experiment / STATE_FILE).exists():
-            raise ConfigError(f"--resume: no sweep to resume at {experiment}")
-        return None
+    if resume and not (experiment / STATE_FILE).exists():
+        raise ConfigError(f"--resume: no sweep to resume at {experiment}")
     if not experiment.exists():
+        return None
+    started = started_config(experiment)
+    if started is not None and (changes := config_changes(started, cfg)):
+        shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
+        if resume:
+            raise ConfigError(f"--resume: sweep {cfg.sweep.name} was started with another config ({shown}): resume "
+                              f"it with that one (its sweep.json holds it) or choose another sweep.name")
+        raise ConfigError(f"sweep.name: {cfg.sweep.name} already exists at {experiment}, started with another config "
+                          f"({shown}): choose another sweep.name")
+    if resume:
         return None
     if len(ended_trials(experiment)) < planned_trial_count(cfg):
         raise ConfigError(f"sweep.name: {cfg.sweep.name} already exists at {experiment}, unfinished; "
                           f"pass --resume to continue it or choose another sweep.name")
     return leaderboard(read_trials(results_root), objectives, cfg.sweep.modes)
+
+
+# Where a sweep runs and is tracked, not what it computes: a sweep may go on with these changed.
+# (Tune keeps its own search settings on a resume, and every trial shares its sweep's config.)
+PLACEMENT_FIELDS = ("run.storage_path", "run.cache_dir", "run.keep_optimizer_states", "tracking.",
+                    "evaluation.actors", "evaluation.cpus_per_actor", "evaluation.gpus_per_actor",
+                    "evaluation.actor_resources", "distributed.cpus_per_worker", "distributed.worker_resources",
+                    "distributed.max_failures", "sweep.max_failures")
+
+
+def config_changes(started: ClassitConfig, now: ClassitConfig) -> list[str]:
+    """`field: before -> now` for every field but the placement ones that differs."""
+    from classit.results import config_columns
+
+    before, after = (config_columns(c, prefix="", exclude=frozenset()) for c in (started, now))
+    return [f"{column[1:]}: {before.get(column)} -> {value}" for column, value in after.items()
+            if before.get(column) != value and not column[1:].startswith(PLACEMENT_FIELDS)]
 
 
 def log_bases(cfg: ClassitConfig, log) -> dict[str, ClassitConfig]:

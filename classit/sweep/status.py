@@ -16,6 +16,7 @@ from pathlib import Path
 
 from classit.artefacts import commit_file, parse_json
 from classit.config import ClassitConfig, ConfigError
+from classit.units import one_line
 
 SWEEP_FILE = "sweep.json"
 # `twin`: the same parameters drawn again (a search without a parameter to vary, or a repeated draw);
@@ -31,6 +32,17 @@ def write_sweep_file(experiment: Path, cfg: ClassitConfig) -> None:
     record = {"config": cfg.model_dump(mode="json"), "pid": os.getpid(), "host": socket.gethostname(),
               "started": time.time()}
     commit_file(lambda tmp: Path(tmp).write_text(json.dumps(record)), experiment / SWEEP_FILE)
+
+
+def started_config(experiment: Path) -> ClassitConfig | None:
+    """The config the sweep in this folder was started with (None: no sweep started here)."""
+    path = experiment / SWEEP_FILE
+    if not path.is_file():
+        return None
+    try:
+        return ClassitConfig.model_validate(parse_json(path.read_text(), path)["config"])
+    except ValueError as err:
+        raise ConfigError(f"{path}: not a config classit reads ({one_line(err)[:200]})") from None
 
 
 def driver_alive(record: dict) -> bool | None:
@@ -79,7 +91,7 @@ def sweep_status(experiment: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{experiment}: no {SWEEP_FILE} here: not a sweep's folder (<storage>/<sweep>)")
     record = parse_json(path.read_text(), path)
-    cfg = ClassitConfig.model_validate(record["config"])
+    cfg = started_config(experiment)
     sweep = cfg.sweep
     objectives = [objective_key(m) for m in sweep.metrics]
     alive = driver_alive(record)
