@@ -56,7 +56,6 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_instruct(args) -> int:
-
     for flag, key in (("curriculum", "instruct.curriculum"), ("mix_ratio", "instruct.mix_ratio")):
         if getattr(args, flag) is not None:
             args.overrides.append(f"{key}={getattr(args, flag)}")
