@@ -154,14 +154,20 @@ def ray_processes_left(marker: str, seconds: float) -> list[str]:
     return left
 
 
-def actors(class_name: str, alive_only: bool = True) -> list:
+def actors(class_name: str, alive_only: bool = True, seconds: float = 10) -> list:
     """Actors of a class in the Ray cluster this process is connected to, asked by its address so
-    that another Ray instance on the machine cannot make the lookup ambiguous."""
+    that another Ray instance on the machine cannot make the lookup ambiguous. Every caller looks
+    for actors it knows exist, and Ray's state API once answered a sweep's six trials with none:
+    asked again while it lists none, for up to `seconds`."""
     import ray
     from ray.util.state import list_actors
 
     filters = [("class_name", "=", class_name)] + ([("state", "=", "ALIVE")] if alive_only else [])
-    return list_actors(address=ray.get_runtime_context().gcs_address, filters=filters)
+    deadline = time.time() + seconds
+    while not (found := list_actors(address=ray.get_runtime_context().gcs_address, filters=filters)) \
+            and time.time() < deadline:
+        time.sleep(0.5)
+    return found
 
 
 def train_tiny_checkpoint(tmp: Path, steps: int = 40) -> Path:
