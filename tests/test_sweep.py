@@ -55,7 +55,13 @@ def test_optuna_define_by_run_is_conditional():
 
 @pytest.mark.parametrize("sweep, message", [
     ({"space": {"curriculum": {"choice": ["pt", "bogus"]}}}, "sweep.space.curriculum: value 'bogus'"),
-    ({"space": {"mix_ratio": {"uniform": [0.2, 1.5]}}}, "sweep.space.mix_ratio: value 1.5"),
+    ({"space": {"curriculum": {"choice": ["merged"]}, "mix_ratio": {"uniform": [0.2, 1.5]}}},
+     "sweep.space.mix_ratio: value 1.5"),
+    # A parameter no curriculum of the sweep draws would be listed, planned and never varied.
+    ({"space": {"mix_ratio": {"uniform": [0.2, 0.8]}}},
+     "sweep.space.mix_ratio: drawn for merged only, and the sweep's curricula are switch_wiki"),
+    ({"space": {"curriculum": {"choice": ["pt"]}, "learning_rate": {"choice": [1e-4]}}},
+     "sweep.space.learning_rate: not drawn for pt, which trains nothing, and the sweep's curricula are pt"),
     ({"space": {}}, "sweep.space: empty search space"),
     ({"space": {"learning_rate": {"choice": [1e-4]}}, "sedes": [1]}, "sweep.sedes: unknown key"),
     ({"space": {"instruct.train.lr": {"choice": [1e-4]}}}, "sweep.space.instruct.train.lr: instruct.train.lr is not"),

@@ -86,10 +86,16 @@ def apply_params(base: ClassitConfig, params: dict[str, Any]) -> ClassitConfig:
 
 
 def check_space(base: ClassitConfig) -> None:
-    """Every parameter names a real config field and every value it can take validates."""
+    """Every parameter names a real config field, is drawn for some curriculum the sweep takes, and
+    every value it can take validates."""
     sweep = base.sweep
+    curricula = _corner_values(sweep.space["curriculum"]) if "curriculum" in sweep.space else [base.instruct.curriculum]
     for name, dim in sweep.space.items():
         _check_field_exists(base, name, config_path(name))
+        if is_conditional(name) and not any(applies(name, curriculum) for curriculum in curricula):
+            drawn = "drawn for merged only" if name == "mix_ratio" else "not drawn for pt, which trains nothing"
+            raise ConfigError(f"sweep.space.{name}: {drawn}, and the sweep's curricula are "
+                              f"{', '.join(map(str, curricula))}")
         for value in _corner_values(dim):
             params = {name: value, **({"curriculum": "merged"} if name == "mix_ratio" else {})}
             try:
