@@ -100,6 +100,8 @@ def evaluation_tasks(args) -> list[str]:
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ConfigError(f"--tasks: unknown task {', '.join(unknown)} (known: {', '.join(TASKS)})")
+    if twice := sorted({t for t in tasks if tasks.count(t) > 1}):
+        raise ConfigError(f"--tasks: {', '.join(twice)} named twice")
     if "aoa" in tasks:
         raise ConfigError("--tasks: aoa scores a run's series of BabyLM-mark checkpoints, not one checkpoint: "
                           "use classit aoa RUN_DIR ...")

@@ -361,6 +361,8 @@ class EvaluationConfig(Section):
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown:
             raise ValueError(f"tasks: unknown task {', '.join(map(repr, unknown))} (known: {', '.join(TASKS)})")
+        if twice := sorted({t for t in self.tasks if self.tasks.count(t) > 1}):
+            raise ValueError(f"tasks: {', '.join(twice)} named twice")
         if self.data_dir is not None and not self.data_dir.is_dir():
             raise ValueError(f"data_dir: no such folder: {self.data_dir}")
         return self

@@ -91,6 +91,15 @@ def test_evaluation_actor_flags_out_of_range_are_named(tmp_path, base, command, 
     assert line == f"classit: error: {flag} {value}: must be at least {1 if flag == '--actors' else 0}"
 
 
+def test_a_task_named_twice_is_refused(tmp_path, base):
+    # Before: both copies were scored, the same rows written twice over.
+    assert run_cli("evaluate", "--model", str(base), "--data-dir", str(tmp_path), "--tasks", "blimp,ewok,blimp") \
+        == "classit: error: --tasks: blimp named twice"
+    config = tmp_path / "twice.yaml"
+    config.write_text("evaluation: {tasks: [blimp, ewok, blimp]}\n")
+    assert run_cli("pretrain", "--config", str(config)) == f"classit: error: {config}: evaluation.tasks: blimp named twice"
+
+
 def test_a_corpus_that_cannot_be_trained_on_is_named(tmp_path):
     import datasets
 

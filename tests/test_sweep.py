@@ -72,6 +72,8 @@ def test_optuna_define_by_run_is_conditional():
     ({"space": {"learning_rate": {"choice": [1e-4]}}, "metrics": ["babylm:nlp"], "modes": ["max"]},
      "sweep.metrics: 'babylm:nlp' needs tasks blimp_supplement, ewok, entity_tracking, comps, boolq, mnli, "
      "mrpc, multirc, qqp, rte, wsc in evaluation.tasks"),
+    ({"space": {"learning_rate": {"choice": [1e-4]}}, "metrics": ["blimp", "blimp:average:accuracy"],
+      "modes": ["max", "max"]}, "sweep.metrics: 'blimp' and 'blimp:average:accuracy' are one objective"),
     ({"space": {"learning_rate": {"choice": [1e-4]}}, "metrics": ["babylm:overall"], "modes": ["max"]},
      "sweep.metrics: 'babylm:overall': unknown aggregate (known: babylm:human_likeness, babylm:nlp, babylm:macro)"),
 ])

@@ -51,11 +51,15 @@ def validate(cfg: ClassitConfig) -> ClassitConfig:
 def check_objectives(cfg: ClassitConfig) -> None:
     """Each of `sweep.metrics` names a score the sweep's evaluation writes: a known task, subtask
     and metric, every task it needs evaluated, and a breakdown's value present in the task's data."""
+    named: dict[str, str] = {}
     for spec in cfg.sweep.metrics:
         try:
             key = objective_key(spec)
         except ValueError as err:
             raise ConfigError(f"sweep.metrics: {spec!r}: {err}") from None
+        if key in named:
+            raise ConfigError(f"sweep.metrics: {named[key]!r} and {spec!r} are one objective, {key}")
+        named[key] = spec
         if is_loss_objective(key):
             dataset = key.removeprefix("val_loss").removeprefix(":")
             if dataset and dataset not in cfg.instruct.datasets:
