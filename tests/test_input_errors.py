@@ -97,7 +97,8 @@ def test_a_task_named_twice_is_refused(tmp_path, base):
         == "classit: error: --tasks: blimp named twice"
     config = tmp_path / "twice.yaml"
     config.write_text("evaluation: {tasks: [blimp, ewok, blimp]}\n")
-    assert run_cli("pretrain", "--config", str(config)) == f"classit: error: {config}: evaluation.tasks: blimp named twice"
+    assert run_cli("pretrain", "--config", str(config)) == \
+        f"classit: error: {config}: evaluation.tasks: blimp named twice"
 
 
 def test_a_corpus_that_cannot_be_trained_on_is_named(tmp_path):
