@@ -10,6 +10,8 @@ import hashlib
 import json
 import re
 import string
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -533,11 +535,35 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         raise ConfigError(f"override {override!r}: expected KEY=VALUE, e.g. pretrain.learning_rate=1e-4")
     *parents, leaf = key.strip().split(".")
     node = data
-    for part in parents:
-        node = node.setdefault(part, {})
+    for depth, part in enumerate(parents):
+        if part not in node:  # a map's default entries stay, beside the one changed (instruct.datasets.switch...)
+            node[part] = map_default(parents[:depth + 1]) or {}
+        node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"override {override!r}: {part} is not a section")
     node[leaf] = yaml.safe_load(raw)
+
+
+def section_class(annotation) -> type[BaseModel] | None:
+    """The pydantic section class an annotation holds (`X` or `X | None`), else None."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] \
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType) else [annotation]
+    return args[0] if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], BaseModel) else None
+
+
+def map_default(path: list[str]) -> dict[str, Any] | None:
+    """The default entries of the config's map field at `path` (e.g. instruct.datasets) as config
+    data; None where `path` is not a map field."""
+    model = ClassitConfig
+    for part in path[:-1]:
+        field = model.model_fields.get(part)
+        if field is None or (model := section_class(field.annotation)) is None:
+            return None
+    field = model.model_fields.get(path[-1])
+    if field is None or typing.get_origin(field.annotation) is not dict:
+        return None
+    return {name: entry.model_dump(mode="json", exclude_unset=True) if isinstance(entry, BaseModel) else entry
+            for name, entry in field.get_default(call_default_factory=True).items()}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ClassitConfig:

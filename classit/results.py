@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from classit.config import section_class
 from classit.evaluate.aggregates import NAMES as AGGREGATES
 from classit.units import one_line
 
@@ -106,15 +107,6 @@ def _choice_type(values: list) -> pa.DataType:
     return pa.string()  # strings, and lists (explicit stage orders) as JSON
 
 
-def _section(annotation):
-    """The pydantic section class an annotation holds (`X` or `X | None`), else None."""
-    from pydantic import BaseModel
-
-    args = [a for a in typing.get_args(annotation) if a is not type(None)] \
-        if typing.get_origin(annotation) in (typing.Union, types.UnionType) else [annotation]
-    return args[0] if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], BaseModel) else None
-
-
 def _scalar_type(annotation) -> pa.DataType:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -132,7 +124,7 @@ def _config_fields(model, prefix: str, exclude=frozenset()) -> list[tuple[str, p
     for name, info in model.model_fields.items():
         if name in exclude:
             continue
-        section = _section(info.annotation)
+        section = section_class(info.annotation)
         fields += (_config_fields(section, f"{prefix}.{name}") if section is not None
                    else [(f"{prefix}.{name}", _scalar_type(info.annotation))])
     return fields
@@ -145,7 +137,7 @@ def config_columns(cfg, prefix: str = "config", exclude=frozenset({"sweep"})) ->
         if name in exclude:
             continue
         value, column = getattr(cfg, name), f"{prefix}.{name}"
-        section = _section(type(cfg).model_fields[name].annotation)
+        section = section_class(type(cfg).model_fields[name].annotation)
         if section is not None:
             out.update(config_columns(value, column, frozenset()) if value is not None else
                        {c: None for c, _ in _config_fields(section, column)})

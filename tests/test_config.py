@@ -87,6 +87,18 @@ def test_overrides_and_defaults(tmp_path):
         load_config(None, ["nonsense"])
 
 
+def test_an_override_inside_a_default_map_changes_one_entry_and_keeps_the_others(tmp_path):
+    # Before: `instruct.datasets.switch.max_records=100` made `datasets` {switch: {max_records: 100}}, which
+    # has no source ("give exactly one of path, ..."), and dropped the default wiki set.
+    datasets = load_config(None, ["instruct.datasets.switch.max_records=100"]).instruct.datasets
+    assert set(datasets) == {"switch", "wiki"}
+    assert (datasets["switch"].synthetic, datasets["switch"].max_records) == ("conversation", 100)
+    assert (datasets["wiki"].synthetic, datasets["wiki"].max_records) == ("qa", None)
+    # A map the file gives is the file's: an override adds to it.
+    written = write(tmp_path, "instruct:\n  curriculum: [{datasets: [qa]}]\n  datasets:\n    qa: {synthetic: qa}\n")
+    assert set(load_config(written, ["instruct.datasets.qa.max_records=5"]).instruct.datasets) == {"qa"}
+
+
 def test_two_corpus_sources_rejected(tmp_path):
     with pytest.raises(ConfigError, match="corpus: give one corpus source"):
         parse_config({"corpus": {"path": str(tmp_path), "hf_dataset": "x"}})
