@@ -7,6 +7,8 @@ no biases, RMSNorm, head size 64, full multi-head attention, FFN = 4 x hidden).
 from __future__ import annotations
 
 import functools
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from classit.config import LoadError
@@ -65,6 +67,24 @@ def load_checkpoint(folder, **kwargs) -> PreTrainedModel:
         return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     except Exception as err:
         raise LoadError(f"{folder}: the checkpoint does not load ({one_line(err)})") from err
+
+
+def check_weights(folder: Path) -> None:
+    """A checkpoint's safetensors files whole: each header parses and its tensors end where the file
+    does. Headers only, no torch: a driver checks a base this way before Ray starts a run on it."""
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        size = path.stat().st_size
+        try:
+            with open(path, "rb") as f:
+                length = int.from_bytes(f.read(8), "little")
+                if not 0 < length <= size - 8:
+                    raise ValueError(f"a header of {length} bytes in a file of {size}")
+                header = json.loads(f.read(length))
+            end = 8 + length + max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError) as err:
+            raise LoadError(f"{path}: not a whole safetensors file ({one_line(err)})") from None
+        if end != size:
+            raise LoadError(f"{path}: not a whole safetensors file ({size} bytes, its tensors end at {end})")
 
 
 def count_parameters(model) -> int:

@@ -91,6 +91,24 @@ def test_evaluation_actor_flags_out_of_range_are_named(tmp_path, base, command, 
     assert line == f"classit: error: {flag} {value}: must be at least {1 if flag == '--actors' else 0}"
 
 
+def test_a_base_whose_weights_are_cut_short_is_named_before_ray(tmp_path, base):
+    # Before: each training worker raised LoadError, its traceback on the console, once Ray had started.
+    import shutil
+
+    from classit.models import check_weights
+
+    check_weights(base)  # whole
+    cut = tmp_path / "cut"
+    shutil.copytree(base, cut)
+    weights = cut / "model.safetensors"
+    size = weights.stat().st_size
+    with open(weights, "r+b") as f:
+        f.truncate(size // 2)
+    line = run_cli("instruct", "--base", str(cut), "--curriculum", "switch", *small(tmp_path))
+    assert line.startswith(f"classit: error: {weights}: not a whole safetensors file ({size // 2} bytes, its "
+                           f"tensors end at {size})"), line
+
+
 def test_a_task_named_twice_is_refused(tmp_path, base):
     # Before: both copies were scored, the same rows written twice over.
     assert run_cli("evaluate", "--model", str(base), "--data-dir", str(tmp_path), "--tasks", "blimp,ewok,blimp") \

@@ -93,14 +93,28 @@ def test_pt_trains_nothing_and_records_the_base_as_its_run_with_its_validation_l
 
 
 def test_pt_on_a_base_whose_weights_do_not_load_fails_like_a_training_run_naming_the_base(base):
+    """Weights that do not load fail as a training run does; a file cut short, before it starts."""
     import shutil
 
     from ray.train import WorkerGroupError
 
+    from safetensors.torch import load_file, save_file
+
+    from classit.config import LoadError
+
     tmp, checkpoint = base
-    bad = tmp / "cut-short"
+    # A whole file whose first tensor has the wrong shape: only loading the model finds it.
+    bad = tmp / "wrong-shape"
     shutil.copytree(checkpoint, bad)
-    weights = bad / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])
+    tensors = load_file(bad / "model.safetensors")
+    first = sorted(tensors)[0]
+    save_file({**tensors, first: tensors[first][:1].clone()}, bad / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(WorkerGroupError, match=f"{bad}: the checkpoint does not load"):
-        run_instruct(instruct_config(tmp, "pt", "pt-cut-short"), bad)
+        run_instruct(instruct_config(tmp, "pt", "pt-wrong-shape"), bad)
+    # A file cut short is named before anything starts.
+    cut = tmp / "cut-short"
+    shutil.copytree(checkpoint, cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(LoadError, match=f"{weights}: not a whole safetensors file"):
+        run_instruct(instruct_config(tmp, "pt", "pt-cut-short"), cut)

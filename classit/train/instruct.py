@@ -210,7 +210,9 @@ def prepare_instruct(cfg: ClassitConfig, base: Path) -> InstructJob:
     over-budget plan fails here."""
     from classit.artefacts import artefact_dir, commit_folder, files_fingerprint, is_complete, read_marker
     from classit.config import config_hash
+    from classit.models import check_weights
 
+    check_weights(base)  # cut short or damaged: named now, not by every training worker once Ray has started
     base_files = [p for p in base.iterdir() if p.is_file()]
     if cfg.run.name is None:  # by the base's content, not its path: a base saved again in its folder is a new run
         cfg = named(cfg, instruct_kind(cfg), files_fingerprint(base_files))
