@@ -322,6 +322,8 @@ class InstructConfig(Section):
             needed = {"pt": []}.get(self.curriculum, ["switch", "wiki"] if self.curriculum in
                                     ("merged", "switch_wiki", "wiki_switch") else [self.curriculum])
             where = f"curriculum {self.curriculum}"
+        elif not self.curriculum:
+            raise ValueError("curriculum: a list of no stages (the base alone is the curriculum pt)")
         else:
             needed = [d for stage in self.curriculum for d in stage.datasets]
             where = "curriculum"

@@ -22,6 +22,7 @@ def write(tmp_path, text):
     ("model:\n  preset: llama-7b\n", "model.preset"),
     ("corpus:\n  block_size: 0\n", "corpus.block_size"),
     ("distributed:\n  zero_stage: 3\n  compile: true\n", "distributed.compile"),
+    ("instruct:\n  curriculum: []\n", "instruct.curriculum: a list of no stages"),
 ])
 def test_bad_config_is_one_line_naming_the_field(tmp_path, capsys, text, field):
     code = main(["pretrain", "--config", str(write(tmp_path, text))])
