@@ -492,6 +492,16 @@ class ClassitConfig(Section):
                 update={"batch_size": micro, "gradient_accumulation_steps": per_worker // micro}))
         return self
 
+    @model_validator(mode="after")
+    def _blocks_fit_the_model(self) -> ClassitConfig:
+        from classit.models import PRESETS
+
+        positions = PRESETS[self.model.preset]["max_position_embeddings"]
+        if self.corpus.block_size > positions:
+            raise ValueError(f"corpus.block_size: {self.corpus.block_size} tokens, more than the {self.model.preset} "
+                             f"preset's {positions} positions (model.preset)")
+        return self
+
 
 def _is_branch_tag(part) -> bool:
     # Pydantic names the branches of a union in the error location, e.g. "literal['pt',...]".

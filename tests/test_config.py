@@ -23,6 +23,7 @@ def write(tmp_path, text):
     ("corpus:\n  block_size: 0\n", "corpus.block_size"),
     ("distributed:\n  zero_stage: 3\n  compile: true\n", "distributed.compile"),
     ("instruct:\n  curriculum: []\n", "instruct.curriculum: a list of no stages"),
+    ("corpus:\n  block_size: 1024\n", "corpus.block_size: 1024 tokens, more than the tiny preset's 512 positions"),
 ])
 def test_bad_config_is_one_line_naming_the_field(tmp_path, capsys, text, field):
     code = main(["pretrain", "--config", str(write(tmp_path, text))])

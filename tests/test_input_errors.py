@@ -91,7 +91,7 @@ def test_evaluation_actor_flags_out_of_range_are_named(tmp_path, base, command, 
     assert line == f"classit: error: {flag} {value}: must be at least {1 if flag == '--actors' else 0}"
 
 
-def test_a_base_whose_weights_are_cut_short_is_named_before_ray(tmp_path, base):
+def test_a_base_cut_short_or_too_short_for_the_sequences_is_named_before_ray(tmp_path, base):
     # Before: each training worker raised LoadError, its traceback on the console, once Ray had started.
     import shutil
 
@@ -107,6 +107,11 @@ def test_a_base_whose_weights_are_cut_short_is_named_before_ray(tmp_path, base):
     line = run_cli("instruct", "--base", str(cut), "--curriculum", "switch", *small(tmp_path))
     assert line.startswith(f"classit: error: {weights}: not a whole safetensors file ({size // 2} bytes, its "
                            f"tensors end at {size})"), line
+    # Sequences longer than the base has positions: named with the base's own count.
+    line = run_cli("instruct", "--base", str(base), "--curriculum", "switch", "--set", "instruct.max_length=1024",
+                   *small(tmp_path))
+    assert line == (f"classit: error: instruct.max_length: 1024 tokens, more than the base's 512 positions "
+                    f"({base / 'config.json'})")
 
 
 def test_a_task_named_twice_is_refused(tmp_path, base):

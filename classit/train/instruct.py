@@ -8,6 +8,7 @@ is validated on the same records: the union of every dataset's validation split.
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from classit.config import ClassitConfig, InstructTrainConfig
+from classit.config import ClassitConfig, ConfigError, InstructTrainConfig
 from classit.train.runner import MetricRows, RayReporter, WorkerPayload, make_trainer, named, quiet_worker
 
 BASE_ONLY_CHECKPOINT = "pt-final"
@@ -213,6 +214,10 @@ def prepare_instruct(cfg: ClassitConfig, base: Path) -> InstructJob:
     from classit.models import check_weights
 
     check_weights(base)  # cut short or damaged: named now, not by every training worker once Ray has started
+    positions = json.loads((base / "config.json").read_text()).get("max_position_embeddings")
+    if positions and cfg.instruct.max_length > positions:
+        raise ConfigError(f"instruct.max_length: {cfg.instruct.max_length} tokens, more than the base's {positions} "
+                          f"positions ({base / 'config.json'})")
     base_files = [p for p in base.iterdir() if p.is_file()]
     if cfg.run.name is None:  # by the base's content, not its path: a base saved again in its folder is a new run
         cfg = named(cfg, instruct_kind(cfg), files_fingerprint(base_files))
