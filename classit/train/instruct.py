@@ -214,10 +214,11 @@ def prepare_instruct(cfg: ClassitConfig, base: Path) -> InstructJob:
     from classit.models import check_weights
 
     check_weights(base)  # cut short or damaged: named now, not by every training worker once Ray has started
-    positions = json.loads((base / "config.json").read_text()).get("max_position_embeddings")
+    model_config = base / "config.json"
+    positions = json.loads(model_config.read_text()).get("max_position_embeddings") if model_config.is_file() else None
     if positions and cfg.instruct.max_length > positions:
         raise ConfigError(f"instruct.max_length: {cfg.instruct.max_length} tokens, more than the base's {positions} "
-                          f"positions ({base / 'config.json'})")
+                          f"positions ({model_config})")
     base_files = [p for p in base.iterdir() if p.is_file()]
     if cfg.run.name is None:  # by the base's content, not its path: a base saved again in its folder is a new run
         cfg = named(cfg, instruct_kind(cfg), files_fingerprint(base_files))
