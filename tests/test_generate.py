@@ -115,12 +115,13 @@ def test_a_config_without_any_generated_dataset_is_refused(tmp_path, capsys):
         GenerateConfig.model_validate({"articles": str(path), "teacher": "synthetic"})
 
 
-def test_a_dry_run_before_the_set_is_generated_says_which_command_makes_it(tmp_path, capsys):
+def test_a_dry_run_before_the_set_is_generated_says_which_command_makes_it(tmp_path, capsys, qa_teacher):
     """A dry run starts no Ray, so it generates nothing: it names the set's field and what makes it."""
     import ray
 
     path = _write_config(tmp_path)
-    sweep = ["--set", "sweep.space.curriculum.choice=[wiki]"]
+    # The demo teacher of this spec is trained already, in the session's cache.
+    sweep = ["--set", "sweep.space.curriculum.choice=[wiki]", "--set", f"run.cache_dir={qa_teacher.parent}"]
     assert main(["sweep", "--config", str(path), *sweep, "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("classit: error: instruct.datasets.wiki.generate: the set is not "
