@@ -421,6 +421,18 @@ def test_status_of_a_sweep_whose_record_is_damaged_names_the_file_in_one_line(tm
                                        "line 1 column 13 (char 12))\n")
 
 
+def test_status_of_a_storage_folder_is_its_newest_sweeps(tmp_path, capsys):
+    from classit.cli import main
+    from classit.sweep.status import write_sweep_file
+
+    for name in ("older", "newer"):
+        write_sweep_file(tmp_path / "runs" / name, sweep_config(name=name))
+    assert main(["status", str(tmp_path / "runs")]) == 0
+    assert capsys.readouterr().out.startswith("sweep newer: ")
+    assert main(["status", str(tmp_path / "runs" / "older")]) == 0
+    assert capsys.readouterr().out.startswith("sweep older: ")
+
+
 def test_a_sweep_goes_on_only_with_the_config_it_started_with(tmp_path):
     """Tune restores its own search and every trial row is keyed by its parameters alone: a sweep run
     on with another config would mix two studies in one table. Where it runs may change."""
