@@ -132,8 +132,13 @@ def test_a_corpus_that_cannot_be_trained_on_is_named(tmp_path):
     (babylm / "childes.train").write_text("the only line .\n")
     saved = tmp_path / "saved"
     datasets.Dataset.from_dict({"txt": ["a cat sat on the mat ."] * 40}).save_to_disk(str(saved))
+    latin1 = tmp_path / "latin1"
+    latin1.mkdir()
+    (latin1 / "childes.train").write_bytes(b"the cat sat .\n" * 40 + "un caf\xe9 .\n".encode("latin-1"))
     cases = [
         (["--set", f"corpus.path={babylm}"], f"corpus.path {babylm}: too few lines after cleaning (1 train, 0 validation"),
+        # Read as UTF-8 with replacement before: words the corpus lacks, counted against the budget.
+        (["--set", f"corpus.path={latin1}"], f"{latin1 / 'childes.train'}:41: not UTF-8 text (UnicodeDecodeError"),
         (["--set", f"corpus.hf_dataset={tmp_path / 'none'}"], f"corpus.hf_dataset: {tmp_path / 'none'} (split train) does not load"),
         (["--set", f"corpus.hf_dataset={saved}"], f"corpus.text_column: dataset {saved} has no column 'text'"),
         # 36 lines of 7 tokens: a few blocks of 64 tokens, fewer than the 8 x 2 rows of one step.

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from classit.artefacts import (artefact_dir, building, commit_file, commit_folder, files_fingerprint, is_complete,
                                mark_complete, read_marker, stat_signature)
-from classit.config import ClassitConfig, ConfigError, CorpusConfig, SyntheticCorpusConfig, config_hash
+from classit.config import ClassitConfig, ConfigError, CorpusConfig, LoadError, SyntheticCorpusConfig, config_hash
 from classit.models import PRESETS
 from classit.units import one_line
 
@@ -99,10 +99,14 @@ def split_train_validation(lines: list, validation_fraction: float, seed: int) -
 
 
 def file_lines(path: Path) -> Iterator[str]:
-    """A text file's lines, cut as `str.splitlines` cuts them, read a line at a time."""
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for line in f:
-            yield from line.splitlines()
+    """A text file's lines, cut as `str.splitlines` cuts them, read a line at a time. Bytes that are
+    not UTF-8 stop it, naming the file and line: replaced, they would be words the corpus lacks."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                yield from raw.decode("utf-8").splitlines()
+            except UnicodeDecodeError as err:
+                raise LoadError(f"{path}:{number}: not UTF-8 text ({one_line(err)})") from None
 
 
 def read_babylm_folder(folder: Path) -> dict[str, Iterator[str]]:
