@@ -37,10 +37,13 @@ def write_sweep_file(experiment: Path, cfg: ClassitConfig) -> None:
 def started_config(experiment: Path) -> ClassitConfig | None:
     """The config the sweep in this folder was started with (None: no sweep started here)."""
     path = experiment / SWEEP_FILE
-    if not path.is_file():
-        return None
+    return record_config(parse_json(path.read_text(), path), path) if path.is_file() else None
+
+
+def record_config(record: dict, path: Path) -> ClassitConfig:
+    """The config a sweep's record (its `sweep.json`, at `path`) holds."""
     try:
-        return ClassitConfig.model_validate(parse_json(path.read_text(), path)["config"])
+        return ClassitConfig.model_validate(record["config"])
     except ValueError as err:
         raise ConfigError(f"{path}: not a config classit reads ({one_line(err)[:200]})") from None
 
@@ -91,7 +94,7 @@ def sweep_status(experiment: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{experiment}: no {SWEEP_FILE} here: not a sweep's folder (<storage>/<sweep>)")
     record = parse_json(path.read_text(), path)
-    cfg = started_config(experiment)
+    cfg = record_config(record, path)
     sweep = cfg.sweep
     objectives = [objective_key(m) for m in sweep.metrics]
     alive = driver_alive(record)
