@@ -88,7 +88,7 @@ def checkpoint_folder(flag: str, path: str) -> Path:
 
 def evaluation_tasks(args) -> list[str]:
     """`classit evaluate`'s flags checked before Ray starts (each failure one line naming the flag): its tasks."""
-    from classit.evaluate.catalog import TASKS
+    from classit.evaluate.catalog import task_names_problem
     from classit.evaluate.tasks.inputs import missing_input
     from classit.evaluate.tasks import zero_shot
 
@@ -97,11 +97,8 @@ def evaluation_tasks(args) -> list[str]:
     for model in args.model:
         checkpoint_folder("--model", model)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise ConfigError(f"--tasks: unknown task {', '.join(unknown)} (known: {', '.join(TASKS)})")
-    if twice := sorted({t for t in tasks if tasks.count(t) > 1}):
-        raise ConfigError(f"--tasks: {', '.join(twice)} named twice")
+    if problem := task_names_problem(tasks):
+        raise ConfigError(f"--tasks: {problem}")
     if "aoa" in tasks:
         raise ConfigError("--tasks: aoa scores a run's series of BabyLM-mark checkpoints, not one checkpoint: "
                           "use classit aoa RUN_DIR ...")

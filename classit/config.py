@@ -360,13 +360,10 @@ class EvaluationConfig(Section):
 
     @model_validator(mode="after")
     def _known(self) -> EvaluationConfig:
-        from classit.evaluate.catalog import TASKS
+        from classit.evaluate.catalog import task_names_problem
 
-        unknown = [t for t in self.tasks if t not in TASKS]
-        if unknown:
-            raise ValueError(f"tasks: unknown task {', '.join(map(repr, unknown))} (known: {', '.join(TASKS)})")
-        if twice := sorted({t for t in self.tasks if self.tasks.count(t) > 1}):
-            raise ValueError(f"tasks: {', '.join(twice)} named twice")
+        if problem := task_names_problem(self.tasks):
+            raise ValueError(f"tasks: {problem}")
         if self.data_dir is not None and not self.data_dir.is_dir():
             raise ValueError(f"data_dir: no such folder: {self.data_dir}")
         return self

@@ -29,6 +29,16 @@ FINETUNE_SELECT_BY = {"boolq": "accuracy", "multirc": "accuracy", "rte": "accura
                       "mrpc": "f1", "qqp": "f1", "mnli": "accuracy"}
 
 
+def task_names_problem(tasks: list[str]) -> str | None:
+    """What is wrong with a list of task names (one unknown, one named twice), or None."""
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        return f"unknown task {', '.join(map(repr, unknown))} (known: {', '.join(TASKS)})"
+    if twice := sorted({t for t in tasks if tasks.count(t) > 1}):
+        return f"{', '.join(twice)} named twice"
+    return None
+
+
 # A zero-shot task's share of items won by a tie (`tasks.zero_shot.tied_pct`), a row beside its
 # accuracy; from half of them on, the accuracy measures the tie rule, not the model.
 TIED_METRIC = "tied_pct"
