@@ -74,6 +74,9 @@ def test_optuna_define_by_run_is_conditional():
      "mrpc, multirc, qqp, rte, wsc in evaluation.tasks"),
     ({"space": {"learning_rate": {"choice": [1e-4]}}, "metrics": ["blimp", "blimp:average:accuracy"],
       "modes": ["max", "max"]}, "sweep.metrics: 'blimp' and 'blimp:average:accuracy' are one objective"),
+    # The base is the preset's, so a sequence longer than its positions is known before it trains.
+    ({"space": {"instruct.max_length": {"choice": [256, 1024]}}},
+     "instruct.max_length: 1024 tokens, more than the tiny preset's 512 positions (the base the sweep pretrains)"),
     ({"space": {"learning_rate": {"choice": [1e-4]}}, "metrics": ["babylm:overall"], "modes": ["max"]},
      "sweep.metrics: 'babylm:overall': unknown aggregate (known: babylm:human_likeness, babylm:nlp, babylm:macro)"),
 ])

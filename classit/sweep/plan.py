@@ -45,7 +45,22 @@ def validate(cfg: ClassitConfig) -> ClassitConfig:
     check_trackers(cfg)
     check_evaluation_inputs(cfg)
     check_objectives(cfg)
+    check_sequence_lengths(cfg)
     return cfg
+
+
+def check_sequence_lengths(cfg: ClassitConfig) -> None:
+    """Instruction sequences fit every base's positions: a sweep builds its bases from presets, so
+    this is known before the bases train, not once each trial starts on one."""
+    from classit.models import PRESETS
+    from classit.sweep.space import apply_params
+
+    for params in budget_candidates(cfg):
+        trial_cfg = apply_params(cfg, params)
+        preset, length = trial_cfg.model.preset, trial_cfg.instruct.max_length
+        if length > PRESETS[preset]["max_position_embeddings"]:
+            raise ConfigError(f"instruct.max_length: {length} tokens, more than the {preset} preset's "
+                              f"{PRESETS[preset]['max_position_embeddings']} positions (the base the sweep pretrains)")
 
 
 def check_objectives(cfg: ClassitConfig) -> None:
