@@ -1,6 +1,6 @@
 """fANOVA importance of the swept parameters (Optuna).
 
-    python analysis/importance.py SWEEP_DIR [--out REPORT_DIR]
+    python analysis/importance.py [SWEEP_DIR] [--out REPORT_DIR]
 """
 
 import sys
@@ -8,4 +8,4 @@ import sys
 from classit.analysis.report import main
 
 if __name__ == "__main__":
-    sys.exit(main("importance"))
+    sys.exit(main("importance", description=__doc__))

@@ -1,6 +1,6 @@
 """Validation loss and scores against words seen, from the word-budget checkpoints.
 
-    python analysis/learning_curves.py SWEEP_DIR [--out REPORT_DIR]
+    python analysis/learning_curves.py [SWEEP_DIR] [--out REPORT_DIR]
 """
 
 import sys
@@ -8,4 +8,4 @@ import sys
 from classit.analysis.report import main
 
 if __name__ == "__main__":
-    sys.exit(main("learning_curves"))
+    sys.exit(main("learning_curves", description=__doc__))

@@ -274,12 +274,10 @@ def _finish(result) -> int:
 
 
 def cmd_status(args) -> int:
-    from classit.sweep.status import SWEEP_FILE, format_status, latest_sweep, sweep_status
+    from classit.results import sweep_folder
+    from classit.sweep.status import format_status, sweep_status
 
-    folder = Path(args.sweep_dir or "runs")
-    if not (folder / SWEEP_FILE).is_file() and (args.sweep_dir is None or any(folder.glob(f"*/{SWEEP_FILE}"))):
-        folder = latest_sweep(folder)  # a storage folder: its newest sweep
-    print(format_status(sweep_status(folder)))
+    print(format_status(sweep_status(sweep_folder(Path(args.sweep_dir)))))
     return 0
 
 
@@ -329,10 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     qa.add_argument("--verbose", action="store_true", help="also show Ray Data's progress and its workers' output")
     qa.set_defaults(func=cmd_generate_qa, num_workers=None, zero_stage=None, gpu=None)
     status = sub.add_parser("status", help="how a running or finished sweep stands, from its folder's files")
-    status.add_argument("sweep_dir", nargs="?", help="<storage>/<sweep>, or <storage> for its newest sweep (default: ./runs)")
+    status.add_argument("sweep_dir", nargs="?", default="runs",
+                        help="<storage>/<sweep>, or <storage> for its newest sweep (default: ./runs)")
     status.set_defaults(func=cmd_status)
     report = sub.add_parser("report", help="tables, figures and an HTML report from a sweep's results")
-    report.add_argument("results_dir", help="a sweep's folder, <storage>/<sweep>, or its results/")
+    report.add_argument("results_dir", nargs="?", default="runs",
+                        help="a sweep's folder, <storage>/<sweep>, or its results/; or <storage> for its newest "
+                             "sweep (default: ./runs)")
     report.add_argument("--out", help="report folder (default: <storage>/<sweep>/report)")
     report.set_defaults(func=cmd_report)
     hub = sub.add_parser("export-hub", help="a run's checkpoints as a Hub repository: main and one chck_<N>M "

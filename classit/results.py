@@ -161,6 +161,20 @@ def run_dir(storage_path: str, run_name: str) -> str:
     return f"{storage_path.rstrip('/')}/{run_name}"
 
 
+SWEEP_FILE = "sweep.json"  # a sweep folder's record: its config and driver (`classit.sweep.status`)
+
+
+def sweep_folder(path: Path) -> Path:
+    """`path` if it is a sweep's folder; where it is a storage folder holding sweeps instead, the
+    sweep whose driver started last (what `classit status` and `classit report` show by default)."""
+    if (path / SWEEP_FILE).is_file():
+        return path
+    from classit.artefacts import parse_json
+
+    found = sorted(path.glob(f"*/{SWEEP_FILE}"), key=lambda p: parse_json(p.read_text(), p)["started"])
+    return found[-1].parent if found else path
+
+
 def table_dir(storage_path: str, run_name: str, table: str) -> str:
     return f"{run_dir(storage_path, run_name)}/results/{table}"
 

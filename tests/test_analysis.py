@@ -150,7 +150,7 @@ def test_the_report_takes_the_sweep_folder_too_and_bad_folders_end_in_one_line_w
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.splitlines() == [
         f"analysis/leaderboard.py: error: {missing}: no trials table (expected a sweep folder, <storage>/<sweep>, "
-        f"or its results/)"], proc.stderr
+        f"its results/ or a storage folder holding sweeps)"], proc.stderr
     assert not (tmp_path / "elsewhere").exists()
     # A sweep whose first trial has not written its row yet.
     (tmp_path / "started" / "results" / "trials").mkdir(parents=True)
@@ -162,6 +162,20 @@ def test_the_report_takes_the_sweep_folder_too_and_bad_folders_end_in_one_line_w
     (tmp_path / "a-file").write_text("")
     assert main("leaderboard", [str(sweep), "--out", str(tmp_path / "a-file")]) == 2
     assert capsys.readouterr().err == f"analysis/leaderboard.py: error: --out {tmp_path / 'a-file'}: a file, not a folder\n"
+
+
+def test_a_storage_folder_reports_its_newest_sweep(tmp_path, capsys):
+    """As `classit status` shows it: the sweep whose driver started last, whatever the names' order."""
+    from classit.analysis.report import main
+    from classit.results import SWEEP_FILE
+
+    storage = tmp_path / "runs"
+    for name, started in (("b-older", 1.0), ("a-newer", 2.0)):
+        synthetic_results(storage / name / "results", effect=2.0)
+        (storage / name / SWEEP_FILE).write_text(json.dumps({"started": started}))
+    assert main("leaderboard", [str(storage)]) == 0
+    assert capsys.readouterr().out == f"{storage / 'a-newer' / 'report' / 'leaderboard.md'}\n"
+    assert not (storage / "b-older" / "report").exists()
 
 
 def test_corrupt_results_file_is_named_in_the_report(tmp_path):

@@ -26,12 +26,16 @@ class Results:
 
 
 def results_folder(path: str | Path) -> Path:
-    """A sweep's results folder, given it or the sweep's own folder (the one `classit status` takes)."""
-    path = Path(path)
+    """A sweep's results folder, given it, the sweep's own folder (the one `classit status` takes) or
+    a storage folder (its newest sweep's)."""
+    from classit.results import sweep_folder
+
+    path = sweep_folder(Path(path))
     for folder in (path, path / "results"):
         if (folder / "trials").is_dir():
             return folder
-    raise FileNotFoundError(f"{path}: no trials table (expected a sweep folder, <storage>/<sweep>, or its results/)")
+    raise FileNotFoundError(f"{path}: no trials table (expected a sweep folder, <storage>/<sweep>, its results/ "
+                            "or a storage folder holding sweeps)")
 
 
 def load(results_dir: str | Path) -> Results:

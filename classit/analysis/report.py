@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from classit.analysis import data, stats
+from classit.config import ConfigError
 
 
 def markdown(frame: pd.DataFrame, floats: str = "{:.4g}") -> str:
@@ -314,16 +315,19 @@ def _markdown_to_html(text: str) -> str:
     return "\n".join(parts)
 
 
-def main(name: str, argv: list[str] | None = None, prog: str | None = None) -> int:
+def main(name: str, argv: list[str] | None = None, prog: str | None = None, description: str | None = None) -> int:
     """An analysis script (or `classit report`): bad input ends in one line on stderr, exit code 2,
     with nothing written."""
-    parser = argparse.ArgumentParser(prog=prog or f"analysis/{name}.py", description=f"classit analysis: {name}")
-    parser.add_argument("results_dir", help="a sweep's folder, <storage>/<sweep>, or its results/")
+    parser = argparse.ArgumentParser(prog=prog or f"analysis/{name}.py", description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results_dir", nargs="?", default="runs",
+                        help="a sweep's folder, <storage>/<sweep>, or its results/; or <storage> for its newest "
+                             "sweep (default: ./runs)")
     parser.add_argument("--out", help="report folder (default: <storage>/<sweep>/report)")
     args = parser.parse_args(argv)
     try:
         results = data.load(args.results_dir)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ConfigError) as err:  # ConfigError: a damaged file, named
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else results.folder.resolve().parent / "report"

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from classit.artefacts import commit_file, parse_json
 from classit.config import ClassitConfig, ConfigError
+from classit.results import SWEEP_FILE
 from classit.units import one_line
 
-SWEEP_FILE = "sweep.json"
 # `twin`: the same parameters drawn again (a search without a parameter to vary, or a repeated draw);
 # it trained nothing and shares the earlier trial's row.
 STATES = ("finished", "eval_failed", "running", "interrupted", "pending", "stopped", "error", "twin")
@@ -92,7 +92,8 @@ def sweep_status(experiment: Path) -> dict:
 
     path = experiment / SWEEP_FILE
     if not path.is_file():
-        raise ConfigError(f"{experiment}: no {SWEEP_FILE} here: not a sweep's folder (<storage>/<sweep>)")
+        raise ConfigError(f"{experiment}: no {SWEEP_FILE} here: not a sweep's folder (<storage>/<sweep>) "
+                          "nor a storage folder holding one")
     record = parse_json(path.read_text(), path)
     cfg = record_config(record, path)
     sweep = cfg.sweep
@@ -184,14 +185,6 @@ def format_status(status: dict) -> str:
     for objective, (value, trial) in status["best"].items():
         lines.append(f"best {objective}: {value:.4g} (trial {trial})")
     return "\n".join(lines)
-
-
-def latest_sweep(storage: Path) -> Path:
-    """The sweep folder under `storage` whose driver started last."""
-    found = sorted(storage.glob(f"*/{SWEEP_FILE}"), key=lambda p: parse_json(p.read_text(), p)["started"])
-    if not found:
-        raise ConfigError(f"{storage}: no sweep folder here (pass <storage>/<sweep>)")
-    return found[-1].parent
 
 
 def _number(value) -> float | None:
