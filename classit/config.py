@@ -125,6 +125,14 @@ class TrainConfig(Section):
     seed: int = 42
     checkpoints: CheckpointConfig = CheckpointConfig()
 
+    def warmup_outlasting(self, steps: int) -> str:
+        """'' or, where the warm-up is no shorter than the `steps` the stage runs, what that leaves of
+        the learning rate: its ramp (`train.loop.lr_factor`) ends at steps / (warmup + 1) of the peak."""
+        if self.warmup_steps < steps:
+            return ""
+        return (f"warm-up of {self.warmup_steps:,} steps, no shorter than the {steps:,} it runs: its learning rate "
+                f"peaks at {steps / (self.warmup_steps + 1):.0%} of {self.learning_rate:g}")
+
 
 class DistributedConfig(Section):
     num_workers: PositiveInt = 2

@@ -57,6 +57,19 @@ def test_lr_schedules():
     assert lr_factor(60, 10, 110, "cosine_with_restarts", restarts=2) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("warmup, steps", [(5000, 864), (100, 66), (66, 66), (65, 66)])
+def test_a_warm_up_that_outlasts_its_run_is_named_with_the_peak_the_schedule_reaches(warmup, steps):
+    """The note the plan and `classit pretrain` print states what the schedule does."""
+    tcfg = TrainConfig(warmup_steps=warmup, learning_rate=1e-3)
+    peak = max(lr_factor(step, warmup, steps, "linear") for step in range(steps))
+    note = tcfg.warmup_outlasting(steps)
+    if peak == 1.0:
+        assert note == ""
+    else:
+        assert note == (f"warm-up of {warmup:,} steps, no shorter than the {steps:,} it runs: its learning rate "
+                        f"peaks at {peak:.0%} of 0.001")
+
+
 def test_checkpoint_marks_are_the_babylm_marks_unless_scaled():
     marks = checkpoint_marks(0, word_scale=None)  # exact by default: 1M..10M, 10M..100M, 100M..1B
     assert marks[:3] == [1_000_000, 2_000_000, 3_000_000] and 10_000_000 in marks and 20_000_000 in marks

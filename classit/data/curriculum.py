@@ -87,7 +87,7 @@ class CurriculumPlan:
 
     def summary(self) -> str:
         parts = [f"{s.name}: {s.steps} steps, {s.input_words:,} new input words, {s.exposure_words:,} exposure"
-                 for s in self.stages]
+                 + (f" ({note})" if (note := s.train.warmup_outlasting(s.steps)) else "") for s in self.stages]
         return (f"base {self.base_input_words:,} input / {self.base_exposure_words:,} exposure words; "
                 + "; ".join(parts or ["no instruction stages"])
                 + f"; total {self.input_words:,} input / {self.exposure_words:,} exposure words")

@@ -205,10 +205,13 @@ def prepare_pretraining(cfg: ClassitConfig):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     corpus = prepare_corpus(cfg)
     blocks, workers = corpus.stats["train"]["blocks"], cfg.distributed.num_workers
-    if planned_steps(blocks, cfg.pretrain, workers) == 0:
+    steps = planned_steps(blocks, cfg.pretrain, workers)
+    if steps == 0:
         raise ConfigError(f"pretrain: the corpus's {blocks} training blocks are too few for one step of "
                           f"{cfg.pretrain.batch_size} rows x {workers} workers x {cfg.pretrain.gradient_accumulation_steps} "
                           f"accumulation (pretrain.batch_size, distributed.num_workers)")
+    if note := cfg.pretrain.warmup_outlasting(steps):
+        print(f"warning: pretrain: {note} (pretrain.warmup_steps)")
     words = corpus.stats["train"]["words"]
     exposure = pretraining_exposure(cfg.pretrain, words, blocks, workers)
     check_budget(words, exposure, cfg.budget, f"pretraining ({words:,} input words, {exposure:,} of exposure)")
