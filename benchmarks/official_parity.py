@@ -11,10 +11,9 @@ not needed: small files in each official layout are generated (BLiMP can be the 
 are compared prediction by prediction (WUG: the chosen completion and its probability).
 
 Tasks: BLiMP, BLiMP supplement, EWoK, entity tracking, WUG adjective, WUG past tense, COMPS,
-reading, RTE fine-tuning (seed 42, the `official` pooling, the flags of the pipeline's
-`eval_finetuning.sh`), and with `--run` (a run folder with BabyLM-mark checkpoints) age of
-acquisition. classit
-runs each task as the evaluation jobs an actor runs, in this process; the official side is its
+reading, the seven (Super)GLUE fine-tuning tasks (each with the flags the pipeline's
+`eval_finetuning.sh` passes it, read from that script, in both poolings), and with `--run` (a run
+folder with BabyLM-mark checkpoints) age of acquisition. classit runs each task as the evaluation jobs an actor runs, in this process; the official side is its
 command line, a process per task, as its scripts run it; for AoA, whose command line reads Hub
 revisions, its `StepSurprisalExtractor` on each mark's folder and its `AoAEvaluator` on the rows.
 """
@@ -24,6 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -34,6 +35,7 @@ TASKS = {"blimp": ("blimp", "blimp_filtered"), "blimp_supplement": ("blimp", "su
          "ewok": ("ewok", "ewok_filtered"), "entity_tracking": ("entity_tracking", "entity_tracking"),
          "wug_adj": ("wug_adj", "wug_adj_nominalization"), "wug_past": ("wug_past", "wug_past_tense"),
          "comps": ("comps", "comps")}
+FINETUNE_TASKS = ("boolq", "multirc", "rte", "wsc", "mrpc", "qqp", "mnli")  # eval_finetuning.sh's
 NOUNS = ["dog", "cat", "girl", "boy", "bird", "teacher", "baby", "farmer", "horse", "child"]
 PROPERTIES = ["can fly .", "has fur .", "can swim .", "is alive .", "eats food .", "can talk .", "has wheels ."]
 
@@ -82,22 +84,38 @@ def write_layouts(root: Path, blimp: Path | None, seed: int = 0, n: int = 300) -
             for a, b in ((noun(), noun()) for _ in range(n // 4))])
     write_reading(root)
     write_aoa(root)
-    write_rte(root)
+    write_glue(root)
     return root
 
 
-def write_rte(root: Path, seed: int = 0, train: int = 160, valid: int = 64) -> None:
-    """`glue_filtered/rte.{train,valid}.jsonl`: does the second sentence follow from the first?"""
+def write_glue(root: Path, seed: int = 0, train: int = 160, valid: int = 64) -> None:
+    """`glue_filtered/<task>.{train,valid}.jsonl` for every fine-tuning task, in its fields: a label a
+    small model can learn from the words (do two sentences name the same things?), so predictions
+    that agree say more than a label prior would."""
     rng = random.Random(seed)
 
-    def example() -> dict:
+    def pair(labels: int = 2) -> tuple[str, str, int]:
         a, b, c = rng.sample(NOUNS, 3)
-        follows = rng.random() < 0.5
-        return {"sentence1": f"the {a} is near the {b} .", "sentence2": f"the {a} is near the {b if follows else c} .",
-                "label": int(follows)}
+        label = rng.randrange(labels)  # 0: the same pair; 1: another noun; 2 (MNLI): no second noun
+        second = [f"the {a} is near the {b} .", f"the {a} is near the {c} .", f"the {a} is asleep ."][label]
+        return f"the {a} is near the {b} .", second, label
 
-    for split, n in (("train", train), ("valid", valid)):
-        _jsonl(root / "glue_filtered" / f"rte.{split}.jsonl", [example() for _ in range(n)])
+    def example(task: str) -> dict:
+        first, second, label = pair(3 if task == "mnli" else 2)
+        fields = {"rte": ("sentence1", "sentence2"), "mrpc": ("sentence1", "sentence2"),
+                  "qqp": ("question1", "question2"), "mnli": ("premise", "hypothesis"),
+                  "boolq": ("passage", "question"), "multirc": ("paragraph", "answer"),
+                  "wsc": ("text", "span1_text")}[task]
+        row = {fields[0]: first, fields[1]: second, "label": label}
+        if task == "multirc":
+            row["question"] = "who is near whom ?"
+        if task == "wsc":
+            row["span2_text"] = "it"
+        return row
+
+    for task in FINETUNE_TASKS:
+        for split, n in (("train", train), ("valid", valid)):
+            _jsonl(root / "glue_filtered" / f"{task}.{split}.jsonl", [example(task) for _ in range(n)])
 
 
 def write_reading(root: Path, n: int = 240, seed: int = 0) -> None:
@@ -187,41 +205,64 @@ def parity_aoa(official: Path, python: str, run: Path, data: Path, work: Path) -
     diffs = [abs(ours[key(r)] - r["surprisal"]) / max(abs(r["surprisal"]), 1e-12) for r in theirs["results"]]
     same = sum(d <= 1e-6 for d in diffs)
     diff = abs(score["value"] - theirs["curve_fitness"]) / max(abs(theirs["curve_fitness"]), 1e-12)
-    print(f"{'aoa (' + str(len(jobs)) + ' marks)':<18}{len(diffs):>8}{same:>11}{max(diffs):>20.2e}{classit_s:>11.1f}"
+    print(f"{'aoa (' + str(len(jobs)) + ' marks)':<26}{len(diffs):>8}{same:>11}{max(diffs):>20.2e}{classit_s:>11.1f}"
           f"{official_s:>12.1f}{score['value']:>15.6g}{theirs['curve_fitness']:>15.6g}{diff:>12.1e}"
           f"  words kept: {score['n_items']} / {theirs['n_words']}")
 
 
-def parity_rte(official: Path, python: str, checkpoint: Path, data: Path, work: Path, pooling: str) -> None:
-    """RTE fine-tuning: every validation prediction and the metrics, seed 42, CPU, both sides, with
-    the flags of the pipeline's `eval_finetuning.sh` but a learning rate of 1e-3 (at its 3e-5 a
-    tiny model on 160 examples learns only the label prior, on both sides, and identical
-    predictions would say nothing). `official` pooling: the pipeline's defaults (right padding,
-    first position); `final`: its `--take_final --padding_side left`, the last real token."""
+def official_finetune_flags(official: Path) -> dict[str, list[str]]:
+    """Each task's flags as the pipeline's `eval_finetuning.sh` passes them, its defaults in place
+    of its variables; read from the script itself, so classit's own task table is checked, not used."""
+    script = (official / "eval_finetuning.sh").read_text().replace("\\\n", " ")
+    defaults = dict(re.findall(r"^(\w+)=\$\{\d+:-([^}]*)\}", script, re.M))
+    flags, looped = {}, None
+    for line in script.splitlines():
+        if found := re.match(r"\s*for task in \{([\w,]+)\}", line):
+            looped = found.group(1).split(",")
+        elif line.strip() == "done":
+            looped = None
+        elif "evaluation_pipeline.finetune.run" in line:
+            words = [re.sub(r"\$(\w+)", lambda m: defaults.get(m.group(1), m.group(0)), w) for w in shlex.split(line)]
+            kept, name = [], None
+            for word in words[3:]:  # after `python -m evaluation_pipeline.finetune.run`
+                name = word if word.startswith("--") else name
+                if name in ("--num_labels", "--batch_size", "--num_epochs", "--sequence_length", "--metrics",
+                            "--metric_for_valid", "--seed"):
+                    kept.append(word)
+            task = words[words.index("--task") + 1]
+            for each in (looped if task == "$task" else [task]):
+                flags[each] = kept
+    return flags
+
+
+def parity_finetune(official: Path, python: str, checkpoint: Path, data: Path, work: Path, task: str,
+                    flags: list[str], pooling: str) -> None:
+    """A fine-tuning task: every validation prediction and the metrics, CPU, both sides, with the
+    flags of the pipeline's `eval_finetuning.sh` but a learning rate of 1e-3 (at its 3e-5 a tiny
+    model on 160 examples learns only the label prior, on both sides, and identical predictions
+    would say nothing). `official` pooling: the pipeline's defaults (right padding, first
+    position); `final`: its `--take_final --padding_side left`, the last real token."""
     from classit.evaluate.tasks.finetune import FinetuneSettings, finetune
 
-    glue, work = data / "glue_filtered", work / f"rte-{pooling}"
-    flags = ["--take_final", "--padding_side", "left"] if pooling == "final" else []
+    glue, work = data / "glue_filtered", work / f"{task}-{pooling}"
+    pooling_flags = ["--take_final", "--padding_side", "left"] if pooling == "final" else []
     start = time.perf_counter()
     subprocess.run([python, "-m", "evaluation_pipeline.finetune.run", "--model_name_or_path", str(checkpoint),
-                    "--train_data", str(glue / "rte.train.jsonl"), "--valid_data", str(glue / "rte.valid.jsonl"),
-                    "--predict_data", str(glue / "rte.valid.jsonl"), "--task", "rte", "--num_labels", "2",
-                    "--batch_size", "32", "--learning_rate", "1e-3", "--num_epochs", "10", "--sequence_length", "512",
-                    "--results_dir", str(work), "--metrics", "accuracy", "f1", "mcc",
-                    "--metric_for_valid", "accuracy", "--seed", "42", *flags], cwd=official, check=True,
-                   capture_output=True)
+                    "--train_data", str(glue / f"{task}.train.jsonl"), "--valid_data", str(glue / f"{task}.valid.jsonl"),
+                    "--predict_data", str(glue / f"{task}.valid.jsonl"), "--task", task, "--learning_rate", "1e-3",
+                    "--results_dir", str(work), *flags, *pooling_flags], cwd=official, check=True, capture_output=True)
     official_s = time.perf_counter() - start
     start = time.perf_counter()
-    scores, ours, _ = finetune(checkpoint, "rte", data, FinetuneSettings(learning_rate=1e-3), "cpu", pooling)
+    scores, ours, _ = finetune(checkpoint, task, data, FinetuneSettings(learning_rate=1e-3), "cpu", pooling)
     classit_s = time.perf_counter() - start
-    folder = work / checkpoint.name / "main" / "finetune" / "rte"
-    theirs = [p["pred"] for p in json.loads((folder / "predictions.json").read_text())["rte"]["predictions"]]
+    folder = work / checkpoint.name / "main" / "finetune" / task
+    theirs = [p["pred"] for p in json.loads((folder / "predictions.json").read_text())[task]["predictions"]]
     same = sum(a == b for a, b in zip(ours, theirs))
     official_metrics = dict(line.split(": ") for line in (folder / "results.txt").read_text().splitlines())
     for metric, value in scores.items():
         theirs_value = float(official_metrics[metric])
         diff = abs(value - theirs_value) / max(abs(theirs_value), 1e-12)
-        print(f"{'rte:' + pooling + ':' + metric:<18}{len(theirs):>8}{same:>11}{'':>20}{classit_s:>11.1f}"
+        print(f"{task + ':' + pooling + ':' + metric:<26}{len(theirs):>8}{same:>11}{'':>20}{classit_s:>11.1f}"
               f"{official_s:>12.1f}{value:>15.6g}{theirs_value:>15.6g}{diff:>12.1e}")
 
 
@@ -255,7 +296,7 @@ def parity_reading(official: Path, python: str, checkpoint: Path, data: Path, wo
     for row in (r for r in rows if r["subtask"] in official_scores):
         theirs_score = official_scores[row["subtask"]]
         diff = abs(row["value"] - theirs_score) / max(abs(theirs_score), 1e-12)
-        print(f"{'reading:' + row['subtask'][:9]:<18}{len(theirs):>8}{same:>11}"
+        print(f"{'reading:' + row['subtask'][:9]:<26}{len(theirs):>8}{same:>11}"
               f"{max(diffs):>20.2e}{classit_s:>11.1f}{official_s:>12.1f}{row['value']:>15.6g}{theirs_score:>15.6g}"
               f"{diff:>12.1e}")
 
@@ -322,7 +363,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/parity"))
     parser.add_argument("--tasks", help="comma-separated (default: every task; aoa where --run is given)")
     args = parser.parse_args()
-    tasks = args.tasks.split(",") if args.tasks else [*TASKS, "reading", "rte", *(["aoa"] if args.run else [])]
+    tasks = args.tasks.split(",") if args.tasks else [*TASKS, "reading", *FINETUNE_TASKS, *(["aoa"] if args.run else [])]
     if "aoa" in tasks and not args.run:
         parser.error("--tasks aoa needs --run")
     data = write_layouts(args.work / "data", args.blimp)
@@ -332,15 +373,16 @@ def main() -> None:
     from classit.evaluate.catalog import TIED_METRIC
 
     transformers.utils.logging.disable_progress_bar()
-    print(f"{'task':<18}{'items':>8}{'identical':>11}{'max rel. prob diff':>20}{'classit s':>11}{'official s':>12}"
+    print(f"{'task':<26}{'items':>8}{'identical':>11}{'max rel. prob diff':>20}{'classit s':>11}{'official s':>12}"
           f"{'classit score':>15}{'official':>15}{'rel. diff':>12}")
     for task in tasks:
         if task == "reading":
             parity_reading(args.official.resolve(), args.python, checkpoint, data.resolve(), args.work.resolve())
             continue
-        if task == "rte":
+        if task in FINETUNE_TASKS:
             for pooling in ("official", "final"):
-                parity_rte(args.official.resolve(), args.python, checkpoint, data.resolve(), args.work.resolve(), pooling)
+                parity_finetune(args.official.resolve(), args.python, checkpoint, data.resolve(), args.work.resolve(),
+                                task, official_finetune_flags(args.official)[task], pooling)
             continue
         if task == "aoa":
             parity_aoa(args.official.resolve(), args.python, args.run.resolve(), data.resolve(), args.work.resolve())
@@ -354,7 +396,7 @@ def main() -> None:
         theirs = official_score(task, (args.work / "official").resolve(), checkpoint, data)
         shown = round(score, 2) if not task.startswith("wug") else score  # the official report's precision
         diff = abs(shown - theirs) / max(abs(theirs), 1e-12)
-        print(f"{task:<18}{items:>8}{same:>11}{prob:>20.2e}{classit_s:>11.1f}{official_s:>12.1f}{score:>15.6g}"
+        print(f"{task:<26}{items:>8}{same:>11}{prob:>20.2e}{classit_s:>11.1f}{official_s:>12.1f}{score:>15.6g}"
               f"{theirs:>15.6g}{diff:>12.1e}")
 
 
