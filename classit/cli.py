@@ -11,8 +11,14 @@ from pathlib import Path
 from classit.config import ConfigError, held_by, load_config
 
 
+# The embedded default of every command that trains: the demo sweep's config (its sweep section
+# is read by `classit sweep` alone), so `classit pretrain` trains the demo's base as the sweep does.
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "sweeps" / "configs" / "demo.yaml"
+QA_DEMO = DEMO_CONFIG.with_name("qa_demo.yaml")  # `classit generate-qa`'s: the synthetic teacher
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config file (default: the embedded synthetic demo)")
+    parser.add_argument("--config", help="YAML config file (default: sweeps/configs/demo.yaml, the embedded demo)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set pretrain.learning_rate=1e-4 (repeatable)")
     parser.add_argument("--num-workers", type=int, help="Ray Train workers (distributed.num_workers)")
@@ -27,7 +33,7 @@ def _load(args) -> object:
                       ("gpu", "distributed.use_gpu")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config or DEMO_CONFIG, overrides)
     _quiet_progress_bars()
     return cfg
 
@@ -147,11 +153,7 @@ def cmd_evaluate(args) -> int:
     return 1 if any(r["metric"] == "error" for r in rows) else 0
 
 
-DEMO_SWEEP = Path(__file__).resolve().parents[1] / "sweeps" / "configs" / "demo.yaml"
-
-
 def cmd_sweep(args) -> int:
-    args.config = args.config or str(DEMO_SWEEP)
     if args.name is not None:
         args.overrides.append(f"sweep.name={args.name}")
     from classit.analysis.trials import failed_evaluations
@@ -169,9 +171,6 @@ def cmd_sweep(args) -> int:
               f"their error rows are in eval_scores)", file=sys.stderr)
         return 1
     return 0 if not board.empty else 1
-
-
-QA_DEMO = Path(__file__).resolve().parents[1] / "sweeps" / "configs" / "qa_demo.yaml"
 
 
 def cmd_generate_qa(args) -> int:
