@@ -141,3 +141,18 @@ def test_the_sweeps_leaderboard_warns_under_a_trial_whose_scores_were_mostly_won
     assert [line for line in lines if line.startswith("warning")] == [  # ... and named under the table
         "warning: trial diverged: blimp 100% of items won by a tie: the model scores the candidates alike "
         "(a diverged run?), and a tie counts as correct, as in the official pipeline"]
+
+
+def test_the_paper_grid_scores_every_component_of_the_leaderboard_aggregates():
+    """The study's config is how the published aggregates are reproduced: none may stay empty."""
+    from pathlib import Path
+
+    import yaml
+
+    from classit.evaluate.aggregates import NAMES, component_tasks
+
+    data = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "sweeps" / "configs" / "class_it_paper.yaml").read_text())
+    tasks = set(data["evaluation"]["tasks"])
+    for name in NAMES:
+        assert set(component_tasks(name)) <= tasks, (name, set(component_tasks(name)) - tasks)
