@@ -8,7 +8,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from classit.config import ConfigError, held_by, load_config
+from classit.config import ConfigError, RunConfig, held_by, load_config
 
 
 # The embedded default of every command that trains: the demo sweep's config (its sweep section
@@ -108,6 +108,15 @@ def evaluation_tasks(args) -> list[str]:
     if "aoa" in tasks:
         raise ConfigError("--tasks: aoa scores a run's series of BabyLM-mark checkpoints, not one checkpoint: "
                           "use classit aoa RUN_DIR ...")
+    if args.data_dir is None:
+        from classit.data.synthetic import unprobed_tasks, write_probe_data
+
+        if args.export:
+            raise ConfigError("--export needs --data-dir: the leaderboard takes the official tasks' predictions, "
+                              "not those of the synthetic grammar's probe sets")
+        if problem := unprobed_tasks(tasks, "--data-dir"):
+            raise ConfigError(f"--tasks: {problem}")
+        args.data_dir = str(write_probe_data(RunConfig().cache_dir / "probes"))  # where the demo sweep has them
     if not Path(args.data_dir).is_dir():
         raise ConfigError(f"--data-dir {args.data_dir}: no such folder")
     for task in tasks:
@@ -297,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", action="append", required=True, help="HF checkpoint folder (repeatable)")
     evaluate.add_argument("--tasks", default="blimp", help="comma-separated: blimp, blimp_supplement, ewok, "
                           "entity_tracking, wug_adj, wug_past, comps, reading, boolq, multirc, rte, wsc, mrpc, qqp, mnli")
-    evaluate.add_argument("--data-dir", required=True, help="folder holding one sub-folder per task")
+    evaluate.add_argument("--data-dir", help="folder holding one sub-folder per task (default: the probe sets "
+                                              "generated from the synthetic grammar, for blimp and ewok, as the "
+                                              "demo sweep scores)")
     evaluate.add_argument("--fast", action="store_true", help="a fixed, seeded subset of each subtask")
     evaluate.add_argument("--pooling", choices=("final", "official"), default="final",
                           help="(Super)GLUE head input: final = the last real token; official = right padding and "

@@ -55,6 +55,12 @@ def test_evaluate_and_aoa_name_a_tasks_missing_data_in_one_line_before_ray(tmp_p
     (data / "blimp").mkdir(parents=True)
     assert main(["evaluate", "--model", str(checkpoint), "--tasks", "blimp,ewok", "--data-dir", str(data)]) == 2
     assert capsys.readouterr().err == f"classit: error: --data-dir: {data}: no ewok or ewok_filtered folder for task ewok\n"
+    # Without --data-dir only the tasks the synthetic grammar's probe sets cover.
+    assert main(["evaluate", "--model", str(checkpoint), "--tasks", "blimp,rte,wsc"]) == 2
+    assert capsys.readouterr().err == ("classit: error: --tasks: rte, wsc need --data-dir (without it the probe sets "
+                                       "generated from the synthetic grammar are scored: blimp, ewok)\n")
+    assert main(["evaluate", "--model", str(checkpoint), "--export", str(tmp_path / "export")]) == 2
+    assert capsys.readouterr().err.startswith("classit: error: --export needs --data-dir: ")
     assert main(["evaluate", "--model", str(checkpoint), "--tasks", "rte", "--data-dir", str(data)]) == 2
     glue = data / "glue_filtered"
     assert capsys.readouterr().err == (f"classit: error: --data-dir: {glue / 'rte.train.jsonl'}, {glue / 'rte.valid.jsonl'}: "

@@ -37,6 +37,24 @@ def make_data_dir(tmp):
     return tmp / "data"
 
 
+def test_classit_evaluate_without_a_data_folder_scores_the_demos_probe_sets(ray_local, tmp_path, monkeypatch, capsys):
+    """What the demo sweep scores its trials on, for a checkpoint on its own: no data to fetch."""
+    from classit.cli import main
+
+    checkpoint = train_tiny_checkpoint(tmp_path / "train")
+    monkeypatch.chdir(tmp_path)  # the probes go to the default cache, .cache/classit/probes
+    output = tmp_path / "scores"
+    assert main(["evaluate", "--model", str(checkpoint), "--tasks", "blimp,ewok", "--output", str(output)]) == 0
+    probes = tmp_path / ".cache" / "classit" / "probes"
+    assert sorted(p.name for p in (probes / "blimp").iterdir()) == [
+        "agreement_attractor.jsonl", "agreement_relative.jsonl", "agreement_simple.jsonl"]
+    rows = read_table(str(output))
+    headline = rows[(rows["subtask"] == "average") & (rows["metric"] == "accuracy")].set_index("task")
+    assert (rows["error"] == "").all() and headline.loc["blimp", "n_items"] == 600
+    assert headline.loc["ewok", "n_items"] == 200 and headline["value"].between(0, 100).all()
+    assert "600" in capsys.readouterr().out
+
+
 def test_pool_runs_checkpoints_by_tasks_and_turns_failures_into_rows(ray_local, tmp_path, capfd):
     good = train_tiny_checkpoint(tmp_path / "train")
     checkpoints = {}

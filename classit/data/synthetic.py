@@ -183,6 +183,23 @@ def qa_pairs(n: int, seed: int = 0) -> list[dict]:
 PROBE_TASKS = ("blimp", "ewok")  # the tasks `write_probe_data` makes data for
 
 
+def unprobed_tasks(tasks: list[str], data_flag: str) -> str | None:
+    """What is wrong with scoring `tasks` on the probe sets alone (those they do not cover), or None."""
+    others = [task for task in tasks if task not in PROBE_TASKS]
+    if not others:
+        return None
+    return (f"{', '.join(others)} need{'s' if len(others) == 1 else ''} {data_flag} (without it the probe sets "
+            f"generated from the synthetic grammar are scored: {', '.join(PROBE_TASKS)})")
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    """Whole or not at all (written, then renamed): a sweep's actors may be reading the probes that
+    `classit evaluate` writes again into the same folder."""
+    from classit.artefacts import commit_file
+
+    commit_file(lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"), path)
+
+
 def write_probe_data(folder: str | Path, seed: int = 0, per_paradigm: int = 200) -> Path:
     """Zero-shot probes of what the synthetic corpus teaches, in the official evaluation layouts.
 
@@ -212,7 +229,7 @@ def write_probe_data(folder: str | Path, seed: int = 0, per_paradigm: int = 200)
         rows = [{"sentence_good": good, "sentence_bad": bad, "field": "morphology",
                  "linguistics_term": "subject_verb_agreement", "UID": uid, "pairID": str(i)}
                 for i, (good, bad) in enumerate(pair(kind) for _ in range(per_paradigm))]
-        (folder / "blimp" / f"{uid}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        _write_lines(folder / "blimp" / f"{uid}.jsonl", [json.dumps(r) for r in rows])
 
     world = make_world(seed)
     wrong = {"home": PLACES, "food": FOODS, "colour": COLOURS, "pet": ANIMALS}
@@ -227,5 +244,5 @@ def write_probe_data(folder: str | Path, seed: int = 0, per_paradigm: int = 200)
                      "Target2": false_fact, "Domain": "world-facts", "ContextType": "name",
                      "ContextDiff": "none", "TargetDiff": attribute})
     (folder / "ewok").mkdir(parents=True, exist_ok=True)
-    (folder / "ewok" / "world-facts.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    _write_lines(folder / "ewok" / "world-facts.jsonl", [json.dumps(r) for r in rows])
     return folder

@@ -114,16 +114,13 @@ def breakdown_values(cfg: ClassitConfig, task: str, name: str) -> list[str]:
 def check_evaluation_inputs(cfg: ClassitConfig) -> None:
     """Every evaluation task's files, before anything trains: a task that cannot read its data would
     fail on every trial's checkpoints, once the training is done."""
-    from classit.data.synthetic import PROBE_TASKS
+    from classit.data.synthetic import unprobed_tasks
     from classit.evaluate.tasks.inputs import missing_input
 
     ecfg = cfg.evaluation
     if ecfg.data_dir is None:
-        others = [task for task in ecfg.tasks if task not in PROBE_TASKS]
-        if others:
-            raise ConfigError(f"evaluation.tasks: {', '.join(others)} need{'s' if len(others) == 1 else ''} "
-                              f"evaluation.data_dir (without it the probe sets generated from the synthetic "
-                              f"grammar are scored: {', '.join(PROBE_TASKS)})")
+        if problem := unprobed_tasks(ecfg.tasks, "evaluation.data_dir"):
+            raise ConfigError(f"evaluation.tasks: {problem}")
         return
     for task in ecfg.tasks:
         if missing := missing_input(task, ecfg.data_dir, ecfg.fast):
