@@ -204,3 +204,7 @@ def test_a_model_that_scores_every_candidate_alike_is_flagged_beside_its_perfect
     assert scores["trained"]["tied_pct"] == 0.0
     assert tie_warning(rows["trained"], str(tmp_path / "trained")) == ""
     assert tie_warning(rows["uniform"], str(tmp_path / "uniform")).startswith("blimp 100% of items won by a tie")
+    # Named in the catalog's order, whichever job finished first.
+    finished = [{"checkpoint": "c", "task": task, "metric": "tied_pct", "error": "", "value": value}
+                for task, value in (("ewok", 94.0), ("entity_tracking", 10.0), ("blimp", 100.0))]
+    assert tie_warning(finished, "c").startswith("blimp 100%, ewok 94% of items won by a tie")

@@ -46,9 +46,12 @@ TIED_WARNING_PCT = 50.0
 
 
 def tie_warning(rows: list[dict], checkpoint: str) -> str:
-    """One line naming the tasks of a checkpoint's rows mostly won by ties, or "" if none is."""
-    tied = [f"{r['task']} {r['value']:.0f}%" for r in rows if r["checkpoint"] == checkpoint
-            and r["metric"] == TIED_METRIC and not r["error"] and r["value"] >= TIED_WARNING_PCT]
+    """One line naming the tasks of a checkpoint's rows mostly won by ties, or "" if none is; the
+    tasks in the catalog's order, whatever order their jobs finished in."""
+    order = {task: i for i, task in enumerate(TASKS)}
+    tied = [f"{r['task']} {r['value']:.0f}%" for r in sorted(rows, key=lambda r: order.get(r.get("task"), len(order)))
+            if r["checkpoint"] == checkpoint and r["metric"] == TIED_METRIC and not r["error"]
+            and r["value"] >= TIED_WARNING_PCT]
     if not tied:
         return ""
     return (f"{', '.join(tied)} of items won by a tie: the model scores the candidates alike (a diverged run?), "
