@@ -88,7 +88,13 @@ def at_least(flag: str, value: float, least: float) -> None:
 def checkpoint_folder(flag: str, path: str) -> Path:
     """A checkpoint argument, checked before Ray starts: a Hugging Face checkpoint folder."""
     if not (Path(path) / "config.json").is_file():
-        raise ConfigError(f"{flag} {path}: not a Hugging Face checkpoint folder (no config.json)")
+        from classit.hub import revisions
+
+        try:  # a run's folder, likely meant for its final checkpoint: named, not guessed
+            hint = f" (a run's folder: its final checkpoint is {revisions([Path(path)])['main']})"
+        except (FileNotFoundError, ConfigError):
+            hint = ""
+        raise ConfigError(f"{flag} {path}: not a Hugging Face checkpoint folder (no config.json){hint}")
     return Path(path)
 
 

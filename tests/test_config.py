@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -42,6 +43,14 @@ def test_a_checkpoint_argument_that_is_no_checkpoint_folder_is_one_line_before_r
         assert main([*command, flag, str(path)]) == 2
         err = capsys.readouterr().err
         assert err == f"classit: error: {flag} {path}: not a Hugging Face checkpoint folder (no config.json)\n"
+    # A run's folder: the checkpoint it most likely means is named (the one with the most exposure).
+    run = tmp_path / "run"
+    for name, exposure in (("wiki-step0000066-words000000546844", 546_844), ("switch-step0000066-words000000528895", 528_895)):
+        (run / name).mkdir(parents=True)
+        (run / name / "trainer_state.json").write_text(json.dumps({"stage": name[:4], "words_seen": exposure}))
+    assert main([*command, flag, str(run)]) == 2
+    assert capsys.readouterr().err.endswith(f"(no config.json) (a run's folder: its final checkpoint is "
+                                            f"{run / 'wiki-step0000066-words000000546844'})\n")
     assert not ray.is_initialized()
 
 
