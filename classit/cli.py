@@ -295,10 +295,8 @@ def cmd_status(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Every subcommand, its flags, and the `cmd_*` function that runs it."""
-    parser = argparse.ArgumentParser(prog="classit", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _training_commands(sub) -> None:
+    """pretrain, instruct, generate-qa: the commands that make models and data."""
     pretrain = sub.add_parser("pretrain", help="pretrain a base model with Ray Train + DeepSpeed")
     _common(pretrain)
     pretrain.set_defaults(func=cmd_pretrain)
@@ -308,10 +306,25 @@ def build_parser() -> argparse.ArgumentParser:
     instruct.add_argument("--curriculum", help="pt, switch, wiki, merged, switch_wiki or wiki_switch")
     instruct.add_argument("--mix-ratio", type=float, help="merged only: share of conversational items")
     instruct.set_defaults(func=cmd_instruct)
+    qa = sub.add_parser("generate-qa", help="teacher-written Q&A for the config's generated instruction datasets "
+                                            "(Ray Data, cached, resumable)")
+    qa.add_argument("--config", help="YAML config (default: sweeps/configs/qa_demo.yaml, the synthetic teacher)")
+    qa.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field (repeatable)")
+    qa.add_argument("--dataset", help="only this dataset of instruct.datasets")
+    qa.add_argument("--address", default=None, help="Ray cluster address")
+    qa.add_argument("--verbose", action="store_true", help="also show Ray Data's progress and its workers' output")
+    qa.set_defaults(func=cmd_generate_qa, num_workers=None, zero_stage=None, gpu=None)
+
+
+def _evaluation_commands(sub) -> None:
+    """evaluate, aoa, export-hub: scoring checkpoints and publishing them."""
     evaluate = sub.add_parser("evaluate", help="score checkpoints on the BabyLM tasks with a pool of Ray actors")
     evaluate.add_argument("--model", action="append", required=True, help="HF checkpoint folder (repeatable)")
-    evaluate.add_argument("--tasks", default="blimp", help="comma-separated: blimp, blimp_supplement, ewok, "
-                          "entity_tracking, wug_adj, wug_past, comps, reading, boolq, multirc, rte, wsc, mrpc, qqp, mnli")
+    from classit.evaluate.catalog import SERIES, TASKS
+
+    one_checkpoint = ", ".join(task for task in TASKS if task not in SERIES)  # a series: classit aoa
+    evaluate.add_argument("--tasks", default="blimp", help=f"comma-separated: {one_checkpoint}")
     evaluate.add_argument("--data-dir", help="folder holding one sub-folder per task (default: the probe sets "
                                               "generated from the synthetic grammar, for blimp and ewok, as the "
                                               "demo sweep scores)")
@@ -326,22 +339,33 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--export", help="also write predictions in the BabyLM leaderboard layout here")
     evaluate.add_argument("--address", default=None, help="Ray cluster address")
     evaluate.set_defaults(func=cmd_evaluate)
+    aoa = sub.add_parser("aoa", help="age of acquisition from a run's own BabyLM-mark checkpoints")
+    aoa.add_argument("runs", nargs="+", help="run folders (a base's and its instruction-tuning run)")
+    aoa.add_argument("--data-dir", required=True, help="holds aoa/cdi_childes.json and aoa/cdi_human.csv")
+    aoa.add_argument("--export", help="also write AoA_word/surprisal.json in the leaderboard layout here")
+    aoa.add_argument("--actors", type=int, default=2, help="evaluation actors (the marks spread over them)")
+    aoa.add_argument("--output", default="runs/eval/results/eval_scores",
+                     help="Parquet folder for the score rows (the surprisals go to aoa_surprisal beside it)")
+    aoa.add_argument("--address", default=None, help="Ray cluster address")
+    aoa.set_defaults(func=cmd_aoa)
+    hub = sub.add_parser("export-hub", help="a run's checkpoints as a Hub repository: main and one chck_<N>M "
+                                            "branch per BabyLM mark")
+    hub.add_argument("runs", nargs="+", help="run folders (a base's and its instruction-tuning run: marks "
+                                             "count total exposure)")
+    hub.add_argument("--out", required=True, help="the repository to create (an empty or new folder)")
+    hub.set_defaults(func=cmd_export_hub)
+
+
+def _sweep_commands(sub) -> None:
+    """sweep, status, report: a sweep run, followed and read."""
     sweep = sub.add_parser("sweep", help="Ray Tune + Optuna sweep over curricula, mix ratios and learning rates")
     _common(sweep)
     sweep.add_argument("--name", help="sweep name (sweep.name); results go to <storage>/<name>")
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep of this name")
     sweep.add_argument("--dry-run", action="store_true", help="print the expanded plan and cost estimate, then exit")
-    sweep.add_argument("--verbose", action="store_true", help="also show the output of Ray's workers (Train, DeepSpeed, datasets)")
+    sweep.add_argument("--verbose", action="store_true",
+                       help="also show the output of Ray's workers (Train, DeepSpeed, datasets)")
     sweep.set_defaults(func=cmd_sweep)
-    qa = sub.add_parser("generate-qa", help="teacher-written Q&A for the config's generated instruction datasets "
-                                            "(Ray Data, cached, resumable)")
-    qa.add_argument("--config", help="YAML config (default: sweeps/configs/qa_demo.yaml, the synthetic teacher)")
-    qa.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config field (repeatable)")
-    qa.add_argument("--dataset", help="only this dataset of instruct.datasets")
-    qa.add_argument("--address", default=None, help="Ray cluster address")
-    qa.add_argument("--verbose", action="store_true", help="also show Ray Data's progress and its workers' output")
-    qa.set_defaults(func=cmd_generate_qa, num_workers=None, zero_stage=None, gpu=None)
     status = sub.add_parser("status", help="how a running or finished sweep stands, from its folder's files")
     status.add_argument("sweep_dir", nargs="?", default="runs",
                         help="<storage>/<sweep>, or <storage> for its newest sweep (default: ./runs)")
@@ -352,21 +376,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "sweep (default: ./runs)")
     report.add_argument("--out", help="report folder (default: <storage>/<sweep>/report)")
     report.set_defaults(func=cmd_report)
-    hub = sub.add_parser("export-hub", help="a run's checkpoints as a Hub repository: main and one chck_<N>M "
-                                            "branch per BabyLM mark")
-    hub.add_argument("runs", nargs="+", help="run folders (a base's and its instruction-tuning run: marks "
-                                             "count total exposure)")
-    hub.add_argument("--out", required=True, help="the repository to create (an empty or new folder)")
-    hub.set_defaults(func=cmd_export_hub)
-    aoa = sub.add_parser("aoa", help="age of acquisition from a run's own BabyLM-mark checkpoints")
-    aoa.add_argument("runs", nargs="+", help="run folders (a base's and its instruction-tuning run)")
-    aoa.add_argument("--data-dir", required=True, help="holds aoa/cdi_childes.json and aoa/cdi_human.csv")
-    aoa.add_argument("--export", help="also write AoA_word/surprisal.json in the leaderboard layout here")
-    aoa.add_argument("--actors", type=int, default=2, help="evaluation actors (the marks spread over them)")
-    aoa.add_argument("--output", default="runs/eval/results/eval_scores",
-                     help="Parquet folder for the score rows (the surprisals go to aoa_surprisal beside it)")
-    aoa.add_argument("--address", default=None, help="Ray cluster address")
-    aoa.set_defaults(func=cmd_aoa)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every subcommand, its flags, and the `cmd_*` function that runs it."""
+    parser = argparse.ArgumentParser(prog="classit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add_commands in (_training_commands, _evaluation_commands, _sweep_commands):
+        add_commands(sub)
     return parser
 
 
