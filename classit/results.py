@@ -39,9 +39,10 @@ from classit.evaluate.aggregates import NAMES as AGGREGATES
 from classit.units import one_line
 
 # 4: trials carry the leaderboard aggregates (babylm:*); 5: eval_scores `series` (AoA); 6: eval_scores
-# `started`/`finished` (when the job ran); 7: `hardware` in trials and eval_scores
-SCHEMA_VERSION = 7
-ADDED_SINCE_V1 = {"trials": ("gpu_hours", "versions", "git_commit", *AGGREGATES, "hardware"),
+# `started`/`finished` (when the job ran); 7: `hardware` in trials and eval_scores; 8: trials
+# `base_checkpoint` (what `classit export-hub` needs beside the trial's run)
+SCHEMA_VERSION = 8
+ADDED_SINCE_V1 = {"trials": ("gpu_hours", "versions", "git_commit", *AGGREGATES, "hardware", "base_checkpoint"),
                   "train_metrics": ("config",),
                   "eval_scores": ("revision", "config", "series", "started", "finished", "hardware")}
 
@@ -87,7 +88,7 @@ def trials_schema(cfg) -> pa.Schema:
         ("error", pa.string()), ("params", pa.string()), *params, ("param.seed", pa.int64()),
         ("val_loss", pa.float64()), *[(f"val_loss:{name}", pa.float64()) for name in cfg.instruct.datasets],
         ("validation_records", pa.string()), ("base_val_loss", pa.float64()), ("input_words", pa.int64()),
-        ("exposure_words", pa.int64()), ("checkpoint", pa.string()),
+        ("exposure_words", pa.int64()), ("checkpoint", pa.string()), ("base_checkpoint", pa.string()),
         *[(key, pa.float64()) for key in score_columns(cfg.evaluation.tasks, sweep.metrics)],
         *[(name, pa.float64()) for name in AGGREGATES],
         ("start", pa.float64()), ("end", pa.float64()), ("seconds", pa.float64()), ("gpu_hours", pa.float64()),

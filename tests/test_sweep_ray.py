@@ -83,6 +83,9 @@ def test_six_trials_share_one_base_built_once_and_all_get_scores(ray_local, shar
     assert board["validation_records"].nunique() == 1 and board["validation_records"].notna().all()
     assert board[["val_loss:switch", "val_loss:wiki", "base_val_loss"]].notna().all().all()
     assert board["base_val_loss"].nunique() == 1
+    # Each row names that one base's checkpoint: what `classit export-hub` takes beside the trial's run.
+    [base_checkpoint] = set(board["base_checkpoint"])
+    assert Path(base_checkpoint).parent.resolve() == base_runs[0].resolve() and (Path(base_checkpoint) / "config.json").is_file()
     # Every trial's config is written whole into its row.
     assert all(json.loads(c)["instruct"]["train"]["learning_rate"] == 2e-3 for c in board["config"])
     # What trained each (pt: its base) and what scored it: this machine's processor.

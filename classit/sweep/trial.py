@@ -117,9 +117,9 @@ def trained_on(result, base: Path) -> str:
 
 
 def trial_row(sweep_name: str, cfg: ClassitConfig, params: dict, result, rows: list[dict], scores: dict,
-              start: float, hardware: str) -> dict:
-    """The trial's `trials` row: its parameters, losses, word counts, final scores, status
-    (`eval_failed` with the errors, if any), time, what trained it and the whole config."""
+              start: float, base: Path) -> dict:
+    """The trial's `trials` row: its parameters, losses, word counts, final scores and the base it was
+    tuned from, status (`eval_failed` with the errors, if any), time, what trained it and the whole config."""
     from classit.results import config_columns, provenance
 
     final, metrics = result.checkpoint.path, result.metrics
@@ -130,9 +130,10 @@ def trial_row(sweep_name: str, cfg: ClassitConfig, params: dict, result, rows: l
             **{k: v for k, v in metrics.items() if k.startswith("val_loss")},
             "validation_records": metrics.get("validation_records"), "base_val_loss": base_val_loss(cfg),
             "input_words": metrics.get("input_words"), "exposure_words": metrics.get("exposure_words"),
-            "checkpoint": final, **scores, "start": start, "end": end, "seconds": end - start,
+            "checkpoint": final, "base_checkpoint": str(base), **scores, "start": start, "end": end,
+            "seconds": end - start,
             "gpu_hours": (end - start) * cfg.distributed.num_workers * cfg.distributed.use_gpu / 3600,
-            **provenance(), "hardware": hardware, **config_columns(cfg), "config": config_json(cfg)}
+            **provenance(), "hardware": trained_on(result, base), **config_columns(cfg), "config": config_json(cfg)}
 
 
 def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str, service_name: str) -> None:
@@ -177,7 +178,7 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
     rows = ray.get(ray.get_actor(service_name).evaluate.remote(jobs))
     columns = score_columns(cfg.evaluation.tasks, sweep.metrics)
     scores = final_scores(rows, result.checkpoint.path, columns)
-    row = trial_row(sweep.name, cfg, params, result, rows, scores, start, trained_on(result, base))
+    row = trial_row(sweep.name, cfg, params, result, rows, scores, start, base)
     write_rows(f"{results_root}/{TRIALS}", [row], trials_schema(sweep_cfg), key=key)
     # Each evaluated checkpoint's scores, for experiment trackers (logged at its words).
     evaluated = [{"exposure_words": int(m.get("exposure_words", -1)), "eval": scores_of(rows, c.path, columns)}
