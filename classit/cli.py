@@ -115,14 +115,14 @@ def evaluation_tasks(args) -> list[str]:
         raise ConfigError("--tasks: aoa scores a run's series of BabyLM-mark checkpoints, not one checkpoint: "
                           "use classit aoa RUN_DIR ...")
     if args.data_dir is None:
-        from classit.data.synthetic import unprobed_tasks, write_probe_data
+        from classit.data.synthetic import cached_probe_data, unprobed_tasks
 
         if args.export:
             raise ConfigError("--export needs --data-dir: the leaderboard takes the official tasks' predictions, "
                               "not those of the synthetic grammar's probe sets")
         if problem := unprobed_tasks(tasks, "--data-dir"):
             raise ConfigError(f"--tasks: {problem}")
-        args.data_dir = str(write_probe_data(RunConfig().cache_dir / "probes"))  # where the demo sweep has them
+        args.data_dir = str(cached_probe_data(RunConfig().cache_dir))  # where the demo sweep has them
     if not Path(args.data_dir).is_dir():
         raise ConfigError(f"--data-dir {args.data_dir}: no such folder")
     for task in tasks:

@@ -200,6 +200,12 @@ def _write_lines(path: Path, lines: list[str]) -> None:
     commit_file(lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"), path)
 
 
+def cached_probe_data(cache_dir: str | Path) -> Path:
+    """The probe sets in a cache folder (`<cache_dir>/probes`), written there: where a sweep without
+    `evaluation.data_dir` and `classit evaluate` without `--data-dir` both read them."""
+    return write_probe_data(Path(cache_dir) / "probes")
+
+
 def write_probe_data(folder: str | Path, seed: int = 0, per_paradigm: int = 200) -> Path:
     """Zero-shot probes of what the synthetic corpus teaches, in the official evaluation layouts.
 

@@ -31,7 +31,7 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
     DeepSpeed, datasets, transformers) stays in Ray's log files, and errors come through Tune."""
     import ray
 
-    from classit.data.synthetic import write_probe_data
+    from classit.data.synthetic import cached_probe_data
     from classit.generate.job import ensure_generated
     from classit.ray_session import ray_session
     from classit.sweep.console import echo
@@ -51,7 +51,7 @@ def run_sweep(cfg: ClassitConfig, address: str | None = None, resume: bool = Fal
         log(leaderboard_text(finished, objectives, results_root))
         return finished
     write_sweep_file(experiment, cfg)  # for `classit status`
-    data_dir = cfg.evaluation.data_dir or write_probe_data(Path(cfg.run.cache_dir) / "probes")
+    data_dir = cfg.evaluation.data_dir or cached_probe_data(cfg.run.cache_dir)
     pending_bases = log_bases(cfg, log)
     quiet_driver(verbose)
     with ray_session(address, quiet=not verbose, holds=[cfg.distributed.held(), cfg.evaluation.held()]):
