@@ -36,6 +36,10 @@ TASKS = {"blimp": ("blimp", "blimp_filtered"), "blimp_supplement": ("blimp", "su
          "wug_adj": ("wug_adj", "wug_adj_nominalization"), "wug_past": ("wug_past", "wug_past_tense"),
          "comps": ("comps", "comps")}
 FINETUNE_TASKS = ("boolq", "multirc", "rte", "wsc", "mrpc", "qqp", "mnli")  # eval_finetuning.sh's
+# Each task's two fields the generated pair goes into (MultiRC's question and WSC's pronoun are fixed).
+GLUE_FIELDS = {"rte": ("sentence1", "sentence2"), "mrpc": ("sentence1", "sentence2"), "qqp": ("question1", "question2"),
+               "mnli": ("premise", "hypothesis"), "boolq": ("passage", "question"), "multirc": ("paragraph", "answer"),
+               "wsc": ("text", "span1_text")}
 NOUNS = ["dog", "cat", "girl", "boy", "bird", "teacher", "baby", "farmer", "horse", "child"]
 PROPERTIES = ["can fly .", "has fur .", "can swim .", "is alive .", "eats food .", "can talk .", "has wheels ."]
 
@@ -102,10 +106,7 @@ def write_glue(root: Path, seed: int = 0, train: int = 160, valid: int = 64) -> 
 
     def example(task: str) -> dict:
         first, second, label = pair(3 if task == "mnli" else 2)
-        fields = {"rte": ("sentence1", "sentence2"), "mrpc": ("sentence1", "sentence2"),
-                  "qqp": ("question1", "question2"), "mnli": ("premise", "hypothesis"),
-                  "boolq": ("passage", "question"), "multirc": ("paragraph", "answer"),
-                  "wsc": ("text", "span1_text")}[task]
+        fields = GLUE_FIELDS[task]
         row = {fields[0]: first, fields[1]: second, "label": label}
         if task == "multirc":
             row["question"] = "who is near whom ?"
@@ -373,6 +374,7 @@ def main() -> None:
     from classit.evaluate.catalog import TIED_METRIC
 
     transformers.utils.logging.disable_progress_bar()
+    finetune_flags = official_finetune_flags(args.official)  # the script read once, for every task
     print(f"{'task':<26}{'items':>8}{'identical':>11}{'max rel. prob diff':>20}{'classit s':>11}{'official s':>12}"
           f"{'classit score':>15}{'official':>15}{'rel. diff':>12}")
     for task in tasks:
@@ -382,7 +384,7 @@ def main() -> None:
         if task in FINETUNE_TASKS:
             for pooling in ("official", "final"):
                 parity_finetune(args.official.resolve(), args.python, checkpoint, data.resolve(), args.work.resolve(),
-                                task, official_finetune_flags(args.official)[task], pooling)
+                                task, finetune_flags[task], pooling)
             continue
         if task == "aoa":
             parity_aoa(args.official.resolve(), args.python, args.run.resolve(), data.resolve(), args.work.resolve())

@@ -58,9 +58,10 @@ def check_sequence_lengths(cfg: ClassitConfig) -> None:
     for params in budget_candidates(cfg):
         trial_cfg = apply_params(cfg, params)
         preset, length = trial_cfg.model.preset, trial_cfg.instruct.max_length
-        if length > PRESETS[preset]["max_position_embeddings"]:
-            raise ConfigError(f"instruct.max_length: {length} tokens, more than the {preset} preset's "
-                              f"{PRESETS[preset]['max_position_embeddings']} positions (the base the sweep pretrains)")
+        positions = PRESETS[preset]["max_position_embeddings"]
+        if length > positions:
+            raise ConfigError(f"instruct.max_length: {length} tokens, more than the {preset} preset's {positions} "
+                              f"positions (the base the sweep pretrains)")
 
 
 def check_objectives(cfg: ClassitConfig) -> None:
