@@ -523,7 +523,8 @@ def _relevant(errors: list[dict]) -> dict:
     return errors[0]
 
 
-def _one_line(err: ValidationError, source: str) -> str:
+def validation_line(err: ValidationError, source: str) -> str:
+    """A pydantic validation error as one line: `source: field.path: what is wrong (got value)`."""
     first = _relevant(err.errors())
     field = ".".join(str(p) for p in first["loc"] if not _is_branch_tag(p)) or "<root>"
     msg = first["msg"].removeprefix("Value error, ")
@@ -531,7 +532,7 @@ def _one_line(err: ValidationError, source: str) -> str:
     if inner:
         field = inner.group(1) if field == "<root>" else f"{field}.{inner.group(1)}"
         msg = msg[inner.end():]
-    if first["type"] == "extra_forbidden":
+    if first["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         msg = "unknown key"
     elif "input" in first and not isinstance(first["input"], dict):
         msg += f" (got {first['input']!r})"
@@ -542,7 +543,7 @@ def parse_config(data: dict[str, Any], source: str = "config") -> ClassitConfig:
     try:
         return ClassitConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_one_line(err, source)) from None
+        raise ConfigError(validation_line(err, source)) from None
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:

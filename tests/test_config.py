@@ -54,6 +54,24 @@ def test_a_checkpoint_argument_that_is_no_checkpoint_folder_is_one_line_before_r
     assert not ray.is_initialized()
 
 
+@pytest.mark.parametrize("state, message", [
+    ([1, 2], "<root>: Input should be a dictionary or an instance of TrainerState (got [1, 2])"),
+    ({"stage": "pretrain", "words_seen": "many"}, "words_seen: Input should be a valid integer, "
+                                                  "unable to parse string as an integer (got 'many')"),
+    ({"words_seen": 10}, "stage: Field required"),
+    ({"stage": "pretrain", "global_step": 10}, "global_step: unknown key"),
+])
+def test_a_base_whose_trainer_state_is_not_one_is_named_by_file_and_field_before_ray(tmp_path, capsys, state, message):
+    import ray
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "trainer_state.json").write_text(json.dumps(state))
+    assert main(["instruct", "--base", str(tmp_path), "--curriculum", "switch"]) == 2
+    assert capsys.readouterr().err == f"classit: error: {tmp_path / 'trainer_state.json'}: {message}\n"
+    assert not ray.is_initialized()
+
+
+
 def test_evaluate_and_aoa_name_a_tasks_missing_data_in_one_line_before_ray(tmp_path, capsys):
     import ray
 
