@@ -26,7 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-from classit.config import LoadError, config_hash
+from classit.config import LoadError, config_hash, validation_line
 from classit.units import one_line
 
 MARKER = "artefact.json"
@@ -76,6 +76,24 @@ def parse_json(text: str | bytes, source, line: int | None = None) -> Any:
         return json.loads(text)
     except ValueError as err:
         raise LoadError(f"{source}{f':{line}' if line else ''}: not valid JSON ({one_line(err)})") from err
+
+
+def parse_json_as(kind: type, text: str | bytes, source) -> Any:
+    """JSON read from `source` as a `kind` (a dataclass); valid JSON that is no `kind` (a list, a field
+    missing, of the wrong type or unknown to it) ends in one line naming the file and the field."""
+    from pydantic import ValidationError
+
+    try:
+        return _adapter(kind).validate_python(parse_json(text, source))
+    except ValidationError as err:
+        raise LoadError(validation_line(err, str(source))) from None
+
+
+@lru_cache
+def _adapter(kind: type):
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(kind)
 
 
 def commit_file(write: Callable[[str], object], path: str | Path, suffix: str = "") -> None:

@@ -27,6 +27,7 @@ import types
 import typing
 import uuid
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +163,23 @@ def run_dir(storage_path: str, run_name: str) -> str:
     return f"{storage_path.rstrip('/')}/{run_name}"
 
 
-SWEEP_FILE = "sweep.json"  # a sweep folder's record: its config and driver (`classit.sweep.status`)
+SWEEP_FILE = "sweep.json"
+
+
+@dataclass
+class SweepRecord:
+    """A sweep folder's `sweep.json`: the config its driver started with, and that driver."""
+
+    config: dict
+    pid: int
+    host: str
+    started: float  # Unix seconds
+
+
+def read_sweep_record(path: Path) -> SweepRecord:
+    from classit.artefacts import parse_json_as
+
+    return parse_json_as(SweepRecord, path.read_text(), path)
 
 
 def sweep_folder(path: Path) -> Path:
@@ -170,9 +187,7 @@ def sweep_folder(path: Path) -> Path:
     sweep whose driver started last (what `classit status` and `classit report` show by default)."""
     if (path / SWEEP_FILE).is_file():
         return path
-    from classit.artefacts import parse_json
-
-    found = sorted(path.glob(f"*/{SWEEP_FILE}"), key=lambda p: parse_json(p.read_text(), p)["started"])
+    found = sorted(path.glob(f"*/{SWEEP_FILE}"), key=lambda p: read_sweep_record(p).started)
     return found[-1].parent if found else path
 
 

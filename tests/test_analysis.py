@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -167,15 +168,21 @@ def test_the_report_takes_the_sweep_folder_too_and_bad_folders_end_in_one_line_w
 def test_a_storage_folder_reports_its_newest_sweep(tmp_path, capsys):
     """As `classit status` shows it: the sweep whose driver started last, whatever the names' order."""
     from classit.analysis.report import main
-    from classit.results import SWEEP_FILE
+    from classit.results import SWEEP_FILE, SweepRecord
 
     storage = tmp_path / "runs"
     for name, started in (("b-older", 1.0), ("a-newer", 2.0)):
         synthetic_results(storage / name / "results", effect=2.0)
-        (storage / name / SWEEP_FILE).write_text(json.dumps({"started": started}))
+        record = SweepRecord(config={}, pid=1, host="elsewhere", started=started)
+        (storage / name / SWEEP_FILE).write_text(json.dumps(asdict(record)))
     assert main("leaderboard", [str(storage)]) == 0
     assert capsys.readouterr().out == f"{storage / 'a-newer' / 'report' / 'leaderboard.md'}\n"
     assert not (storage / "b-older" / "report").exists()
+    # A record that is JSON but no sweep's record: named with its field, nothing written.
+    (storage / "b-older" / SWEEP_FILE).write_text(json.dumps({"config": {}, "pid": 1, "host": "elsewhere"}))
+    assert main("leaderboard", [str(storage)]) == 2
+    assert capsys.readouterr().err == (f"analysis/leaderboard.py: error: {storage / 'b-older' / SWEEP_FILE}: "
+                                       "started: Field required\n")
 
 
 def test_corrupt_results_file_is_named_in_the_report(tmp_path):

@@ -422,6 +422,14 @@ def test_status_of_a_sweep_whose_record_is_damaged_names_the_file_in_one_line(tm
     assert capsys.readouterr().err == (f"classit: error: {tmp_path / 'sweep.json'}: not valid JSON "
                                        "(JSONDecodeError: Expecting property name enclosed in double quotes: "
                                        "line 1 column 13 (char 12))\n")
+    # JSON, but no sweep's record: the field is named, in one line, whether asked of the sweep or its storage.
+    record = tmp_path / "storage" / "sweep" / "sweep.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"config": {}, "pid": "one", "host": "h", "started": 1.5}')
+    for folder in (record.parent, record.parent.parent):
+        assert main(["status", str(folder)]) == 2
+        assert capsys.readouterr().err == (f"classit: error: {record}: pid: Input should be a valid integer, "
+                                           "unable to parse string as an integer (got 'one')\n")
 
 
 def test_status_of_a_storage_folder_is_its_newest_sweeps(tmp_path, capsys):

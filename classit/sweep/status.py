@@ -12,11 +12,12 @@ import math
 import os
 import socket
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from classit.artefacts import commit_file, parse_json
 from classit.config import ClassitConfig, ConfigError
-from classit.results import SWEEP_FILE
+from classit.results import SWEEP_FILE, SweepRecord, read_sweep_record
 from classit.units import one_line
 
 # `twin`: the same parameters drawn again (a search without a parameter to vary, or a repeated draw);
@@ -29,31 +30,31 @@ TUNE_STATES = {"RUNNING": "running", "PENDING": "pending", "PAUSED": "pending", 
 def write_sweep_file(experiment: Path, cfg: ClassitConfig) -> None:
     """At the driver's start: the sweep's config and who runs it."""
     experiment.mkdir(parents=True, exist_ok=True)
-    record = {"config": cfg.model_dump(mode="json"), "pid": os.getpid(), "host": socket.gethostname(),
-              "started": time.time()}
-    commit_file(lambda tmp: Path(tmp).write_text(json.dumps(record)), experiment / SWEEP_FILE)
+    record = SweepRecord(config=cfg.model_dump(mode="json"), pid=os.getpid(), host=socket.gethostname(),
+                         started=time.time())
+    commit_file(lambda tmp: Path(tmp).write_text(json.dumps(asdict(record))), experiment / SWEEP_FILE)
 
 
 def started_config(experiment: Path) -> ClassitConfig | None:
     """The config the sweep in this folder was started with (None: no sweep started here)."""
     path = experiment / SWEEP_FILE
-    return record_config(parse_json(path.read_text(), path), path) if path.is_file() else None
+    return record_config(read_sweep_record(path), path) if path.is_file() else None
 
 
-def record_config(record: dict, path: Path) -> ClassitConfig:
+def record_config(record: SweepRecord, path: Path) -> ClassitConfig:
     """The config a sweep's record (its `sweep.json`, at `path`) holds."""
     try:
-        return ClassitConfig.model_validate(record["config"])
+        return ClassitConfig.model_validate(record.config)
     except ValueError as err:
         raise ConfigError(f"{path}: not a config classit reads ({one_line(err)[:200]})") from None
 
 
-def driver_alive(record: dict) -> bool | None:
+def driver_alive(record: SweepRecord) -> bool | None:
     """Whether the driver process still runs (None: it ran on another host)."""
-    if record["host"] != socket.gethostname():
+    if record.host != socket.gethostname():
         return None
     try:
-        os.kill(record["pid"], 0)
+        os.kill(record.pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
@@ -94,7 +95,7 @@ def sweep_status(experiment: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{experiment}: no {SWEEP_FILE} here: not a sweep's folder (<storage>/<sweep>) "
                           "nor a storage folder holding one")
-    record = parse_json(path.read_text(), path)
+    record = read_sweep_record(path)
     cfg = record_config(record, path)
     sweep = cfg.sweep
     objectives = [objective_key(m) for m in sweep.metrics]
@@ -104,12 +105,12 @@ def sweep_status(experiment: Path) -> dict:
     planned = planned_trial_count(cfg)
     counts = {state: sum(r["state"] == state for r in rows) for state in STATES}
     counts["pending"] += max(planned - len(rows), 0)  # a search draws its trials as slots free up
-    now = time.time() if alive else max(updated or 0.0, record["started"])
+    now = time.time() if alive else max(updated or 0.0, record.started)
     return {"name": sweep.name, "planned": planned, "counts": counts, "trials": rows,
             "best": best_so_far(rows, objectives, sweep.modes), "objectives": objectives,
-            "elapsed_s": now - (started or record["started"]),
+            "elapsed_s": now - (started or record.started),
             "left_s": time_left(rows, counts["pending"], now, sweep.max_concurrent_trials),
-            "driver_alive": alive, "driver": f"pid {record['pid']} on {record['host']}"}
+            "driver_alive": alive, "driver": f"pid {record.pid} on {record.host}"}
 
 
 def trial_rows(experiment: Path, tune: list[dict], seeds: list[int], objectives: list[str], alive) -> list[dict]:

@@ -15,9 +15,9 @@ import posixpath
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from pydantic import TypeAdapter, ValidationError, with_config
+from pydantic import with_config
 
-from classit.artefacts import parse_json
+from classit.artefacts import parse_json_as
 
 BABYLM_WORD_MARKS = (
     [m * 1_000_000 for m in range(1, 10)]
@@ -100,27 +100,16 @@ def save_checkpoint(engine, tokenizer, state: TrainerState, folder: Path, resuma
         engine.save_checkpoint(str(folder / DEEPSPEED_DIR), tag="state", client_state={"trainer_state": asdict(state)})
 
 
-def parse_trainer_state(text: str | bytes, path) -> TrainerState:
-    """A checkpoint's `trainer_state.json`; one that is not a trainer state (a list, a field missing
-    or of the wrong type) ends in one line naming the file and the field."""
-    from classit.config import LoadError, validation_line
-
-    try:
-        return TypeAdapter(TrainerState).validate_python(parse_json(text, path))
-    except ValidationError as err:
-        raise LoadError(validation_line(err, str(path))) from None
-
-
 def load_trainer_state(folder: Path) -> TrainerState:
     path = folder / TRAINER_STATE
-    return parse_trainer_state(path.read_text(), path)
+    return parse_json_as(TrainerState, path.read_text(), path)
 
 
 def read_trainer_state(fs, folder: str) -> TrainerState:
     """A checkpoint's trainer state on `fs`, a pyarrow filesystem (local or cloud storage alike)."""
     path = posixpath.join(folder, TRAINER_STATE)
     with fs.open_input_stream(path) as stream:
-        return parse_trainer_state(stream.read(), path)
+        return parse_json_as(TrainerState, stream.read(), path)
 
 
 def prune_optimizer_states(fs, registered: str, keep: int) -> list[str]:
