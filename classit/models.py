@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -85,6 +86,21 @@ def check_weights(folder: Path) -> None:
             raise LoadError(f"{path}: not a whole safetensors file ({one_line(err)})") from None
         if end != size:
             raise LoadError(f"{path}: not a whole safetensors file ({size} bytes, its tensors end at {end})")
+
+
+@dataclass
+class CheckpointShape:
+    """What a driver reads of a checkpoint's `config.json` before any model loads (other keys ignored)."""
+
+    max_position_embeddings: int | None = None
+
+
+def checkpoint_shape(folder: Path) -> CheckpointShape:
+    """A checkpoint's `config.json` as far as `CheckpointShape` reads it; a damaged one is named."""
+    from classit.artefacts import parse_json_as
+
+    path = Path(folder) / "config.json"
+    return parse_json_as(CheckpointShape, path.read_text(), path) if path.is_file() else CheckpointShape()
 
 
 def count_parameters(model) -> int:

@@ -54,20 +54,25 @@ def test_a_checkpoint_argument_that_is_no_checkpoint_folder_is_one_line_before_r
     assert not ray.is_initialized()
 
 
-@pytest.mark.parametrize("state, message", [
-    ([1, 2], "<root>: Input should be a dictionary or an instance of TrainerState (got [1, 2])"),
-    ({"stage": "pretrain", "words_seen": "many"}, "words_seen: Input should be a valid integer, "
-                                                  "unable to parse string as an integer (got 'many')"),
-    ({"words_seen": 10}, "stage: Field required"),
-    ({"stage": "pretrain", "global_step": 10}, "global_step: unknown key"),
+@pytest.mark.parametrize("file, content, message", [
+    ("trainer_state.json", [1, 2], "<root>: Input should be a dictionary or an instance of TrainerState (got [1, 2])"),
+    ("trainer_state.json", {"stage": "pretrain", "words_seen": "many"},
+     "words_seen: Input should be a valid integer, unable to parse string as an integer (got 'many')"),
+    ("trainer_state.json", {"words_seen": 10}, "stage: Field required"),
+    ("trainer_state.json", {"stage": "pretrain", "global_step": 10}, "global_step: unknown key"),
+    ("config.json", [1], "<root>: Input should be a dictionary or an instance of CheckpointShape (got [1])"),
+    ("config.json", {"max_position_embeddings": "lots"},
+     "max_position_embeddings: Input should be a valid integer, unable to parse string as an integer (got 'lots')"),
 ])
-def test_a_base_whose_trainer_state_is_not_one_is_named_by_file_and_field_before_ray(tmp_path, capsys, state, message):
+def test_a_base_whose_state_or_config_is_json_of_another_shape_is_named_by_file_and_field_before_ray(
+        tmp_path, capsys, file, content, message):
     import ray
 
     (tmp_path / "config.json").write_text("{}")
-    (tmp_path / "trainer_state.json").write_text(json.dumps(state))
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"stage": "pretrain"}))
+    (tmp_path / file).write_text(json.dumps(content))
     assert main(["instruct", "--base", str(tmp_path), "--curriculum", "switch"]) == 2
-    assert capsys.readouterr().err == f"classit: error: {tmp_path / 'trainer_state.json'}: {message}\n"
+    assert capsys.readouterr().err == f"classit: error: {tmp_path / file}: {message}\n"
     assert not ray.is_initialized()
 
 

@@ -8,7 +8,6 @@ is validated on the same records: the union of every dataset's validation split.
 
 from __future__ import annotations
 
-import json
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -211,14 +210,13 @@ def prepare_instruct(cfg: ClassitConfig, base: Path) -> InstructJob:
     over-budget plan fails here."""
     from classit.artefacts import artefact_dir, commit_folder, files_fingerprint, is_complete, read_marker
     from classit.config import config_hash
-    from classit.models import check_weights
+    from classit.models import check_weights, checkpoint_shape
 
     check_weights(base)  # cut short or damaged: named now, not by every training worker once Ray has started
-    model_config = base / "config.json"
-    positions = json.loads(model_config.read_text()).get("max_position_embeddings") if model_config.is_file() else None
+    positions = checkpoint_shape(base).max_position_embeddings
     if positions and cfg.instruct.max_length > positions:
         raise ConfigError(f"instruct.max_length: {cfg.instruct.max_length} tokens, more than the base's {positions} "
-                          f"positions ({model_config})")
+                          f"positions ({base / 'config.json'})")
     base_files = [p for p in base.iterdir() if p.is_file()]
     if cfg.run.name is None:  # by the base's content, not its path: a base saved again in its folder is a new run
         cfg = named(cfg, instruct_kind(cfg), files_fingerprint(base_files))
