@@ -79,8 +79,9 @@ def parse_json(text: str | bytes, source, line: int | None = None) -> Any:
 
 
 def parse_json_as(kind: type, text: str | bytes, source) -> Any:
-    """JSON read from `source` as a `kind` (a dataclass); valid JSON that is no `kind` (a list, a field
-    missing, of the wrong type or unknown to it) ends in one line naming the file and the field."""
+    """JSON read from `source` as a `kind` (a dataclass, or a container of them); valid JSON that is no
+    `kind` (a list, a field missing, of the wrong type or unknown to it) ends in one line naming the
+    file and the field."""
     from pydantic import ValidationError
 
     try:

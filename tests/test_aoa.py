@@ -82,6 +82,23 @@ def test_curve_fitness_correlates_model_and_child_aoas_over_the_words_both_fits_
     assert few == {"curve_fitness": 0.0, "n_words": 2, "words": ["ball", "dog"]}
 
 
+@pytest.mark.parametrize("content, message", [
+    ([{"context": "the dog"}], "<root>: Input should be a valid dictionary (got [{'context': 'the dog'}])"),
+    ({"dog": [{"text": "the dog"}]}, "dog.0.context: Field required"),
+    ({"dog": [{"context": 3}]}, "dog.0.context: Input should be a valid string (got 3)"),
+])
+def test_contexts_of_another_shape_are_named_by_file_and_field(tmp_path, content, message):
+    import json
+
+    from classit.evaluate.tasks.aoa import read_contexts
+
+    path = tmp_path / "cdi_childes.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(ValueError) as raised:
+        read_contexts(path)
+    assert str(raised.value) == f"{path}: {message}"
+
+
 def test_surprisal_rows_score_the_word_after_each_context_as_the_pipeline_does(tmp_path):
     import json
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from classit.artefacts import parse_json
+from classit.artefacts import parse_json_as
 from classit.evaluate.progress import Progress
 
 CHANCE_VOCABULARY = 300_000  # the pipeline's "random chance" vocabulary for the model's threshold
@@ -86,11 +87,18 @@ def model_aoa(surprisals: list[float], words_seen: list[float], threshold: float
     return float(log_aoa)
 
 
+@dataclass
+class Context:
+    """One of a word's contexts in `cdi_childes.json` (other keys ignored)."""
+
+    context: str
+
+
 def read_contexts(path: str | Path, min_context: int = 0) -> dict[str, list[str]]:
     """`cdi_childes.json` ({word: [{"context": ...}, ...]}): the words the pipeline keeps (longer than
     one character, with at least `min_context` contexts) and their contexts."""
-    data = parse_json(Path(path).read_text(), path)
-    return {word: [c["context"] for c in contexts] for word, contexts in data.items()
+    data = parse_json_as(dict[str, list[Context]], Path(path).read_text(), path)
+    return {word: [c.context for c in contexts] for word, contexts in data.items()
             if len(word) > 1 and len(contexts) >= min_context}
 
 
