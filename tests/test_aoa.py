@@ -99,6 +99,19 @@ def test_contexts_of_another_shape_are_named_by_file_and_field(tmp_path, content
     assert str(raised.value) == f"{path}: {message}"
 
 
+def test_a_child_table_without_its_word_or_month_columns_is_named(tmp_path):
+    from classit.evaluate.tasks.aoa import read_child_curves
+
+    path = tmp_path / "cdi_human.csv"
+    path.write_text("word,16,17\ndog,0.1,0.6\n")
+    assert list(read_child_curves(path)["word"]) == ["dog"]
+    for header, has in (("lemma,16,17", "lemma, 16, 17"), ("word,age,share", "word, age, share")):
+        path.write_text(f"{header}\ndog,0.1,0.6\n")
+        with pytest.raises(ValueError) as raised:
+            read_child_curves(path)
+        assert str(raised.value) == f"{path}: needs a word column and month columns 16-30 (has {has})"
+
+
 def test_surprisal_rows_score_the_word_after_each_context_as_the_pipeline_does(tmp_path):
     import json
 

@@ -226,8 +226,6 @@ def aoa_scores(jobs: list[EvalJob], rows: list[dict], surprisals: list[dict]) ->
     one `aoa`/`average`/`pearson` row on the series' final checkpoint (an error row where a mark's
     surprisals failed: never a fit of the marks that happen to be there); with an export folder
     the official `AoA_word/surprisal.json` of the series."""
-    import pandas as pd
-
     by_series: dict[tuple[str, str], list[EvalJob]] = defaultdict(list)
     for job in jobs:
         if job.task == "aoa":
@@ -242,7 +240,7 @@ def aoa_scores(jobs: list[EvalJob], rows: list[dict], surprisals: list[dict]) ->
             if failed:
                 raise RuntimeError(f"surprisals of {len(failed)} mark checkpoint(s) failed: {failed[0]}")
             mine = [r for r in surprisals if r["trial"] == trial and r["series"] == series]
-            result = aoa.curve_fitness(mine, pd.read_csv(aoa_files(job.data_dir)[1]))
+            result = aoa.curve_fitness(mine, aoa.read_child_curves(aoa_files(job.data_dir)[1]))
             metadata = {"model_name": job.model_name, "use_bos_only": False, "total_steps": len(marks),
                         "completed_steps": len(marks)}
             official = ("step", "word_count", "target_word", "context_id", "context", "surprisal")

@@ -147,6 +147,18 @@ def revision_words(name: str | float) -> float | None:
     return float(match.group(1)) * {"K": 1e3, "M": 1e6, "B": 1e9}.get(match.group(2).upper(), 1)
 
 
+def read_child_curves(path: str | Path) -> "pandas.DataFrame":  # noqa: F821
+    """`cdi_human.csv`: a `word` column and the share of children producing it at each month of
+    `MONTHS` (at least one); a table without them is named."""
+    import pandas as pd
+
+    human = pd.read_csv(path)
+    if "word" not in human.columns or not any(m in human.columns for m in MONTHS):
+        raise ValueError(f"{path}: needs a word column and month columns {MONTHS[0]}-{MONTHS[-1]} "
+                         f"(has {', '.join(map(str, human.columns[:5]))}{', ...' if len(human.columns) > 5 else ''})")
+    return human
+
+
 def curve_fitness(results: Iterable[Mapping], human: "pandas.DataFrame") -> dict:  # noqa: F821
     """The AoA score from surprisal rows ({"target_word", "step", "surprisal"}, the official
     `surprisal.json` results) and the children's CDI table: Pearson's r of model and child AoAs."""
