@@ -167,9 +167,20 @@ def test_train_stage_learns_and_resumes_where_it_stopped(corpus, tmp_path):
     steps = [r["step"] for r in second.rows]
     assert steps[0] > 30 and steps[-1] == 40 and state.step == 40  # no step 0 again: it resumed
     assert state.words_seen > load_trainer_state(last).words_seen
-    # A damaged trainer state stops the resume with its file named.
+    # A damaged trainer state, or optimizer state, stops the resume with its file or folder named.
+    trainer_state = (last / "trainer_state.json").read_text()
     (last / "trainer_state.json").write_text('{"step": 30,')
     with pytest.raises(ValueError, match=f"^{last / 'trainer_state.json'}: not valid JSON"):
+        train_stage(build_model("tiny", tokenizer), tokenizer, make_stage(corpus, max_steps=40), dcfg,
+                    Recorder(tmp_path / "again"), resume_from=last)
+    (last / "trainer_state.json").write_text(trainer_state)
+    for saved in (last / "deepspeed").rglob("*.pt"):
+        saved.write_bytes(saved.read_bytes()[:1000])  # cut short, as by a full disk
+    with pytest.raises(ValueError, match=f"^{last / 'deepspeed'}: the optimizer state does not load "):
+        train_stage(build_model("tiny", tokenizer), tokenizer, make_stage(corpus, max_steps=40), dcfg,
+                    Recorder(tmp_path / "again"), resume_from=last)
+    shutil.rmtree(last / "deepspeed" / "state")
+    with pytest.raises(ValueError, match=f"^{last / 'deepspeed'}: no DeepSpeed state \\(state/\\) to resume from$"):
         train_stage(build_model("tiny", tokenizer), tokenizer, make_stage(corpus, max_steps=40), dcfg,
                     Recorder(tmp_path / "again"), resume_from=last)
 

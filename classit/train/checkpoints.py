@@ -26,6 +26,7 @@ BABYLM_WORD_MARKS = (
 )
 TRAINER_STATE = "trainer_state.json"
 DEEPSPEED_DIR = "deepspeed"
+DEEPSPEED_TAG = "state"  # DeepSpeed's own folder for the one state it keeps, inside DEEPSPEED_DIR
 
 
 def checkpoint_marks(prior_exposure_words: int, word_scale: float | None) -> list[int]:
@@ -97,7 +98,7 @@ def save_checkpoint(engine, tokenizer, state: TrainerState, folder: Path, resuma
         save_tokenizer_and_model(engine.module, tokenizer, folder, weights)
         (folder / TRAINER_STATE).write_text(json.dumps(asdict(state), indent=2))
     if resumable:
-        engine.save_checkpoint(str(folder / DEEPSPEED_DIR), tag="state", client_state={"trainer_state": asdict(state)})
+        engine.save_checkpoint(str(folder / DEEPSPEED_DIR), tag=DEEPSPEED_TAG, client_state={"trainer_state": asdict(state)})
 
 
 def load_trainer_state(folder: Path) -> TrainerState:

@@ -19,11 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from classit.config import DistributedConfig, TrainConfig
+from classit.config import DistributedConfig, LoadError, TrainConfig
 from classit.data.instruct import IGNORE
-from classit.train.checkpoints import (DEEPSPEED_DIR, TRAINER_STATE, TrainerState, checkpoint_marks,
+from classit.train.checkpoints import (DEEPSPEED_DIR, DEEPSPEED_TAG, TRAINER_STATE, TrainerState, checkpoint_marks,
                                        load_trainer_state, save_checkpoint, scaled_marks)
 from classit.train.distributed import all_sum, device, world
+from classit.units import one_line
+
 
 class NonFiniteLossError(RuntimeError):
     pass
@@ -310,7 +312,13 @@ def start_engine(model, stage: Stage, dcfg: DistributedConfig, total_steps: int,
             model.load_state_dict(load_checkpoint(resume_from).state_dict())
     engine = build_engine(model.to(device()), stage, dcfg, total_steps)
     if with_optimizer:
-        engine.load_checkpoint(str(resume_from / DEEPSPEED_DIR), tag="state")
+        saved = resume_from / DEEPSPEED_DIR
+        if not (saved / DEEPSPEED_TAG).is_dir():  # DeepSpeed's own check fails with an empty AssertionError
+            raise LoadError(f"{saved}: no DeepSpeed state ({DEEPSPEED_TAG}/) to resume from")
+        try:
+            engine.load_checkpoint(str(saved), tag=DEEPSPEED_TAG)
+        except Exception as err:  # torch's reader names no file ("failed finding central directory")
+            raise LoadError(f"{saved}: the optimizer state does not load ({one_line(err)})") from err
         if world()[0] == 0:
             log(f"[{stage.name}] resumed at step {state.step} ({state.words_seen:,} words seen)")
     return state, engine
