@@ -34,6 +34,8 @@ def _load(args) -> object:
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
     cfg = load_config(args.config or DEMO_CONFIG, overrides)
+    output_folder("run.storage_path", cfg.run.storage_path)
+    output_folder("run.cache_dir", cfg.run.cache_dir)
     _quiet_progress_bars()
     return cfg
 
@@ -85,6 +87,18 @@ def at_least(flag: str, value: float, least: float) -> None:
         raise ConfigError(f"{flag} {value:g}: must be at least {least:g}")
 
 
+def output_folder(flag: str, path: str | Path | None) -> None:
+    """A folder flag the command writes into, checked before Ray starts: a folder, or a path that can
+    become one (no file in its way). Cloud storage URIs are left to their filesystem."""
+    if not path or "://" in str(path):
+        return
+    for folder in (Path(path), *Path(path).parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ConfigError(f"{flag} {path}: {folder} is a file, not a folder")
+            return
+
+
 def checkpoint_folder(flag: str, path: str) -> Path:
     """A checkpoint argument, checked before Ray starts: a Hugging Face checkpoint folder."""
     if not (Path(path) / "config.json").is_file():
@@ -108,6 +122,8 @@ def evaluation_tasks(args) -> list[str]:
     at_least("--gpus-per-actor", args.gpus_per_actor, 0)
     for model in args.model:
         checkpoint_folder("--model", model)
+    output_folder("--output", args.output)
+    output_folder("--export", args.export)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if problem := task_names_problem(tasks):
         raise ConfigError(f"--tasks: {problem}")
@@ -220,6 +236,7 @@ def _root_cause(error: BaseException) -> str:
 def cmd_export_hub(args) -> int:
     from classit.hub import export_hub
 
+    output_folder("--out", args.out)
     for revision, checkpoint in export_hub([Path(r) for r in args.runs], Path(args.out)).items():
         print(f"{revision:<10} {checkpoint}")
     print(f"repository: {args.out} (git lfs install; git remote add origin <hub url>; git push --all origin)")
@@ -233,6 +250,8 @@ def cmd_aoa(args) -> int:
     from classit.ray_session import ray_session
 
     at_least("--actors", args.actors, 1)
+    output_folder("--output", args.output)
+    output_folder("--export", args.export)
     runs = [Path(r).resolve() for r in args.runs]
     if missing := missing_input("aoa", args.data_dir):
         raise ConfigError(f"--data-dir: {missing}")

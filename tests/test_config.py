@@ -54,6 +54,26 @@ def test_a_checkpoint_argument_that_is_no_checkpoint_folder_is_one_line_before_r
     assert not ray.is_initialized()
 
 
+def test_a_file_where_a_command_writes_a_folder_is_named_before_ray(tmp_path, capsys):
+    import ray
+
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    file = tmp_path / "a-file"
+    file.write_text("")
+    for command in (["evaluate", "--model", str(checkpoint), "--output", str(file / "eval")],
+                    ["evaluate", "--model", str(checkpoint), "--export", str(file)],
+                    ["aoa", str(tmp_path), "--data-dir", str(tmp_path), "--output", str(file)],
+                    ["export-hub", str(tmp_path), "--out", str(file)],
+                    ["pretrain", "--set", f"run.storage_path={file}"],
+                    ["sweep", "--set", f"run.cache_dir={file / 'cache'}"]):
+        assert main(command) == 2, command
+        flag, path = (command[-1].split("=")[0], command[-1].split("=")[1]) if "=" in command[-1] else command[-2:]
+        assert capsys.readouterr().err == f"classit: error: {flag} {path}: {file} is a file, not a folder\n"
+    assert not ray.is_initialized()
+
+
 @pytest.mark.parametrize("file, content, message", [
     ("trainer_state.json", [1, 2], "<root>: Input should be a dictionary or an instance of TrainerState (got [1, 2])"),
     ("trainer_state.json", {"stage": "pretrain", "words_seen": "many"},
