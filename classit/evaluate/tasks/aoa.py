@@ -88,7 +88,7 @@ def model_aoa(surprisals: list[float], words_seen: list[float], threshold: float
 
 
 @dataclass
-class Context:
+class WordContext:
     """One of a word's contexts in `cdi_childes.json` (other keys ignored)."""
 
     context: str
@@ -97,7 +97,7 @@ class Context:
 def read_contexts(path: str | Path, min_context: int = 0) -> dict[str, list[str]]:
     """`cdi_childes.json` ({word: [{"context": ...}, ...]}): the words the pipeline keeps (longer than
     one character, with at least `min_context` contexts) and their contexts."""
-    data = parse_json_as(dict[str, list[Context]], Path(path).read_text(), path)
+    data = parse_json_as(dict[str, list[WordContext]], Path(path).read_text(), path)
     return {word: [c.context for c in contexts] for word, contexts in data.items()
             if len(word) > 1 and len(contexts) >= min_context}
 
