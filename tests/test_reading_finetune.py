@@ -131,6 +131,10 @@ def test_examples_are_read_with_the_pipelines_templates_and_labels(tmp_path):
     write_glue(tmp_path, "rte", [0, 2], [0])
     with pytest.raises(ValueError, match=r"rte.train.jsonl:2: label 2 is not a class index below 2"):
         finetune.read_examples(tmp_path / "glue_filtered" / "rte.train.jsonl", "rte")
+    path = tmp_path / "glue_filtered" / "rte.train.jsonl"
+    path.write_text(path.read_text().splitlines()[0] + '\n["a list"]\n')  # JSON, but no object
+    with pytest.raises(ValueError, match=r"rte.train.jsonl:2: not a JSON object \(got list\)$"):
+        finetune.read_examples(path, "rte")
 
 
 def test_f1_takes_class_1_as_positive_and_mrpc_qqp_select_by_f1():

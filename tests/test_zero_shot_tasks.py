@@ -46,6 +46,9 @@ def test_a_malformed_or_incomplete_line_of_a_task_file_is_named_with_its_line(tm
     path.write_text(json.dumps(good) + "\n" + json.dumps({"sentence_good": "x"}) + "\n")
     with pytest.raises(ValueError, match=f"^{path}:2: missing sentence_bad$"):
         read_task("blimp", tmp_path)
+    path.write_text(json.dumps(good) + "\n3\n")  # JSON, but no object
+    with pytest.raises(ValueError, match=f"^{path}:2: not a JSON object \\(got int\\)$"):
+        read_task("blimp", tmp_path)
 
 
 def test_entity_tracking_averages_splits_of_uid_means(tmp_path):

@@ -44,6 +44,7 @@ from classit.artefacts import parse_json
 from classit.evaluate.catalog import FINETUNE_METRICS, FINETUNE_SELECT_BY
 from classit.evaluate.progress import Progress
 from classit.evaluate.tasks.inputs import glue_files, missing_input
+from classit.evaluate.tasks.zero_shot import need_fields
 
 
 @dataclass(frozen=True)
@@ -89,9 +90,7 @@ def read_examples(path: Path, task: str) -> tuple[list[tuple[str, str]], list[in
         if not line.strip():
             continue
         raw = parse_json(line, path, line_no)
-        missing = [k for k in (*spec.first, *spec.second, "label") if k not in raw]
-        if missing:
-            raise ValueError(f"{path}:{line_no}: missing {', '.join(missing)}")
+        need_fields(raw, (*spec.first, *spec.second, "label"), path, line_no)
         label = raw["label"]
         if isinstance(label, bool):
             label = int(label)

@@ -47,7 +47,10 @@ def _jsonl(folder: Path) -> list[tuple[Path, int, dict]]:
             for n, line in enumerate(path.read_text().splitlines()) if line.strip()]
 
 
-def _need(raw: dict, keys: tuple[str, ...], path: Path, line: int) -> None:
+def need_fields(raw, keys: tuple[str, ...], path: Path, line: int) -> None:
+    """A task file's line (parsed JSON) is an object with these keys; otherwise one error naming the line."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}:{line}: not a JSON object (got {type(raw).__name__})")
     missing = [k for k in keys if k not in raw]
     if missing:
         raise ValueError(f"{path}:{line}: missing {', '.join(missing)}")
@@ -56,7 +59,7 @@ def _need(raw: dict, keys: tuple[str, ...], path: Path, line: int) -> None:
 def read_blimp(folder: Path) -> list[Item]:
     items = []
     for path, line, raw in _jsonl(folder):
-        _need(raw, ("sentence_good", "sentence_bad"), path, line)
+        need_fields(raw, ("sentence_good", "sentence_bad"), path, line)
         field_ = raw.get("field", "supplement")
         items.append(Item([(raw["sentence_good"], None), (raw["sentence_bad"], None)], {
             "UID": raw.get("UID", path.stem),
@@ -68,7 +71,7 @@ def read_blimp(folder: Path) -> list[Item]:
 def read_ewok(folder: Path) -> list[Item]:
     items = []
     for path, line, raw in _jsonl(folder):
-        _need(raw, ("Context1", "Target1", "Target2", "Domain"), path, line)
+        need_fields(raw, ("Context1", "Target1", "Target2", "Domain"), path, line)
         context = raw["Context1"]  # as the pipeline does: both targets after the first context
         items.append(Item([(f"{context} {raw['Target1']}", " " + raw["Target1"]),
                            (f"{context} {raw['Target2']}", " " + raw["Target2"])],
@@ -81,7 +84,7 @@ def read_ewok(folder: Path) -> list[Item]:
 def read_entity_tracking(folder: Path) -> list[Item]:
     items = []
     for path, line, raw in _jsonl(folder):
-        _need(raw, ("input_prefix", "options", "numops"), path, line)
+        need_fields(raw, ("input_prefix", "options", "numops"), path, line)
         items.append(Item([(raw["input_prefix"] + option, option) for option in raw["options"]],
                           {"UID": f"{path.stem}_{raw['numops']}_ops"}))
     return items
@@ -95,7 +98,7 @@ def read_comps(folder: Path) -> list[Item]:
     """Each pair: prefix + " " + property phrase, the property phrase scored after each prefix."""
     items = []
     for path, line, raw in _jsonl(folder):
-        _need(raw, ("prefix_acceptable", "prefix_unacceptable", "property_phrase"), path, line)
+        need_fields(raw, ("prefix_acceptable", "prefix_unacceptable", "property_phrase"), path, line)
         phrase = raw["property_phrase"]
         items.append(Item([(f"{raw['prefix_acceptable']} {phrase}", phrase),
                            (f"{raw['prefix_unacceptable']} {phrase}", phrase)],
@@ -107,7 +110,7 @@ def read_wug(folder: Path, uid: str) -> list[Item]:
     """Every item's UID is the task's name (`wug_adj`, `wug_past`), whatever its file, as there."""
     items = []
     for path, line, raw in _jsonl(folder):
-        _need(raw, ("sentences", "ratio"), path, line)
+        need_fields(raw, ("sentences", "ratio"), path, line)
         items.append(Item([(s, None) for s in raw["sentences"].split("\t")], {"UID": uid},
                           ratio=float(raw["ratio"])))
     return items
