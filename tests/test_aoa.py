@@ -110,6 +110,11 @@ def test_a_child_table_without_its_word_or_month_columns_is_named(tmp_path):
         with pytest.raises(ValueError) as raised:
             read_child_curves(path)
         assert str(raised.value) == f"{path}: needs a word column and month columns 16-30 (has {has})"
+    path.write_text("word,16,17\ndog,0.1,most\n")
+    with pytest.raises(ValueError) as raised:
+        read_child_curves(path)
+    assert str(raised.value) == (f"{path}: a share that is not a number "
+                                 "(ValueError: could not convert string to float: 'most')")
 
 
 def test_surprisal_rows_score_the_word_after_each_context_as_the_pipeline_does(tmp_path):

@@ -26,6 +26,7 @@ import numpy as np
 
 from classit.artefacts import parse_json_as
 from classit.evaluate.progress import Progress
+from classit.units import one_line
 
 CHANCE_VOCABULARY = 300_000  # the pipeline's "random chance" vocabulary for the model's threshold
 MONTHS = [str(age) for age in range(16, 31)]
@@ -149,13 +150,18 @@ def revision_words(name: str | float) -> float | None:
 
 def read_child_curves(path: str | Path) -> "pandas.DataFrame":  # noqa: F821
     """`cdi_human.csv`: a `word` column and the share of children producing it at each month of
-    `MONTHS` (at least one); a table without them is named."""
+    `MONTHS` (at least one, numbers or empty); a table without them is named."""
     import pandas as pd
 
     human = pd.read_csv(path)
-    if "word" not in human.columns or not any(m in human.columns for m in MONTHS):
+    months = [m for m in MONTHS if m in human.columns]
+    if "word" not in human.columns or not months:
         raise ValueError(f"{path}: needs a word column and month columns {MONTHS[0]}-{MONTHS[-1]} "
                          f"(has {', '.join(map(str, human.columns[:5]))}{', ...' if len(human.columns) > 5 else ''})")
+    try:
+        human[months] = human[months].astype(float)
+    except ValueError as err:
+        raise ValueError(f"{path}: a share that is not a number ({one_line(err)})") from None
     return human
 
 
