@@ -12,6 +12,7 @@ import re
 import string
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -523,8 +524,10 @@ def _relevant(errors: list[dict]) -> dict:
     return errors[0]
 
 
-def validation_line(err: ValidationError, source: str) -> str:
-    """A pydantic validation error as one line: `source: field.path: what is wrong (got value)`."""
+def validation_line(err: ValidationError, source: str, overrides: Sequence[str] = ()) -> str:
+    """A pydantic validation error as one line: `source: field.path: what is wrong (got value)`. A field
+    whose value an override gave (`--set KEY=VALUE`, or a flag that sets one) names that override as
+    its source, not the file."""
     first = _relevant(err.errors())
     field = ".".join(str(p) for p in first["loc"] if not _is_branch_tag(p)) or "<root>"
     msg = first["msg"].removeprefix("Value error, ")
@@ -536,14 +539,16 @@ def validation_line(err: ValidationError, source: str) -> str:
         msg = "unknown key"
     elif "input" in first and not isinstance(first["input"], dict):
         msg += f" (got {first['input']!r})"
-    return f"{source}: {field}: {msg}"
+    keys = [override.partition("=")[0].strip() for override in overrides]
+    set_by = [o for o, key in zip(overrides, keys) if field == key or field.startswith(f"{key}.")]
+    return f"{f'override {set_by[-1]}' if set_by else source}: {field}: {msg}"
 
 
-def parse_config(data: dict[str, Any], source: str = "config") -> ClassitConfig:
+def parse_config(data: dict[str, Any], source: str = "config", overrides: Sequence[str] = ()) -> ClassitConfig:
     try:
         return ClassitConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(validation_line(err, source)) from None
+        raise ConfigError(validation_line(err, source, overrides)) from None
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:
@@ -602,7 +607,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Cl
             raise ConfigError(f"{path}: top level must be a mapping of sections")
     for override in overrides:
         apply_override(data, override)
-    return parse_config(data, source)
+    return parse_config(data, source, overrides)
 
 
 def config_json(cfg: BaseModel) -> str:

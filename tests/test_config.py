@@ -147,6 +147,17 @@ def test_overrides_and_defaults(tmp_path):
         load_config(None, ["nonsense"])
 
 
+def test_a_bad_value_is_named_by_where_it_came_from_the_file_or_the_override(tmp_path):
+    path = write(tmp_path, "pretrain:\n  learning_rate: -1\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, ["pretrain.epochs=2"])
+    assert str(raised.value) == f"{path}: pretrain.learning_rate: Input should be greater than 0 (got -1)"
+    for override in ("pretrain.learning_rate=0", "pretrain={learning_rate: 0}"):
+        with pytest.raises(ConfigError) as raised:
+            load_config(write(tmp_path, "pretrain:\n  epochs: 2\n"), [override])
+        assert str(raised.value) == f"override {override}: pretrain.learning_rate: Input should be greater than 0 (got 0)"
+
+
 def test_an_override_inside_a_default_map_changes_one_entry_and_keeps_the_others(tmp_path):
     # Before: `instruct.datasets.switch.max_records=100` made `datasets` {switch: {max_records: 100}}, which
     # has no source ("give exactly one of path, ..."), and dropped the default wiki set.
