@@ -1,5 +1,6 @@
 """The sweep's search space, plan and validation, without Ray."""
 
+import json
 import os
 import re
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 from classit.analysis.trials import leaderboard
-from classit.config import ConfigError, parse_config
+from classit.config import ConfigError, LoadError, parse_config
 from classit.evaluate.catalog import objective_key
 from classit.sweep.plan import validate
 from classit.sweep.space import DefineByRun, apply_params, check_space, grid_trials
@@ -430,6 +431,27 @@ def test_status_of_a_sweep_whose_record_is_damaged_names_the_file_in_one_line(tm
         assert main(["status", str(folder)]) == 2
         assert capsys.readouterr().err == (f"classit: error: {record}: pid: Input should be a valid integer, "
                                            "unable to parse string as an integer (got 'one')\n")
+
+
+def test_a_tune_state_of_another_shape_is_named_with_its_field_by_status_and_resume(tmp_path, capsys):
+    from classit.cli import main
+    from classit.sweep.status import ended_trials, write_sweep_file
+
+    experiment = tmp_path / "runs" / "s"
+    write_sweep_file(experiment, sweep_config(name="s"))
+    state = experiment / "experiment_state-2026-12-06_10-00-00.json"
+    trial = json.dumps({"config": {}, "status": "TERMINATED", "relative_logdir": "t"})
+    for text, line in [
+        ('{"trial_data": 5}', "trial_data: Input should be a valid list (got 5)"),
+        (json.dumps({"trial_data": [[json.dumps({"config": {}}), "{}"]]}), "trial_data.0.0: status: Field required"),
+        (json.dumps({"trial_data": [[trial, '{"start_time": "soon"}']]}),
+         "trial_data.0.1: start_time: Input should be a valid number, unable to parse string as a number (got 'soon')"),
+    ]:
+        state.write_text(text)
+        assert main(["status", str(experiment)]) == 2
+        assert capsys.readouterr().err == f"classit: error: {state}: {line}\n"
+        with pytest.raises(LoadError, match=re.escape(f"{state}: {line}")):
+            ended_trials(experiment)  # what --resume reads
 
 
 def test_status_of_a_storage_folder_is_its_newest_sweeps(tmp_path, capsys):

@@ -12,10 +12,10 @@ import math
 import os
 import socket
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from classit.artefacts import commit_file, parse_json
+from classit.artefacts import commit_file, parse_json_as
 from classit.config import ClassitConfig, ConfigError
 from classit.results import SWEEP_FILE, SweepRecord, read_sweep_record
 from classit.units import one_line
@@ -62,6 +62,26 @@ def driver_alive(record: SweepRecord) -> bool | None:
     return True
 
 
+# The parts of Tune's `experiment_state-*.json` that status reads; Tune's other keys are ignored.
+@dataclass
+class TuneExperimentState:
+    trial_data: list[tuple[str, str]]  # per trial: its JSON (a TuneTrial) and its runtime's (a TuneRuntime)
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class TuneTrial:
+    config: dict
+    status: str
+    relative_logdir: str
+
+
+@dataclass
+class TuneRuntime:
+    start_time: float | None = None
+    last_result: dict | None = None
+
+
 def tune_trials(experiment: Path) -> tuple[list[dict], float | None, float | None]:
     """Every trial in Tune's newest experiment state (config, state, last result, start time, its
     folder in the experiment's), the experiment's start, and when that state was written."""
@@ -70,13 +90,14 @@ def tune_trials(experiment: Path) -> tuple[list[dict], float | None, float | Non
     states = sorted(experiment.glob("experiment_state-*.json"))
     if not states:
         return [], None, None
-    data = parse_json(states[-1].read_text(), states[-1])
+    data = parse_json_as(TuneExperimentState, states[-1].read_text(), states[-1])
     trials = []
-    for trial_json, runtime_json in data["trial_data"]:
-        trial, runtime = json.loads(trial_json), json.loads(runtime_json)
-        trials.append({"config": trial["config"], "state": trial["status"], "start": runtime.get("start_time"),
-                       "last_result": runtime.get("last_result") or {}, "folder": trial["relative_logdir"]})
-    return trials, data.get("stats", {}).get("start_time"), states[-1].stat().st_mtime
+    for i, (trial_json, runtime_json) in enumerate(data.trial_data):
+        trial = parse_json_as(TuneTrial, trial_json, f"{states[-1]}: trial_data.{i}.0")
+        runtime = parse_json_as(TuneRuntime, runtime_json, f"{states[-1]}: trial_data.{i}.1")
+        trials.append({"config": trial.config, "state": trial.status, "start": runtime.start_time,
+                       "last_result": runtime.last_result or {}, "folder": trial.relative_logdir})
+    return trials, data.stats.get("start_time"), states[-1].stat().st_mtime
 
 
 def ended_trials(experiment: Path) -> list[dict]:
