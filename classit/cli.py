@@ -8,7 +8,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from classit.config import ConfigError, RunConfig, held_by, load_config
+from classit.config import ConfigError, RunConfig, held_by, load_config, output_folder
 
 
 # The embedded default of every command that trains: the demo sweep's config (its sweep section
@@ -85,18 +85,6 @@ def at_least(flag: str, value: float, least: float) -> None:
     """A numeric flag no config field validates, checked before Ray starts."""
     if value < least:
         raise ConfigError(f"{flag} {value:g}: must be at least {least:g}")
-
-
-def output_folder(flag: str, path: str | Path | None) -> None:
-    """A folder flag the command writes into, checked before Ray starts: a folder, or a path that can
-    become one (no file in its way). Cloud storage URIs are left to their filesystem."""
-    if not path or "://" in str(path):
-        return
-    for folder in (Path(path), *Path(path).parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise ConfigError(f"{flag} {path}: {folder} is a file, not a folder")
-            return
 
 
 def checkpoint_folder(flag: str, path: str) -> Path:

@@ -39,6 +39,19 @@ class LoadError(ConfigError):
     message names it, then the reader's own reason."""
 
 
+def output_folder(flag: str, path: str | Path | None) -> None:
+    """A folder flag (or config field) a command writes into, checked before it starts work (and Ray):
+    a folder, or a path that can become one (no file in its way). Cloud storage URIs are left to
+    their filesystem."""
+    if not path or "://" in str(path):
+        return
+    for folder in (Path(path), *Path(path).parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ConfigError(f"{flag} {path}: {folder} is a file, not a folder")
+            return
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

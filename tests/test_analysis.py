@@ -159,10 +159,13 @@ def test_the_report_takes_the_sweep_folder_too_and_bad_folders_end_in_one_line_w
     assert capsys.readouterr().err == f"classit report: error: {tmp_path / 'started' / 'results' / 'trials'}: " \
                                       f"no trial has written its row yet\n"
     assert not (tmp_path / "started" / "report").exists()
-    # A report folder that is a file: named, nothing written.
-    (tmp_path / "a-file").write_text("")
-    assert main("leaderboard", [str(sweep), "--out", str(tmp_path / "a-file")]) == 2
-    assert capsys.readouterr().err == f"analysis/leaderboard.py: error: --out {tmp_path / 'a-file'}: a file, not a folder\n"
+    # A report folder that is a file, or below one: named, nothing written.
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for out in (a_file, a_file / "report"):
+        assert main("leaderboard", [str(sweep), "--out", str(out)]) == 2
+        assert capsys.readouterr().err == f"analysis/leaderboard.py: error: --out {out}: {a_file} is a file, not a folder\n"
+    assert a_file.read_text() == ""
 
 
 def test_a_storage_folder_reports_its_newest_sweep(tmp_path, capsys):

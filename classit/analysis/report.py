@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from classit.analysis import data, stats
-from classit.config import ConfigError
+from classit.config import ConfigError, output_folder
 
 
 def markdown(frame: pd.DataFrame, floats: str = "{:.4g}") -> str:
@@ -331,8 +331,10 @@ def main(name: str, argv: list[str] | None = None, prog: str | None = None, desc
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else results.folder.resolve().parent / "report"
-    if out.exists() and not out.is_dir():
-        print(f"{parser.prog}: error: --out {out}: a file, not a folder", file=sys.stderr)
+    try:
+        output_folder("--out", out)
+    except ConfigError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     if name == "report":
         print(write_report(results, out))
