@@ -197,6 +197,33 @@ def test_one_process_needs_no_zero_and_saves_a_loadable_hf_model(corpus, tmp_pat
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_a_checkpoint_folder_a_killed_worker_left_in_the_temp_dir_is_removed_by_the_next_save(
+        corpus, tmp_path, monkeypatch):
+    """A checkpoint is written to a temporary folder before Ray Train copies it to storage; a worker
+    killed meanwhile leaves it there. The next save removes those of processes no longer running."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    _, tokenizer = corpus
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    left = temp / f"classit-ckpt-{gone.pid}-x1y2"
+    (left / "deepspeed").mkdir(parents=True)
+    (left / "model.safetensors").write_bytes(b"weights")
+    running = temp / f"classit-ckpt-{os.getppid()}-z3w4"  # a process still running: another worker's, mid-save
+    running.mkdir()
+    rec = Recorder(tmp_path)
+    train_stage(build_model("tiny", tokenizer), tokenizer, make_stage(corpus, max_steps=4),
+                DistributedConfig(num_workers=1), rec)
+    assert rec.checkpoints and not left.exists() and running.is_dir()
+    assert sorted(p.name for p in temp.iterdir()) == [running.name]  # this process's own folders removed too
+
+
 def test_nan_loss_stops_with_a_clear_error(corpus, tmp_path):
     _, tokenizer = corpus
     model = build_model("tiny", tokenizer)

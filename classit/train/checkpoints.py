@@ -11,7 +11,12 @@ checkpoint is registered: never before, so a restart always finds state to resum
 from __future__ import annotations
 
 import json
+import os
 import posixpath
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -27,6 +32,31 @@ BABYLM_WORD_MARKS = (
 TRAINER_STATE = "trainer_state.json"
 DEEPSPEED_DIR = "deepspeed"
 DEEPSPEED_TAG = "state"  # DeepSpeed's own folder for the one state it keeps, inside DEEPSPEED_DIR
+SCRATCH_PREFIX = "classit-ckpt-"
+
+
+@contextmanager
+def checkpoint_scratch() -> Iterator[Path]:
+    """A temporary folder, named by this process, that a checkpoint is written into before it is
+    copied to storage. A worker killed as it saves (Ctrl-C's abort, a lost worker, SIGKILL) leaves
+    its folder, as large as a checkpoint, in the temporary directory: those of processes no longer
+    running are removed first."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = folder.name.removeprefix(SCRATCH_PREFIX).split("-")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as folder:
+        yield Path(folder)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
 
 
 def checkpoint_marks(prior_exposure_words: int, word_scale: float | None) -> list[int]:

@@ -66,12 +66,10 @@ def score_base(payload_json: dict, checkpoint_uri: str) -> dict:
     """The `pt` curriculum, in one process: no training. The base's validation losses are the run's
     metrics (one `train_metrics` row), and the base, saved again with its tokenizer at
     `checkpoint_uri`, is the run's only checkpoint."""
-    import tempfile
-
     import pyarrow.fs as pafs
 
     from classit.results import filesystem
-    from classit.train.checkpoints import save_tokenizer_and_model
+    from classit.train.checkpoints import checkpoint_scratch, save_tokenizer_and_model
     from classit.train.distributed import device
     from classit.train.loop import validation_losses
 
@@ -88,8 +86,8 @@ def score_base(payload_json: dict, checkpoint_uri: str) -> dict:
     rows.add(metrics)
     rows.flush(key=f"{cfg.run.name}/pt")  # a rerun (a resumed sweep) replaces the run's one row
     fs, path = filesystem(checkpoint_uri)
-    with tempfile.TemporaryDirectory(prefix="classit-ckpt-") as tmp:
-        save_tokenizer_and_model(model, tokenizer, Path(tmp))
+    with checkpoint_scratch() as tmp:
+        save_tokenizer_and_model(model, tokenizer, tmp)
         fs.delete_dir_contents(path, missing_dir_ok=True)
         fs.create_dir(path)
         pafs.copy_files(tmp, path, destination_filesystem=fs)

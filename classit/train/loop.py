@@ -8,7 +8,6 @@ is up to the `Reporter` it is given: Ray Train's in `runner.py`, a no-op in benc
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from classit.config import DistributedConfig, LoadError, TrainConfig
 from classit.data.instruct import IGNORE
 from classit.train.checkpoints import (DEEPSPEED_DIR, DEEPSPEED_TAG, TRAINER_STATE, TrainerState, checkpoint_marks,
-                                       load_trainer_state, save_checkpoint, scaled_marks)
+                                       checkpoint_scratch, load_trainer_state, save_checkpoint, scaled_marks)
 from classit.train.distributed import all_sum, device, world
 from classit.units import one_line
 
@@ -401,9 +400,9 @@ class StageRun:
             log(f"[{self.stage.name}] step 0/{self.total_steps} val_loss {self.state.initial_val_loss:.4f}")
 
     def save(self, metrics: dict) -> None:
-        with tempfile.TemporaryDirectory(prefix="classit-ckpt-") as tmp:
-            save_checkpoint(self.engine, self.tokenizer, self.state, Path(tmp), self.stage.config.checkpoints.resumable)
-            self.report(metrics, checkpoint_dir=tmp, name=checkpoint_name(self.stage, self.state))
+        with checkpoint_scratch() as tmp:
+            save_checkpoint(self.engine, self.tokenizer, self.state, tmp, self.stage.config.checkpoints.resumable)
+            self.report(metrics, checkpoint_dir=str(tmp), name=checkpoint_name(self.stage, self.state))
 
 
 def train_stage(model, tokenizer, stage: Stage, dcfg: DistributedConfig, report: Reporter,
