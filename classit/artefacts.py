@@ -132,8 +132,9 @@ def commit_folder(folder: Path, build: Callable[[Path], dict | None], made_by: d
     """Build the whole artefact in a temporary folder beside it (`build(tmp)` returns the marker's
     fields), mark it complete there and rename it into place; returns the marker. Two processes
     building the same artefact at once (two trials, on any nodes) both finish; the first rename wins."""
-    _remove_abandoned(folder)
-    tmp = folder.with_name(f"{folder.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    prefix = f"{folder.name}.tmp-{socket.gethostname()}-"
+    remove_abandoned(folder.parent, prefix)
+    tmp = folder.with_name(f"{prefix}{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     marker = mark_complete(tmp, made_by, **(build(tmp) or {}))
@@ -149,20 +150,22 @@ def commit_folder(folder: Path, build: Callable[[Path], dict | None], made_by: d
     return marker
 
 
-def _remove_abandoned(folder: Path) -> None:
-    """Temporary builds of this artefact left by processes of this host that are gone (killed)."""
-    prefix = f"{folder.name}.tmp-{socket.gethostname()}-"
-    for tmp in folder.parent.glob(f"{prefix}*") if folder.parent.is_dir() else ():
-        pid = tmp.name.removeprefix(prefix)
-        if pid.isdigit() and not _alive(int(pid)):
+def remove_abandoned(parent: Path, prefix: str) -> None:
+    """Folders `<prefix><pid>[-...]` in `parent` (temporary builds, checkpoints being written) that
+    processes of this host left when they were killed: those whose process is gone."""
+    for tmp in parent.glob(f"{prefix}*") if parent.is_dir() else ():
+        pid = tmp.name.removeprefix(prefix).split("-")[0]
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host with this id runs (another user's included)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    return True
     return True

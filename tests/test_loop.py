@@ -202,6 +202,7 @@ def test_a_checkpoint_folder_a_killed_worker_left_in_the_temp_dir_is_removed_by_
     """A checkpoint is written to a temporary folder before Ray Train copies it to storage; a worker
     killed meanwhile leaves it there. The next save removes those of processes no longer running."""
     import os
+    import socket
     import subprocess
     import sys
     import tempfile
@@ -212,10 +213,10 @@ def test_a_checkpoint_folder_a_killed_worker_left_in_the_temp_dir_is_removed_by_
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    left = temp / f"classit-ckpt-{gone.pid}-x1y2"
+    left = temp / f"classit-ckpt-{socket.gethostname()}-{gone.pid}-x1y2"
     (left / "deepspeed").mkdir(parents=True)
     (left / "model.safetensors").write_bytes(b"weights")
-    running = temp / f"classit-ckpt-{os.getppid()}-z3w4"  # a process still running: another worker's, mid-save
+    running = temp / f"classit-ckpt-{socket.gethostname()}-{os.getppid()}-z3w4"  # a process still running: another worker's, mid-save
     running.mkdir()
     rec = Recorder(tmp_path)
     train_stage(build_model("tiny", tokenizer), tokenizer, make_stage(corpus, max_steps=4),

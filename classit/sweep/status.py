@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from classit.artefacts import commit_file, parse_json_as
+from classit.artefacts import commit_file, parse_json_as, process_alive
 from classit.config import ClassitConfig, ConfigError
 from classit.results import SWEEP_FILE, SweepRecord, read_sweep_record
 from classit.units import one_line
@@ -51,15 +51,7 @@ def record_config(record: SweepRecord, path: Path) -> ClassitConfig:
 
 def driver_alive(record: SweepRecord) -> bool | None:
     """Whether the driver process still runs (None: it ran on another host)."""
-    if record.host != socket.gethostname():
-        return None
-    try:
-        os.kill(record.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
+    return process_alive(record.pid) if record.host == socket.gethostname() else None
 
 
 # The parts of Tune's `experiment_state-*.json` that status reads; Tune's other keys are ignored.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pydantic import with_config
 
-from classit.artefacts import parse_json_as
+from classit.artefacts import parse_json_as, remove_abandoned
 
 BABYLM_WORD_MARKS = (
     [m * 1_000_000 for m in range(1, 10)]
@@ -37,26 +37,14 @@ SCRATCH_PREFIX = "classit-ckpt-"
 
 @contextmanager
 def checkpoint_scratch() -> Iterator[Path]:
-    """A temporary folder, named by this process, that a checkpoint is written into before it is
-    copied to storage. A worker killed as it saves (Ctrl-C's abort, a lost worker, SIGKILL) leaves
-    its folder, as large as a checkpoint, in the temporary directory: those of processes no longer
-    running are removed first."""
-    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
-        pid = folder.name.removeprefix(SCRATCH_PREFIX).split("-")[0]
-        if pid.isdigit() and not _running(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as folder:
+    """A temporary folder, named by this host and process, that a checkpoint is written into before
+    it is copied to storage. A worker killed as it saves (Ctrl-C's abort, a lost worker, SIGKILL)
+    leaves its folder, as large as a checkpoint, in the temporary directory: those of processes no
+    longer running are removed first."""
+    prefix = f"{SCRATCH_PREFIX}{socket.gethostname()}-"
+    remove_abandoned(Path(tempfile.gettempdir()), prefix)
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-") as folder:
         yield Path(folder)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        pass
-    return True
 
 
 def checkpoint_marks(prior_exposure_words: int, word_scale: float | None) -> list[int]:
