@@ -168,4 +168,3 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-    return True
