@@ -74,19 +74,32 @@ def check_fits(holds: list[tuple[str, dict[str, float]]], have: dict[str, float]
                                 f"(ask for less, or pass --address of a cluster that has them)")
 
 
+def local_ray_processes() -> list:
+    """The processes of the local Ray this process started: its node processes (GCS, raylet,
+    dashboard, ...: their command lines name Ray's files) and every process they started. A process
+    of the caller's own (a multiprocessing helper, a subprocess) is not among them."""
+    import psutil
+
+    processes = []
+    for node_process in psutil.Process().children():
+        try:
+            if any("/ray/" in word for word in node_process.cmdline()):
+                processes += [node_process, *node_process.children(recursive=True)]
+        except psutil.Error:  # gone meanwhile
+            continue
+    return processes
+
+
 def forkserver_folders() -> set[Path]:
     """The folders (`$TMPDIR/pymp-*`) of the multiprocessing forkservers that the local Ray this
     process started runs (its dashboard starts one): killed with Ray, they never remove their own."""
     import psutil
 
     folders = set()
-    for node_process in psutil.Process().children():
+    for process in local_ray_processes():
         try:
-            if not any("/ray/" in word for word in node_process.cmdline()):
-                continue  # not one of Ray's: a process of the caller's own, left alone
-            for process in [node_process, *node_process.children(recursive=True)]:
-                folders |= {Path(s.laddr).parent for s in process.net_connections(kind="unix")
-                            if Path(s.laddr).parent.name.startswith("pymp-")}
+            folders |= {Path(s.laddr).parent for s in process.net_connections(kind="unix")
+                        if Path(s.laddr).parent.name.startswith("pymp-")}
         except psutil.Error:  # gone meanwhile
             continue
     return folders

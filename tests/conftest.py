@@ -103,19 +103,21 @@ def ray_local():
     import psutil
     import ray
 
-    from classit.ray_session import ray_session
+    from classit.ray_session import local_ray_processes, ray_session
 
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     started = []
     try:
         with ray_session(num_cpus=4, _temp_dir=temp_dir, include_dashboard=True):
             yield ray
-            started = psutil.Process().children(recursive=True)  # this Ray's processes, before its shutdown
+            started = local_ray_processes()  # before its shutdown
     finally:
         # A process of this Ray can outlive ray.shutdown() by a moment and write its session folder
         # again after it was removed: wait for them to be gone first. Not all are found by the folder
         # in their command line: the dashboard's heads retitle themselves (`ray-dashboard-MetricsHead-0`,
-        # which rewrites a file in the session folder every few seconds).
+        # which rewrites a file in the session folder every few seconds). Only Ray's: a process an
+        # earlier test left to this one for good (a multiprocessing resource tracker) would hold
+        # every later module's teardown for the whole timeout.
         psutil.wait_procs(started, timeout=10)
         ray_processes_left(temp_dir, seconds=10)
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""`ray_session`: a local Ray started for a command leaves nothing of its own behind in $TMPDIR."""
+"""`ray_session`: a local Ray started for a command leaves nothing of its own behind in $TMPDIR, and
+its processes are told from the caller's own."""
 
 import json
 import os
@@ -10,7 +11,9 @@ import tempfile
 SCRIPT = """
 import json, multiprocessing, os
 
-from classit.ray_session import ray_session
+import psutil
+
+from classit.ray_session import local_ray_processes, ray_session
 
 def forkserver_folders():
     return sorted(name for name in os.listdir(os.environ["TMPDIR"]) if name.startswith("pymp-"))
@@ -18,13 +21,16 @@ def forkserver_folders():
 with multiprocessing.get_context("forkserver").Pool(1) as pool:  # the caller's own forkserver, kept running
     pool.map(abs, [1])
 before = forkserver_folders()
+own = {p.pid for p in psutil.Process().children(recursive=True)}  # the forkserver, its resource tracker
 with ray_session(num_cpus=1, include_dashboard=True):  # Ray's dashboard starts a forkserver of its own
     during = forkserver_folders()
-print(json.dumps({"before": before, "during": during, "after": forkserver_folders()}))
+    ray_processes = {p.pid: p.name() for p in local_ray_processes()}
+print(json.dumps({"before": before, "during": during, "after": forkserver_folders(), "own": len(own),
+                  "ray": sorted(set(ray_processes.values())), "own_as_ray": sorted(own & set(ray_processes))}))
 """
 
 
-def test_a_local_ray_leaves_no_forkserver_folder_and_the_callers_own_is_kept():
+def test_a_local_ray_leaves_no_forkserver_folder_and_the_callers_own_is_kept_apart():
     temp = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # short: Ray's socket paths (Ray's own folder) live under it
     try:
         done = subprocess.run([sys.executable, "-c", SCRIPT], env={**os.environ, "TMPDIR": temp},
@@ -36,6 +42,9 @@ def test_a_local_ray_leaves_no_forkserver_folder_and_the_callers_own_is_kept():
     # Ray kills its dashboard's forkserver at shutdown, before it can remove its folder.
     assert len(folders["before"]) == 1 and len(folders["during"]) == 2
     assert folders["after"] == folders["before"]
+    # Ray's processes (what the tests' Ray fixture waits for at shutdown) hold none of the caller's.
+    assert folders["own"] >= 1 and folders["own_as_ray"] == []
+    assert {"gcs_server", "raylet"} <= set(folders["ray"]), folders["ray"]
 
 
 def test_what_a_job_holds_at_once_is_checked_against_the_machine_naming_who_asks():
