@@ -100,7 +100,6 @@ def shared(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ray_local():
     """One local Ray instance per test module, in its own temp folder, removed afterwards."""
-    import psutil
     import ray
 
     from classit.ray_session import local_ray_processes, ray_session
@@ -112,15 +111,22 @@ def ray_local():
             yield ray
             started = local_ray_processes()  # before its shutdown
     finally:
-        # A process of this Ray can outlive ray.shutdown() by a moment and write its session folder
-        # again after it was removed: wait for them to be gone first. Not all are found by the folder
-        # in their command line: the dashboard's heads retitle themselves (`ray-dashboard-MetricsHead-0`,
-        # which rewrites a file in the session folder every few seconds). Only Ray's: a process an
-        # earlier test left to this one for good (a multiprocessing resource tracker) would hold
-        # every later module's teardown for the whole timeout.
-        psutil.wait_procs(started, timeout=10)
-        ray_processes_left(temp_dir, seconds=10)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        remove_ray_folder(temp_dir, started)
+
+
+def remove_ray_folder(temp_dir: str, started: list) -> None:
+    """Remove a Ray's temp folder once its processes (`started`: `local_ray_processes()` taken before
+    its shutdown) are gone. A process of this Ray can outlive the shutdown by a moment and write its
+    session folder again after it was removed. Not all are found by the folder in their command line:
+    the dashboard's heads retitle themselves (`ray-dashboard-MetricsHead-0`, which rewrites a file in
+    the session folder every few seconds). Only Ray's are waited for: a process an earlier test left
+    to this one for good (a multiprocessing resource tracker) would hold every later teardown for the
+    whole timeout."""
+    import psutil
+
+    psutil.wait_procs(started, timeout=10)
+    ray_processes_left(temp_dir, seconds=10)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def loaded_by(code: str, watched: tuple[str, ...]) -> list[str]:

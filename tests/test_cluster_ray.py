@@ -17,7 +17,7 @@ from classit.evaluate.actors import EvaluationPool
 from classit.evaluate.jobs import EvalJob
 from classit.results import read_table
 from classit.sweep.runner import run_sweep
-from conftest import actors
+from conftest import actors, remove_ray_folder
 from test_eval_pool import make_data_dir
 from test_sweep_ray import sweep_config
 
@@ -27,7 +27,7 @@ def cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    from classit.ray_session import RAY_JOB_ENV
+    from classit.ray_session import RAY_JOB_ENV, local_ray_processes
 
     for key, value in RAY_JOB_ENV.items():
         os.environ.setdefault(key, value)
@@ -45,13 +45,14 @@ def cluster():
         c.wait_for_nodes()
         yield c, workers
     finally:
+        started = local_ray_processes()  # every node's, before their shutdown
         ray.shutdown()
         c.shutdown()
         if previous_tmpdir is None:
             os.environ.pop("RAY_TMPDIR")
         else:
             os.environ["RAY_TMPDIR"] = previous_tmpdir
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        remove_ray_folder(temp_dir, started)
 
 
 def test_sweep_survives_losing_the_node_a_trial_trains_on(cluster, tmp_path):
