@@ -10,9 +10,11 @@ imports, Ray's start for classit, model loads included), on the same machine and
 
 Targets: classit at least 3x faster on one checkpoint, 5x on the series. Every prediction of both
 sides is compared too (`predictions.json`, item by item), so the speed is of the same answers.
-Also printed: a lower bound on classit's time for one checkpoint on this machine in fp32 (the
-scorer's linear-layer FLOPs at this machine's measured matrix-multiply rate), beside 3x the
-official's time, to tell an overhead from the arithmetic itself.
+Also printed, beside 3x the official's time, to tell an overhead from the arithmetic itself: a
+lower bound on classit's time for one checkpoint on this machine in fp32 (the scorer's linear-layer
+FLOPs at this machine's measured matrix-multiply rate), and the scorer's forward passes alone, timed
+as the evaluation actors run them (one process per core, each its share of the batches on one
+thread, all at once; loading, tokenizing and planting left out).
 
     python benchmarks/evaluate_speed.py --official DIR --python PYTHON --run RUN --blimp ../shared/data/blimp \
         [--marks 6]
@@ -73,6 +75,47 @@ def matmul_rate(in_features: int, out_features: int, threads: int, start_at: flo
     return 2 * len(batch) * in_features * out_features * reps / elapsed / 1e9
 
 
+def blimp_encoded(checkpoint: str | Path, blimp: str | Path):
+    """The checkpoint's model and tokenizer on CPU, and all of BLiMP's candidates encoded by it."""
+    import transformers
+
+    from classit.evaluate.scoring import encode_candidates, load_model
+    from classit.evaluate.tasks.zero_shot import read_blimp
+
+    transformers.utils.logging.disable_progress_bar()
+    model, tokenizer = load_model(str(checkpoint), "cpu")
+    return model, tokenizer, encode_candidates(tokenizer, [c for item in read_blimp(blimp) for c in item.candidates])
+
+
+def forward_passes(checkpoint: str, blimp: str, share: tuple[int, int], ready) -> float:
+    """Seconds of `run_plan` on this share of all of BLiMP's batches, on one thread, started when every
+    share's process has planted BLiMP (`ready`, a barrier), so that the shares run at once, as the
+    evaluation actors run them."""
+    import torch
+
+    from classit.evaluate.scoring import plan_scoring, run_plan
+
+    torch.set_num_threads(1)
+    model, tokenizer, encoded = blimp_encoded(checkpoint, blimp)
+    plan = plan_scoring(encoded, tokenizer.pad_token_id)
+    ready.wait()
+    start = time.perf_counter()
+    run_plan(model, plan, share=share)
+    return time.perf_counter() - start
+
+
+def shares_at_once(checkpoint: Path, blimp: Path) -> float:
+    """The longest of the cores' shares of BLiMP's forward passes, run one process per core at once."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    cores, spawn = os.cpu_count(), multiprocessing.get_context("spawn")
+    with spawn.Manager() as manager, ProcessPoolExecutor(cores, mp_context=spawn) as pool:
+        ready = manager.Barrier(cores)
+        jobs = [(str(checkpoint), str(blimp), (k, cores), ready) for k in range(cores)]
+        return max(pool.map(forward_passes, *zip(*jobs)))
+
+
 def compute_floor(checkpoint: Path, blimp: Path) -> tuple[float, float, float]:
     """A lower bound on scoring all of BLiMP with one checkpoint on this machine, in fp32: the
     FLOPs of the scorer's linear layers (every fed tree node through the decoder's, every node
@@ -85,14 +128,10 @@ def compute_floor(checkpoint: Path, blimp: Path) -> tuple[float, float, float]:
 
     import numpy as np
     import torch
-    import transformers
 
-    from classit.evaluate.scoring import encode_candidates, forests, load_model
-    from classit.evaluate.tasks.zero_shot import read_blimp
+    from classit.evaluate.scoring import forests
 
-    transformers.utils.logging.disable_progress_bar()
-    model, tokenizer = load_model(str(checkpoint), "cpu")
-    encoded = encode_candidates(tokenizer, [c for item in read_blimp(blimp) for c in item.candidates])
+    model, _, encoded = blimp_encoded(checkpoint, blimp)
     fed = predictors = 0
     for _, forest in forests(encoded):
         fed += len(forest.tokens)
@@ -149,6 +188,8 @@ def main() -> None:
     tflop, rate, floor = compute_floor(final, args.blimp)
     print(f"fp32 compute floor, one checkpoint: {tflop:.2f} TFLOP in linear layers at {rate:.0f} GFLOP/s "
           f"({os.cpu_count()} cores) = {floor:.1f} s; 3x the official's one checkpoint is {rows[0][5] / 3:.1f} s")
+    print(f"the scorer's forward passes alone, a share per core at once: {shares_at_once(final, args.blimp):.1f} s "
+          f"(the longest share)")
 
 
 if __name__ == "__main__":
