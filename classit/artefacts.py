@@ -7,9 +7,9 @@ rename, it records what made the artefact and whatever the artefact's readers ne
 index). A folder without a marker is unfinished; a step that keeps finished parts (chunks, shards)
 resumes in it, holding the folder's lock (`building`) so that a second process waits instead of
 building over it, and one that builds the whole folder at once builds it beside it, under
-`<folder>.tmp-<host>-<pid>`, and renames it into place (`commit_folder`). Every cache of classit is one of these: the synthetic
-corpus, cleaned lines, tokenizer and blocks, encoded instruction data, teacher-written Q&A, the demo
-teacher, and the base models a sweep records.
+`<folder>.tmp-<host>-<pid>`, and renames it into place (`commit_folder`). Every cache of classit is
+one of these: the synthetic corpus, cleaned lines, tokenizer and blocks, encoded instruction data,
+teacher-written Q&A, the demo teacher, and the base models a sweep records.
 """
 
 from __future__ import annotations

@@ -243,7 +243,8 @@ class GenerateConfig(Section):
         if self.articles is not None and not self.articles.is_file():
             raise ValueError(f"articles: no such file: {self.articles}")
         if self.teacher == "synthetic" and self.synthetic is None:
-            raise ValueError("teacher: the synthetic teacher writes about the synthetic corpus's articles (set synthetic)")
+            raise ValueError("teacher: the synthetic teacher writes about the synthetic corpus's articles "
+                             "(set synthetic)")
         fields = {name for _, name, _, _ in string.Formatter().parse(self.template) if name is not None}
         if "article" not in fields:
             raise ValueError("template: has no {article} placeholder (the article's text goes there)")

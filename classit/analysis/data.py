@@ -153,7 +153,8 @@ def leaderboard(results: Results) -> pd.DataFrame:
     cell = summary.apply(lambda r: f"{r['mean']:.4g}" + ("" if pd.isna(r["std"]) else f" ± {r['std']:.2g}"), axis=1)
     table = summary.assign(cell=cell).pivot(index="config", columns="score", values="cell")
     z = zscores(frame)
-    aggregates = {"z zero-shot": z[z["kind"] == "zero-shot"], "z fine-tuning": z[z["kind"] == "fine-tuning"], "z all": z}
+    aggregates = {"z zero-shot": z[z["kind"] == "zero-shot"], "z fine-tuning": z[z["kind"] == "fine-tuning"],
+                  "z all": z}
     for name, part in aggregates.items():
         if not part.empty:
             table[name] = part.groupby("config")["z"].mean().round(3)

@@ -24,7 +24,8 @@ from classit.config import ConfigError, output_folder
 def markdown(frame: pd.DataFrame, floats: str = "{:.4g}") -> str:
     if frame.empty:
         return "_no rows_\n"
-    cells = [[floats.format(v) if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)]
+    cells = [[floats.format(v) if isinstance(v, float) else str(v) for v in row]
+             for row in frame.itertuples(index=False)]
     header = [str(c) for c in frame.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells]) + "\n"
@@ -60,10 +61,12 @@ def write_paper_tables(results: data.Results, out: Path) -> list[Path]:
     frame = data.scores(results)
     z = data.zscores(frame)
     preset = results.trials.set_index("trial").get("config.model.preset", pd.Series(dtype=str))
-    frame = frame.assign(preset=frame["trial"].map(preset).astype(object).fillna("-"))  # a column all missing maps to float NaN
+    # astype(object): a column all missing maps to float NaN
+    frame = frame.assign(preset=frame["trial"].map(preset).astype(object).fillna("-"))
     per_curriculum = frame.pivot_table(index=["curriculum", "preset"], columns="score", values="value",
                                        aggfunc="mean").reset_index()
-    babylm = data.babylm_aggregates(results).merge(frame[["trial", "curriculum", "preset"]].drop_duplicates(), on="trial")
+    trials = frame[["trial", "curriculum", "preset"]].drop_duplicates()
+    babylm = data.babylm_aggregates(results).merge(trials, on="trial")
     present = data.present_aggregates(babylm)
     if present:  # the BabyLM leaderboard's aggregates where the trials have them
         per_curriculum = per_curriculum.merge(babylm.groupby(["curriculum", "preset"], as_index=False)[present].mean(),
@@ -164,7 +167,8 @@ def runs(frame: pd.DataFrame, x: str, y: str) -> list[tuple[str, np.ndarray, np.
 def _legend(fig, colors: dict, shown: set) -> None:
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=color, marker=".", label=config) for config, color in colors.items() if config in shown]
+    handles = [Line2D([], [], color=color, marker=".", label=config)
+               for config, color in colors.items() if config in shown]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(2, len(handles)), fontsize=7)
 
 

@@ -130,7 +130,8 @@ def importance(trials: pd.DataFrame, objective: str) -> pd.Series:
                  for name, d in distributions.items()}
         study.add_trial(optuna.trial.create_trial(params=drawn, distributions=distributions,
                                                   value=float(row[objective])))
-    found = optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    fanova = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    found = optuna.importance.get_param_importances(study, evaluator=fanova)
     return pd.Series(found, name=objective)
 
 

@@ -130,7 +130,8 @@ def plan_curriculum(icfg: InstructConfig, train_records: dict[str, list[dict]], 
                                                                           for d, i in new),
                                 exposure_words=round(steps * rows_per_step * mean_words)))
     plan = CurriculumPlan(stages, base_input_words, base_exposure_words)
-    check_budget(plan.input_words, plan.exposure_words, budget, f"curriculum {curriculum_name(icfg)} ({plan.summary()})")
+    check_budget(plan.input_words, plan.exposure_words, budget,
+                 f"curriculum {curriculum_name(icfg)} ({plan.summary()})")
     return plan
 
 

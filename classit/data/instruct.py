@@ -77,7 +77,8 @@ def _read_file(path: Path) -> list[tuple[str, object]]:
             for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
-def load_records(name: str, spec: InstructDataset, seed: int = 0, cache_dir: Path = Path(".cache/classit")) -> list[dict]:
+def load_records(name: str, spec: InstructDataset, seed: int = 0,
+                 cache_dir: Path = Path(".cache/classit")) -> list[dict]:
     """A dataset's records with non-empty `prompt` and `reply` (and `source`), subset if asked.
     A generated set comes from the cache (`cache_dir`), made beforehand by `classit generate-qa`."""
     if spec.generate is not None:

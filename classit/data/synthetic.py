@@ -147,7 +147,10 @@ def conversation_pairs(n: int, seed: int = 0) -> list[dict]:
         verb = rng.choice(INTRANSITIVE)
         if rng.random() < 0.5:
             prompt = f"{'do' if plural else 'does'} {np_} {verb[1]} ?"
-            reply = f"yes , {np_} {verb[plural]} ." if rng.random() < 0.6 else f"no , {np_} {'do' if plural else 'does'} not {verb[1]} ."
+            if rng.random() < 0.6:
+                reply = f"yes , {np_} {verb[plural]} ."
+            else:
+                reply = f"no , {np_} {'do' if plural else 'does'} not {verb[1]} ."
         else:
             prompt = f"what {'are' if plural else 'is'} {np_} doing ?"
             reply = f"{np_} {'are' if plural else 'is'} {GERUNDS[verb[1]]} ."
@@ -163,7 +166,8 @@ def _food_answer(c: Character) -> str:
 QA_TEMPLATES = [
     (lambda c: f"where does {c.name} live ?", lambda c: f"{c.name} lives near {c.home} . it is a nice place ."),
     (lambda c: f"what does {c.name} like to eat ?", _food_answer),
-    (lambda c: f"what is the favourite colour of {c.name} ?", lambda c: f"the favourite colour of {c.name} is {c.colour} ."),
+    (lambda c: f"what is the favourite colour of {c.name} ?",
+     lambda c: f"the favourite colour of {c.name} is {c.colour} ."),
     (lambda c: f"what pet does {c.name} have ?", lambda c: f"{c.name} has a {c.pet} . the {c.pet} is a good friend ."),
 ]
 
@@ -244,7 +248,8 @@ def write_probe_data(folder: str | Path, seed: int = 0, per_paradigm: int = 200)
         c = rng.choice(world)
         attribute = rng.choice(list(wrong))
         false = rng.choice([v for v in wrong[attribute] if v != getattr(c, attribute)])
-        true_fact, false_fact = (fact_sentences(Character(**{**c.__dict__, attribute: value}))[list(wrong).index(attribute)]
+        which = list(wrong).index(attribute)
+        true_fact, false_fact = (fact_sentences(Character(**{**c.__dict__, attribute: value}))[which]
                                  for value in (getattr(c, attribute), false))
         rows.append({"Context1": f"this is {c.name} .", "Context2": f"this is {c.name} .", "Target1": true_fact,
                      "Target2": false_fact, "Domain": "world-facts", "ContextType": "name",

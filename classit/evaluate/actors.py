@@ -88,7 +88,8 @@ class EvaluationPool:
 
     def _run(self, jobs: list[EvalJob], results_dir: str | None, bars: JobBars | None) -> list[dict]:
         # A large zero-shot job goes to every actor, a share each; the others run whole.
-        pending = sorted(split_jobs(jobs, len(self.actors), self.split_min_items), key=lambda p: (p[0].checkpoint, p[0].task, p[1]))
+        pending = sorted(split_jobs(jobs, len(self.actors), self.split_min_items),
+                         key=lambda p: (p[0].checkpoint, p[0].task, p[1]))
         tries: dict[tuple, int] = {}  # (job key, share) -> actor deaths
         in_flight: dict = {}  # future -> (actor index, job, share)
         shares: dict[str, list] = {}  # a split job's row key -> its finished shares' results

@@ -176,8 +176,9 @@ def generate(job: GenerationJob, log=print, verbose: bool = False) -> dict:
     """The set's summary: reused if complete, else its missing shards generated (Ray must be up)."""
     if not job.complete:
         missing = job.missing_shards()
+        kept = len(job.shards) - len(missing)
         log(f"generate {job.name}: {len(missing)} of {len(job.shards)} shards to generate at {job.folder}"
-            + (f" ({len(job.shards) - len(missing)} kept from an earlier run)" if len(missing) < len(job.shards) else ""))
+            + (f" ({kept} kept from an earlier run)" if kept else ""))
         if missing:
             run_shards(job, missing, log, verbose)
         finish(job)

@@ -14,7 +14,8 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from classit.artefacts import MARKER
 from classit.config import ConfigError, GenerateConfig, config_hash
-from classit.generate.qa import REJECTIONS, check_pair, fill_template, make_record, normalised, pairs_schema, parse_pairs
+from classit.generate.qa import (REJECTIONS, check_pair, fill_template, make_record, normalised, pairs_schema,
+                                 parse_pairs)
 from classit.units import one_line
 
 

@@ -77,7 +77,8 @@ class SweepConsole(tune.Callback):
                 del self.pending_bases[preset]
         before = self.latest.get(trial.trial_id)
         if before is not None and before.get("stage") != result.get("stage"):
-            self.say(f"trial {self.key(trial)}: stage {before.get('stage')} finished, val_loss {_value(before, 'val_loss')}")
+            self.say(f"trial {self.key(trial)}: stage {before.get('stage')} finished, "
+                     f"val_loss {_value(before, 'val_loss')}")
         self.latest[trial.trial_id] = result
         self.redraw(trials)
 

@@ -2,7 +2,8 @@
 
 Validates and plans everything before Ray starts (`plan.py`), starts the shared services (base builder,
 evaluation pool, trial claims), runs (or restores) the Tuner, prints a live table of trials while they run and
-the analysis layer's per-trial leaderboard at the end. Results: `<storage>/<sweep>/results/{trials,train_metrics,eval_scores}`.
+the analysis layer's per-trial leaderboard at the end.
+Results: `<storage>/<sweep>/results/{trials,train_metrics,eval_scores}`.
 """
 
 from __future__ import annotations

@@ -116,7 +116,8 @@ class SeedRepeater(Repeater):
             finished = [end["values"] for end in ends if end["values"] is not None]
             if finished:
                 means = np.mean(np.array(finished), axis=0)
-                self.searcher.on_trial_complete(group.primary_trial_id, {**dict(zip(objectives, means)), FINAL_REPORT: True})
+                result = {**dict(zip(objectives, means)), FINAL_REPORT: True}
+                self.searcher.on_trial_complete(group.primary_trial_id, result)
             else:
                 self.searcher.on_trial_complete(group.primary_trial_id, None, error=any(end["failed"] for end in ends))
 

@@ -161,7 +161,8 @@ def run_trial(config: dict, sweep_config: dict, results_root: str, data_dir: str
     ray.get(claims.claim.remote(key, ray.tune.get_context().get_trial_id()))  # held until Tune sees it end
     done = finished_row(results_root, key)
     if done is not None:
-        ray.tune.report({k: done[k] for k in ["val_loss", *objectives] if k in done} | {"resumed": True, FINAL_REPORT: True})
+        reported = {k: done[k] for k in ["val_loss", *objectives] if k in done}
+        ray.tune.report(reported | {"resumed": True, FINAL_REPORT: True})
         return
 
     start = time.time()

@@ -116,7 +116,8 @@ def save_checkpoint(engine, tokenizer, state: TrainerState, folder: Path, resuma
         save_tokenizer_and_model(engine.module, tokenizer, folder, weights)
         (folder / TRAINER_STATE).write_text(json.dumps(asdict(state), indent=2))
     if resumable:
-        engine.save_checkpoint(str(folder / DEEPSPEED_DIR), tag=DEEPSPEED_TAG, client_state={"trainer_state": asdict(state)})
+        engine.save_checkpoint(str(folder / DEEPSPEED_DIR), tag=DEEPSPEED_TAG,
+                               client_state={"trainer_state": asdict(state)})
 
 
 def load_trainer_state(folder: Path) -> TrainerState:

@@ -104,7 +104,8 @@ def _run_inputs(payload: InstructPayload):
     tokenizer = load_tokenizer(Path(payload.base))
     validation = {name: datasets.load_from_disk(str(Path(payload.data_root) / f"validation-{name}"))
                   for name in payload.validation_sets}
-    return tokenizer, validation, partial(collate_instruct, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id)
+    collate = partial(collate_instruct, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id)
+    return tokenizer, validation, collate
 
 
 def _run_columns(payload: InstructPayload) -> dict:
@@ -231,7 +232,8 @@ def prepare_instruct(cfg: ClassitConfig, base: Path) -> InstructJob:
     if is_complete(root):
         counts = read_marker(root)["counts"]
     else:
-        counts = commit_folder(root, lambda tmp: encode_instruct_data(tmp, base, icfg, stages, valid), made_by)["counts"]
+        encode = partial(encode_instruct_data, base=base, icfg=icfg, stages=stages, valid=valid)
+        counts = commit_folder(root, encode, made_by)["counts"]
     payload = InstructPayload(
         config=cfg, base=str(base.resolve()), data_root=str(root.resolve()),
         curriculum=icfg.curriculum if isinstance(icfg.curriculum, str) else "custom",

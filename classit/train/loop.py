@@ -282,7 +282,8 @@ def stage_steps(stage: Stage, world_size: int) -> int:
     total_steps = planned_steps(len(stage.train), tcfg, world_size)
     if total_steps == 0:
         raise ValueError(f"stage {stage.name}: {len(stage.train)} rows are too few for one step "
-                         f"of {tcfg.batch_size} x {world_size} workers x {tcfg.gradient_accumulation_steps} accumulation")
+                         f"of {tcfg.batch_size} x {world_size} workers x {tcfg.gradient_accumulation_steps} "
+                         "accumulation")
     return total_steps
 
 

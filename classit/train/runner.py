@@ -208,8 +208,9 @@ def prepare_pretraining(cfg: ClassitConfig):
     steps = planned_steps(blocks, cfg.pretrain, workers)
     if steps == 0:
         raise ConfigError(f"pretrain: the corpus's {blocks} training blocks are too few for one step of "
-                          f"{cfg.pretrain.batch_size} rows x {workers} workers x {cfg.pretrain.gradient_accumulation_steps} "
-                          f"accumulation (pretrain.batch_size, distributed.num_workers)")
+                          f"{cfg.pretrain.batch_size} rows x {workers} workers x "
+                          f"{cfg.pretrain.gradient_accumulation_steps} accumulation "
+                          "(pretrain.batch_size, distributed.num_workers)")
     if note := cfg.pretrain.warmup_outlasting(steps):
         print(f"warning: pretrain: {note} (pretrain.warmup_steps)")
     words = corpus.stats["train"]["words"]
