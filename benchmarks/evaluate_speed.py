@@ -137,7 +137,8 @@ def compute_floor(checkpoint: Path, blimp: Path) -> tuple[float, float, float]:
         fed += len(forest.tokens)
         predictors += len(np.unique(forest.predicting))
     linears = [m for m in model.base_model.modules() if isinstance(m, torch.nn.Linear)]
-    flops = 2 * fed * sum(m.weight.numel() for m in linears) + 2 * predictors * model.get_output_embeddings().weight.numel()
+    head = model.get_output_embeddings().weight.numel()
+    flops = 2 * fed * sum(m.weight.numel() for m in linears) + 2 * predictors * head
     widest = max(linears, key=lambda m: m.weight.numel())
     shape, cores = (widest.in_features, widest.out_features), os.cpu_count()
     with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn")) as pool:
